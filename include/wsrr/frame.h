@@ -128,6 +128,8 @@ struct wsrr_frame_parser {
     int error; /* negative errno once a fatal error happened */
     uint8_t hdr[WSRR_FRAME_MAX_HEADER];
     uint8_t hdr_have;
+    uint8_t hdr_need; /* header size, known once the first two bytes are in */
+    uint8_t pay_mode; /* what the payload path does for the current frame */
     uint64_t payload_done;
     struct wsrr_frame cur;
     bool in_message;

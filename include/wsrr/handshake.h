@@ -27,7 +27,10 @@ struct evbuffer;
 #define WSRR_HTTP_F_FOLDED   (1u << 0) /* obs-fold continuation lines, unfolded with one SP */
 #define WSRR_HTTP_F_BARE_LF  (1u << 1) /* lines ended by LF without CR */
 #define WSRR_HTTP_F_DUP      (1u << 2) /* a single-valued WebSocket/Host field appears twice */
-#define WSRR_HTTP_F_WS_NAME  (1u << 3) /* whitespace between field name and colon */
+/* Whitespace between a field name and its colon. RFC 7230 3.2.4 says a
+ * server MUST reject such a head, so the parser fails with -EBADMSG instead
+ * of setting this flag; it is kept for code that reports on raw heads. */
+#define WSRR_HTTP_F_WS_NAME  (1u << 3)
 
 struct wsrr_http_field {
     const char *name; /* points into head.buf, not NUL-terminated */
@@ -70,6 +73,9 @@ struct wsrr_http_parser {
     int error;
     char errmsg[160];
     struct wsrr_http_head head;
+    struct wsrr_http_field *fields; /* head.fields, grown up to max_fields */
+    size_t fields_cap;
+    bool done; /* head complete: parse() refuses more input until reset() */
 };
 
 /* Initialise for a request (response=false) or a response. max_head and
@@ -89,11 +95,20 @@ void wsrr_http_parser_reset(struct wsrr_http_parser *p);
  *              the head is at wsrr_http_parser_head();
  *   WSRR_AGAIN all len bytes were taken, the head is not complete yet;
  *   < 0        a malformed or oversized head (-EBADMSG, -EMSGSIZE); the
- *              reason is wsrr_http_parser_error(). The parser stays failed.
+ *              reason is wsrr_http_parser_error(), naming the line and what
+ *              was expected. The parser stays failed.
+ * Lines may end in CRLF or a bare LF (flagged). A head must start with its
+ * start line (a leading empty line is an error). Field names are tokens and
+ * must be followed directly by ':' (whitespace there is rejected, see
+ * WSRR_HTTP_F_WS_NAME); values may hold HTAB, SP, VCHAR and obs-text, no
+ * other control character; obs-fold lines are joined with one SP. After a
+ * complete head, feeding more returns -EINVAL until wsrr_http_parser_reset().
  */
 ssize_t wsrr_http_parse(struct wsrr_http_parser *p, const uint8_t *data, size_t len);
 
+/* The completed head (valid until reset/finish), NULL before completion. */
 const struct wsrr_http_head *wsrr_http_parser_head(const struct wsrr_http_parser *p);
+/* The last error as one line ("" when there is none). */
 const char *wsrr_http_parser_error(const struct wsrr_http_parser *p);
 
 /* Field lookup, case-insensitive. Returns the first field named `name` and,
@@ -106,9 +121,11 @@ const struct wsrr_http_field *wsrr_http_find(const struct wsrr_http_head *h, con
 bool wsrr_http_has_token(const struct wsrr_http_head *h, const char *name, const char *token);
 
 /* Sec-WebSocket-Extensions: `ext-list = 1#( token *( ";" param ) )`,
- * `param = token [ "=" ( token | quoted-string ) ]`, over all fields of that
- * name. Output goes into caller arrays (no allocation) and points into the
- * head. A quoted value points inside the quotes, escapes left as they are. */
+ * `param = token [ "=" ( token | quoted-string ) ]`, with optional
+ * whitespace around the separators and empty list elements ignored. One call
+ * parses one field value; a head with several such fields needs one call per
+ * field. Output goes into caller arrays (no allocation) and points into the
+ * value. A quoted value points inside the quotes, escapes left as they are. */
 struct wsrr_ext_param {
     const char *name, *value; /* value NULL when the parameter has none */
     size_t name_len, value_len;
@@ -122,8 +139,11 @@ struct wsrr_ext {
     size_t nparams;
 };
 
-/* Parse one header value. Returns the number of extensions, or a negative
- * errno (-EBADMSG syntax, -E2BIG more than max_exts/max_params) with err. */
+/* Parse one header value. Returns the number of extensions (0 for an empty
+ * or all-commas value), or a negative errno (-EBADMSG syntax, naming the
+ * offset and what was expected; -E2BIG more than max_exts extensions or
+ * max_params parameters in total) with err. params may be NULL (with
+ * max_params 0): parameters are then checked but not stored. Linear time. */
 int wsrr_ext_parse(const char *s, size_t len, struct wsrr_ext *exts, size_t max_exts,
                    struct wsrr_ext_param *params, size_t max_params, char *err, size_t errlen);
 
@@ -147,23 +167,32 @@ struct wsrr_ws_info {
 /* Check an Upgrade request as a server would (RFC 6455 4.2.1). Fills info
  * (also on failure, as far as it got). Returns 0 for a valid request, or the
  * HTTP status to answer: 400 (missing/bad key, not GET, not HTTP/1.1 or
- * later, missing Host/Upgrade/Connection, duplicate key, Transfer-Encoding
- * or a body on the upgrade), 426 (version other than 13; answer with
- * Sec-WebSocket-Version: 13). err says why in one line. */
+ * later, missing Host/Upgrade/Connection, duplicate key, Host or version
+ * field, Transfer-Encoding or a non-zero Content-Length on the upgrade),
+ * 426 (version missing or other than 13; answer with
+ * Sec-WebSocket-Version: 13). A valid key is 24 base64 characters ending in
+ * "==" that decode to 16 bytes. Upgrade and Connection are token lists read
+ * across duplicate fields, so a duplicate Upgrade is accepted when one of
+ * them says websocket (the head carries WSRR_HTTP_F_DUP). err says why in
+ * one line. */
 int wsrr_handshake_check_request(const struct wsrr_http_head *req, struct wsrr_ws_info *info,
                                  char *err, size_t errlen);
 
 /* Check a response against the request it answers (RFC 6455 4.1). Returns 0
  * for an acceptable 101; 1 when the status is not 101 (a rejection, which a
  * proxy passes through); -EPROTO when it is a 101 that a client must refuse
- * (wrong accept, missing Upgrade/Connection, a subprotocol or extension that
- * was not offered), with err. */
+ * (wrong, missing or duplicate accept, missing Upgrade/Connection, a
+ * subprotocol that was not offered or more than one, an extension that was
+ * not offered or selected twice, more than 16 extensions, a malformed
+ * extensions value) or when resp is not a response, with err. Extension
+ * parameters are not judged here (see wsrr_pmd_from_response). */
 int wsrr_handshake_check_response(const struct wsrr_http_head *req,
                                   const struct wsrr_http_head *resp, struct wsrr_ws_info *info,
                                   char *err, size_t errlen);
 
 /* Sec-WebSocket-Accept for a key: base64(SHA-1(key ++ GUID)), 28 chars
- * plus NUL in out[29]. */
+ * plus NUL in out[29]. The key is used as given (any length); out is ""
+ * only if OpenSSL cannot allocate a digest context. */
 void wsrr_handshake_accept(const char *key, size_t key_len, char *out);
 
 /* A fresh random key: base64 of 16 random bytes, 24 chars plus NUL. */
@@ -171,7 +200,10 @@ void wsrr_handshake_make_key(char *out);
 
 /* Build an Upgrade request. `extra` is a block of complete header lines
  * ("Name: value\r\n"...) appended as is, may be NULL. protocols and
- * extensions may be NULL (not sent). */
+ * extensions may be NULL (not sent). target NULL means "/"; host is
+ * required. Pass a key from wsrr_handshake_make_key() when the answer is to
+ * be checked. Returns 0, -EINVAL (host missing, CR/LF inside a value, extra
+ * not made of CRLF-terminated lines) with nothing written, or -ENOMEM. */
 struct wsrr_ws_request_spec {
     const char *target; /* "/path?query" */
     const char *host;   /* "host:port" */
@@ -183,13 +215,15 @@ struct wsrr_ws_request_spec {
 };
 int wsrr_handshake_build_request(struct evbuffer *out, const struct wsrr_ws_request_spec *s);
 
-/* Build a 101 response answering key. protocol and extensions may be NULL. */
+/* Build a 101 response answering key. protocol, extensions and extra (as
+ * for requests) may be NULL. Returns 0, -EINVAL or -ENOMEM. */
 int wsrr_handshake_build_response(struct evbuffer *out, const char *key, size_t key_len,
                                   const char *protocol, const char *extensions, const char *extra);
 
 /* Build a plain error response (status line, Content-Type text/plain,
  * Content-Length, Connection: close, the body). For 426 it adds
- * Sec-WebSocket-Version: 13. */
+ * Sec-WebSocket-Version: 13. body NULL sends the reason phrase and a
+ * newline. Returns 0, -EINVAL (status not 100..999) or -ENOMEM. */
 int wsrr_http_build_error(struct evbuffer *out, int status, const char *body);
 
 /* Reason phrase for a status code ("Bad Request"), "Unknown" otherwise. */
