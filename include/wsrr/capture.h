@@ -91,6 +91,63 @@ struct wsrr_span {
     size_t n;
 };
 
+/* Record bodies, one struct per kind. */
+struct wsrr_rec_open {
+    uint32_t flags; /* WSRR_OF_* */
+    struct wsrr_span client, listen, upstream, client_tls, upstream_tls, sni;
+};
+
+struct wsrr_rec_http { /* REQUEST and RESPONSE */
+    struct wsrr_span head; /* raw HTTP head through the blank line */
+};
+
+struct wsrr_rec_frame {
+    uint8_t dir; /* enum wsrr_dir: the sender */
+    bool fin;
+    uint8_t rsv; /* WSRR_RSV1|2|3 */
+    uint8_t opcode;
+    uint8_t len_width; /* 7, 16 or 64 as on the wire */
+    uint8_t fflags;    /* WSRR_FF_* */
+    uint8_t mask[4];
+    uint32_t violations;      /* WSRR_V_* */
+    uint64_t len;             /* declared payload length */
+    struct wsrr_span payload; /* unmasked payload (shorter than len if TRUNCATED) */
+    struct wsrr_span message; /* inflated message when WSRR_FF_MESSAGE */
+    /* Writer only: when payload_iov is set, the payload is gathered from it
+     * instead of `payload`, and unmasked while being copied when
+     * payload_wire is true (bytes as on the wire). */
+    const struct iovec *payload_iov;
+    int payload_iovcnt;
+    bool payload_wire;
+};
+
+struct wsrr_rec_close {
+    uint8_t side;   /* enum wsrr_close_side */
+    uint8_t cflags; /* WSRR_CF_* */
+    uint16_t code;
+    struct wsrr_span reason;
+};
+
+struct wsrr_rec_tcp {
+    uint8_t leg;   /* enum wsrr_leg */
+    uint8_t event; /* enum wsrr_tcp_event */
+    int32_t err;   /* errno or TLS library code, 0 if none */
+    struct wsrr_span detail;
+};
+
+struct wsrr_rec_fault {
+    uint64_t target; /* seq of the record the fault changed, 0 if none */
+    struct wsrr_span rule, action, detail;
+};
+
+struct wsrr_rec_note {
+    struct wsrr_span text;
+};
+
+struct wsrr_rec_raw {
+    struct wsrr_span body; /* an unknown kind's body, kept as is */
+};
+
 /* One record, decoded (reader) or to be encoded (writer). Spans point into
  * the reader's current batch and are valid until the next reader call. */
 struct wsrr_record {
@@ -101,54 +158,14 @@ struct wsrr_record {
     uint64_t ts;   /* nanoseconds since the capture started (monotonic);
                       writer: WSRR_TS_NOW stamps it */
     union {
-        struct {
-            uint32_t flags; /* WSRR_OF_* */
-            struct wsrr_span client, listen, upstream, client_tls, upstream_tls, sni;
-        } open;
-        struct {
-            struct wsrr_span head; /* raw HTTP head through the blank line */
-        } http;                    /* REQUEST and RESPONSE */
-        struct {
-            uint8_t dir;       /* enum wsrr_dir */
-            bool fin;
-            uint8_t rsv;       /* WSRR_RSV1|2|3 */
-            uint8_t opcode;
-            uint8_t len_width; /* 7, 16 or 64 as on the wire */
-            uint8_t fflags;    /* WSRR_FF_* */
-            uint8_t mask[4];
-            uint32_t violations; /* WSRR_V_* */
-            uint64_t len;        /* declared payload length */
-            struct wsrr_span payload; /* unmasked payload (shorter than len if TRUNCATED) */
-            struct wsrr_span message; /* inflated message when WSRR_FF_MESSAGE */
-            /* Writer only: when payload_iov is set, the payload is gathered
-             * from it instead of `payload`, and unmasked while being copied
-             * when payload_wire is true (bytes as on the wire). */
-            const struct iovec *payload_iov;
-            int payload_iovcnt;
-            bool payload_wire;
-        } frame;
-        struct {
-            uint8_t side;  /* enum wsrr_close_side */
-            uint8_t cflags; /* WSRR_CF_* */
-            uint16_t code;
-            struct wsrr_span reason;
-        } close;
-        struct {
-            uint8_t leg;   /* enum wsrr_leg */
-            uint8_t event; /* enum wsrr_tcp_event */
-            int32_t err;   /* errno or TLS library code, 0 if none */
-            struct wsrr_span detail;
-        } tcp;
-        struct {
-            uint64_t target; /* seq of the record the fault changed, 0 if none */
-            struct wsrr_span rule, action, detail;
-        } fault;
-        struct {
-            struct wsrr_span text;
-        } note;
-        struct {
-            struct wsrr_span body; /* an unknown kind's body, kept as is */
-        } raw;
+        struct wsrr_rec_open open;
+        struct wsrr_rec_http http;
+        struct wsrr_rec_frame frame;
+        struct wsrr_rec_close close;
+        struct wsrr_rec_tcp tcp;
+        struct wsrr_rec_fault fault;
+        struct wsrr_rec_note note;
+        struct wsrr_rec_raw raw;
     } u;
     /* Bytes after the fields this version knows (a newer minor version
      * appended fields). Kept so that re-encoding is lossless. */

@@ -77,6 +77,13 @@ static inline uint64_t wsrr_be64(const uint8_t *p)
     return v;
 }
 
+/* Base64 (RFC 4648, with padding) through OpenSSL's EVP_EncodeBlock and
+ * EVP_DecodeBlock. encode writes 4*ceil(n/3) characters and a NUL into out
+ * and returns the length. decode returns the decoded length, or -EINVAL for
+ * input that is not canonical padded base64; out needs 3*(n/4) bytes. */
+size_t wsrr_base64_encode(char *out, const uint8_t *in, size_t n);
+ssize_t wsrr_base64_decode(uint8_t *out, const char *in, size_t n);
+
 /* snprintf into err if err is not NULL; always returns -code so a caller can
  * write `return wsrr_seterr(err, errlen, EPROTO, "...")`. */
 int wsrr_seterr(char *err, size_t errlen, int code, const char *fmt, ...)
