@@ -684,7 +684,7 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
     const cJSON *k = cJSON_GetObjectItemCaseSensitive(o, "kind");
     if (cJSON_IsString(k) && wsrr_rec_kind_by_name(k->valuestring) > 0)
         r->kind = (uint8_t)wsrr_rec_kind_by_name(k->valuestring);
-    else if (cJSON_IsNumber(k) && k->valuedouble >= 1 && k->valuedouble <= 255 &&
+    else if (cJSON_IsNumber(k) && k->valuedouble >= 0 && k->valuedouble <= 255 &&
              floor(k->valuedouble) == k->valuedouble && !wsrr_rec_kind_name((uint8_t)k->valuedouble))
         r->kind = (uint8_t)k->valuedouble;
     else
