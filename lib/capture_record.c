@@ -340,6 +340,11 @@ ssize_t wsrr_record_decode(const uint8_t *buf, size_t len, struct wsrr_record *r
             c.bad = true;
             c.field = "frame.dir (0 or 1)";
         }
+        if (!c.bad && r->u.frame.len_width != 7 && r->u.frame.len_width != 16 &&
+            r->u.frame.len_width != 64) {
+            c.bad = true;
+            c.field = "frame.len_width (7, 16 or 64)";
+        }
         break;
     }
     case WSRR_REC_CLOSE:
@@ -369,7 +374,7 @@ ssize_t wsrr_record_decode(const uint8_t *buf, size_t len, struct wsrr_record *r
         break;
     }
     if (c.bad)
-        return wsrr_seterr(err, errlen, EBADMSG, "record seq %llu (%s): field %s runs past the %u-byte record",
+        return wsrr_seterr(err, errlen, EBADMSG, "record seq %llu (%s): field %s is invalid or runs past the %u-byte record",
                            (unsigned long long)r->seq,
                            wsrr_rec_kind_name(r->kind) ? wsrr_rec_kind_name(r->kind) : "?",
                            c.field, size);

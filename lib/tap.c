@@ -1,0 +1,511 @@
+/* tap.c — one connection's recorder; see wsrr/tap.h.
+ *
+ * Each direction has an HTTP head parser (request from the client, response
+ * from the server) and, after a 101, a frame parser. Client bytes that
+ * follow the request before the response is known are held (with their
+ * arrival times) until the response says whether they are frames and which
+ * extensions apply. A frame's payload is taken straight from the caller's
+ * buffer when it arrives whole; otherwise it is gathered, unmasked, up to
+ * the recording cap.
+ */
+#include "wsrr/tap.h"
+#include "wsrr/handshake.h"
+
+#include <event2/buffer.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define DEFAULT_MAX_RECORDED ((uint64_t)16 << 20)
+#define DEFAULT_MAX_INFLATED ((uint64_t)64 << 20)
+#define DEFAULT_MAX_EARLY    ((size_t)64 << 10)
+#define MAX_EARLY_SEGMENTS   32
+
+struct early_segment {
+    size_t len;
+    uint64_t ts;
+};
+
+struct tap_dir {
+    struct wsrr_http_parser http;
+    bool head_done;
+    struct wsrr_frame_parser fp;
+
+    /* the frame being received */
+    const uint8_t *direct; /* whole payload in the caller's buffer (wire bytes) */
+    uint8_t *acc;          /* or gathered here, unmasked */
+    size_t acc_len, acc_cap;
+    uint64_t dropped; /* payload bytes past the recording cap */
+
+    /* the compressed message being received */
+    struct wsrr_pmd_stream *inflater;
+    struct evbuffer *msg;
+    bool msg_error;
+};
+
+struct wsrr_tap {
+    struct wsrr_capture_writer *w;
+    uint32_t conn;
+    struct wsrr_tap_opts o;
+    struct wsrr_tap_state st;
+    struct tap_dir d[2];
+
+    struct evbuffer *early; /* client bytes awaiting the response */
+    struct early_segment seg[MAX_EARLY_SEGMENTS];
+    int nseg;
+
+    uint8_t close_reason[WSRR_FRAME_MAX_CONTROL];
+    size_t close_reason_len;
+    bool close_has_code;
+    bool ended;
+};
+
+struct wsrr_tap *wsrr_tap_new(struct wsrr_capture_writer *w, uint32_t conn,
+                              const struct wsrr_tap_opts *opts)
+{
+    struct wsrr_tap *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->w = w;
+    t->conn = conn;
+    if (opts)
+        t->o = *opts;
+    if (!t->o.max_recorded_payload)
+        t->o.max_recorded_payload = DEFAULT_MAX_RECORDED;
+    if (!t->o.max_inflated)
+        t->o.max_inflated = DEFAULT_MAX_INFLATED;
+    if (!t->o.max_early_bytes)
+        t->o.max_early_bytes = DEFAULT_MAX_EARLY;
+    t->st.first_closer = -1;
+    wsrr_http_parser_init(&t->d[WSRR_DIR_C2S].http, false, 0, 0);
+    wsrr_http_parser_init(&t->d[WSRR_DIR_S2C].http, true, 0, 0);
+    for (int i = 0; i < 2; i++)
+        wsrr_frame_parser_init(&t->d[i].fp, (enum wsrr_dir)i, &t->o.limits);
+    return t;
+}
+
+void wsrr_tap_free(struct wsrr_tap *t)
+{
+    if (!t)
+        return;
+    for (int i = 0; i < 2; i++) {
+        wsrr_http_parser_finish(&t->d[i].http);
+        free(t->d[i].acc);
+        wsrr_pmd_free(t->d[i].inflater);
+        if (t->d[i].msg)
+            evbuffer_free(t->d[i].msg);
+    }
+    if (t->early)
+        evbuffer_free(t->early);
+    free(t);
+}
+
+const struct wsrr_tap_state *wsrr_tap_state(const struct wsrr_tap *t)
+{
+    return &t->st;
+}
+
+static int append(struct wsrr_tap *t, struct wsrr_record *r, uint64_t ts)
+{
+    r->conn = t->conn;
+    r->ts = ts;
+    r->seq = 0;
+    return wsrr_capture_append(t->w, r);
+}
+
+static int note(struct wsrr_tap *t, uint64_t ts, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int note(struct wsrr_tap *t, uint64_t ts, const char *fmt, ...)
+{
+    char text[320];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    struct wsrr_record r = {.kind = WSRR_REC_NOTE};
+    r.u.note.text = (struct wsrr_span){(const uint8_t *)text,
+                                       n < (int)sizeof(text) ? (size_t)n : sizeof(text) - 1};
+    return append(t, &r, ts);
+}
+
+int wsrr_tap_open(struct wsrr_tap *t, const struct wsrr_rec_open *info, uint64_t ts)
+{
+    struct wsrr_record r = {.kind = WSRR_REC_OPEN};
+    r.u.open = *info;
+    return append(t, &r, ts);
+}
+
+int wsrr_tap_tcp(struct wsrr_tap *t, enum wsrr_leg leg, enum wsrr_tcp_event ev, int err,
+                 const char *detail, uint64_t ts)
+{
+    struct wsrr_record r = {.kind = WSRR_REC_TCP};
+    r.u.tcp.leg = (uint8_t)leg;
+    r.u.tcp.event = (uint8_t)ev;
+    r.u.tcp.err = err;
+    if (detail)
+        r.u.tcp.detail = (struct wsrr_span){(const uint8_t *)detail, strlen(detail)};
+    return append(t, &r, ts);
+}
+
+/* ---- frames ---- */
+
+static int gather(struct tap_dir *d, const struct wsrr_frame_event *ev, uint64_t cap)
+{
+    size_t room = d->acc_len < cap ? (size_t)(cap - d->acc_len) : 0;
+    size_t n = ev->len < room ? ev->len : room;
+    d->dropped += ev->len - n;
+    if (!n)
+        return 0;
+    if (d->acc_len + n > d->acc_cap) {
+        size_t ncap = d->acc_cap ? d->acc_cap : 4096;
+        while (ncap < d->acc_len + n)
+            ncap *= 2;
+        uint8_t *b = realloc(d->acc, ncap);
+        if (!b)
+            return -ENOMEM;
+        d->acc = b;
+        d->acc_cap = ncap;
+    }
+    const struct wsrr_frame *f = ev->frame;
+    if (f->masked)
+        wsrr_frame_mask(d->acc + d->acc_len, ev->data, n, f->mask, ev->offset);
+    else
+        memcpy(d->acc + d->acc_len, ev->data, n);
+    d->acc_len += n;
+    return 0;
+}
+
+static bool is_data(uint8_t opcode)
+{
+    return opcode == WSRR_OP_CONT || opcode == WSRR_OP_TEXT || opcode == WSRR_OP_BINARY;
+}
+
+/* Inflate this frame's share of a compressed message; on the message's last
+ * frame, attach the whole message to the record. */
+static void inflate_frame(struct wsrr_tap *t, struct tap_dir *d, enum wsrr_dir dir,
+                          const struct wsrr_frame *f, struct wsrr_span payload, bool truncated,
+                          struct wsrr_record *r)
+{
+    if (!d->msg && !(d->msg = evbuffer_new())) {
+        d->msg_error = true;
+    } else if (!d->inflater &&
+               !(d->inflater = wsrr_pmd_inflater_new(&t->st.pmd, dir, t->o.max_inflated))) {
+        d->msg_error = true;
+    }
+    if (!d->msg_error && truncated)
+        d->msg_error = true; /* part of the message was not kept: it cannot be inflated */
+    if (!d->msg_error &&
+        wsrr_pmd_inflate(d->inflater, payload.p, payload.n, f->msg_final, d->msg) < 0)
+        d->msg_error = true;
+    if (!f->msg_final)
+        return;
+    if (d->msg_error) {
+        r->u.frame.fflags |= WSRR_FF_INFLATE_ERROR;
+    } else {
+        size_t n = evbuffer_get_length(d->msg);
+        const uint8_t *m = n ? evbuffer_pullup(d->msg, -1) : (const uint8_t *)"";
+        r->u.frame.fflags |= WSRR_FF_MESSAGE;
+        r->u.frame.message = (struct wsrr_span){m, n};
+        if (f->msg_opcode == WSRR_OP_TEXT && !wsrr_utf8_valid(m, n))
+            r->u.frame.violations |= WSRR_V_BAD_UTF8;
+    }
+}
+
+static int emit_frame(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_frame_event *ev,
+                      uint64_t ts)
+{
+    struct tap_dir *d = &t->d[dir];
+    const struct wsrr_frame *f = ev->frame;
+    struct wsrr_record r = {.kind = WSRR_REC_FRAME};
+    struct wsrr_rec_frame *rf = &r.u.frame;
+    struct iovec iov;
+    int rc = 0;
+
+    rf->dir = (uint8_t)dir;
+    rf->fin = f->fin;
+    rf->rsv = f->rsv;
+    rf->opcode = f->opcode;
+    rf->len_width = f->len_width;
+    rf->fflags = f->masked ? WSRR_FF_MASKED : 0;
+    memcpy(rf->mask, f->mask, 4);
+    rf->violations = f->violations;
+    rf->len = f->len;
+
+    struct wsrr_span payload;
+    bool is_control = f->opcode >= 8;
+    bool compressed = f->msg_compressed && is_data(f->opcode) && t->st.deflate;
+    if (is_control && f->len <= WSRR_FRAME_MAX_CONTROL) {
+        payload = (struct wsrr_span){ev->data, ev->len}; /* the parser kept it, unmasked */
+    } else if (d->direct && (!f->masked || !compressed)) {
+        payload = (struct wsrr_span){d->direct, (size_t)f->len};
+        if (f->masked) { /* the writer unmasks while copying */
+            iov = (struct iovec){(void *)(uintptr_t)d->direct, (size_t)f->len};
+            rf->payload_iov = &iov;
+            rf->payload_iovcnt = 1;
+            rf->payload_wire = true;
+        }
+    } else {
+        if (d->direct) { /* masked and compressed: the inflater needs it unmasked */
+            struct wsrr_frame_event whole = {.frame = f, .data = d->direct, .len = (size_t)f->len};
+            d->acc_len = 0;
+            if (gather(d, &whole, t->o.max_recorded_payload) < 0)
+                return -ENOMEM;
+        }
+        payload = (struct wsrr_span){d->acc, d->acc_len};
+    }
+    bool truncated = payload.n < f->len;
+    if (truncated)
+        r.flags |= WSRR_RF_TRUNCATED;
+    if (!rf->payload_iov)
+        rf->payload = payload;
+
+    if (compressed)
+        inflate_frame(t, d, dir, f, payload, truncated, &r);
+
+    if (f->opcode == WSRR_OP_CLOSE && !t->st.close_seen[dir]) {
+        t->st.close_seen[dir] = true;
+        t->st.close_code[dir] = f->close_code;
+        if (t->st.first_closer < 0) {
+            t->st.first_closer = (int)dir;
+            t->close_has_code = ev->len >= 2;
+            t->close_reason_len = ev->len >= 2 ? ev->len - 2 : 0;
+            if (t->close_reason_len > sizeof(t->close_reason))
+                t->close_reason_len = sizeof(t->close_reason);
+            memcpy(t->close_reason, ev->data + 2, t->close_reason_len);
+        }
+    }
+    t->st.frames[dir]++;
+    rc = append(t, &r, ts);
+
+    if (compressed && f->msg_final) {
+        if (d->msg)
+            evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
+        d->msg_error = false;
+    }
+    d->direct = NULL;
+    d->acc_len = 0;
+    d->dropped = 0;
+    return rc;
+}
+
+/* A frame crossed a parser cap: record its header and stop following. */
+static int frame_fatal(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_frame_event *ev,
+                       uint64_t ts)
+{
+    struct tap_dir *d = &t->d[dir];
+    t->st.broken[dir] = true;
+    if (ev->frame) {
+        const struct wsrr_frame *f = ev->frame;
+        struct wsrr_record r = {.kind = WSRR_REC_FRAME, .flags = WSRR_RF_TRUNCATED};
+        r.u.frame.dir = (uint8_t)dir;
+        r.u.frame.fin = f->fin;
+        r.u.frame.rsv = f->rsv;
+        r.u.frame.opcode = f->opcode;
+        r.u.frame.len_width = f->len_width;
+        r.u.frame.fflags = f->masked ? WSRR_FF_MASKED : 0;
+        memcpy(r.u.frame.mask, f->mask, 4);
+        r.u.frame.violations = f->violations;
+        r.u.frame.len = f->len;
+        int rc = append(t, &r, ts);
+        if (rc < 0)
+            return rc;
+    }
+    int rc = note(t, ts, "%s frames no longer followed: %s", wsrr_dir_name(dir),
+                  wsrr_frame_parser_error(&d->fp));
+    return rc < 0 ? rc : -EMSGSIZE;
+}
+
+static int feed_frames(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, size_t len,
+                       uint64_t ts)
+{
+    struct tap_dir *d = &t->d[dir];
+    for (;;) {
+        struct wsrr_frame_event ev;
+        ssize_t n = wsrr_frame_parse(&d->fp, data, len, &ev);
+        if (n < 0)
+            return frame_fatal(t, dir, &ev, ts);
+        data += n;
+        len -= (size_t)n;
+        int rc = 0;
+        switch (ev.type) {
+        case WSRR_FRAME_NEED_MORE:
+            return 0;
+        case WSRR_FRAME_HEADER:
+            d->direct = NULL;
+            d->acc_len = 0;
+            d->dropped = 0;
+            break;
+        case WSRR_FRAME_PAYLOAD:
+            if (ev.offset == 0 && ev.len == ev.frame->len)
+                d->direct = ev.data;
+            else
+                rc = gather(d, &ev, t->o.max_recorded_payload);
+            break;
+        case WSRR_FRAME_END:
+            rc = emit_frame(t, dir, &ev, ts);
+            break;
+        }
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/* ---- handshake ---- */
+
+static int write_head(struct wsrr_tap *t, enum wsrr_dir dir, uint64_t ts)
+{
+    const struct wsrr_http_head *h = wsrr_http_parser_head(&t->d[dir].http);
+    struct wsrr_record r = {.kind = dir == WSRR_DIR_C2S ? WSRR_REC_REQUEST : WSRR_REC_RESPONSE};
+    r.u.http.head = (struct wsrr_span){h->raw, h->raw_len};
+    return append(t, &r, ts);
+}
+
+/* The response is complete: decide whether frames follow and how. */
+static int upgrade(struct wsrr_tap *t, uint64_t ts)
+{
+    const struct wsrr_http_head *resp = wsrr_http_parser_head(&t->d[WSRR_DIR_S2C].http);
+    char err[200];
+    int rc = 0;
+    t->st.status = resp->status;
+    if (resp->status != 101) {
+        t->st.phase = WSRR_TAP_HTTP;
+        return 0;
+    }
+    t->st.phase = WSRR_TAP_WEBSOCKET;
+    if (t->d[WSRR_DIR_C2S].head_done) {
+        const struct wsrr_http_head *req = wsrr_http_parser_head(&t->d[WSRR_DIR_C2S].http);
+        struct wsrr_ws_info info;
+        if (wsrr_handshake_check_response(req, resp, &info, err, sizeof(err)) < 0)
+            rc = note(t, ts, "the 101 breaks RFC 6455 4.1 (a client must fail the connection): %s",
+                      err);
+    }
+    /* permessage-deflate as the server accepted it */
+    const struct wsrr_http_field *ext = wsrr_http_find(resp, "Sec-WebSocket-Extensions", NULL);
+    if (ext && rc == 0) {
+        int k = wsrr_pmd_from_response(ext->value, ext->value_len, &t->st.pmd, err, sizeof(err));
+        if (k < 0)
+            rc = note(t, ts, "Sec-WebSocket-Extensions of the 101 not understood: %s", err);
+        else if (k > 0) {
+            t->st.deflate = true;
+            t->d[0].fp.rsv_allowed = WSRR_RSV1;
+            t->d[1].fp.rsv_allowed = WSRR_RSV1;
+        }
+    }
+    return rc;
+}
+
+/* Client bytes that arrived before the response: hold them with their
+ * arrival time. */
+static int hold_early(struct wsrr_tap *t, const uint8_t *data, size_t len, uint64_t ts)
+{
+    if (!len)
+        return 0;
+    if (!t->early && !(t->early = evbuffer_new()))
+        return -ENOMEM;
+    if (evbuffer_get_length(t->early) + len > t->o.max_early_bytes) {
+        t->st.broken[WSRR_DIR_C2S] = true;
+        evbuffer_drain(t->early, evbuffer_get_length(t->early));
+        t->nseg = 0;
+        return note(t, ts, "client sent over %zu bytes before the response; not followed",
+                    t->o.max_early_bytes);
+    }
+    if (evbuffer_add(t->early, data, len) < 0)
+        return -ENOMEM;
+    if (t->nseg < MAX_EARLY_SEGMENTS)
+        t->seg[t->nseg++] = (struct early_segment){len, ts};
+    else
+        t->seg[t->nseg - 1].len += len;
+    return 0;
+}
+
+static int release_early(struct wsrr_tap *t)
+{
+    int rc = 0;
+    for (int i = 0; i < t->nseg && rc == 0; i++) {
+        size_t n = t->seg[i].len;
+        const uint8_t *p = evbuffer_pullup(t->early, (ssize_t)n);
+        if (t->st.phase == WSRR_TAP_WEBSOCKET && !t->st.broken[WSRR_DIR_C2S])
+            rc = feed_frames(t, WSRR_DIR_C2S, p, n, t->seg[i].ts);
+        evbuffer_drain(t->early, n);
+    }
+    t->nseg = 0;
+    return rc;
+}
+
+int wsrr_tap_feed(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, size_t len,
+                  uint64_t ts)
+{
+    struct tap_dir *d = &t->d[dir];
+    int rc;
+    if (ts == WSRR_TS_NOW)
+        ts = wsrr_capture_writer_now(t->w);
+    t->st.bytes[dir] += len;
+    if (t->st.broken[dir])
+        return 0;
+
+    if (t->st.phase == WSRR_TAP_HANDSHAKE && !d->head_done) {
+        ssize_t n = wsrr_http_parse(&d->http, data, len);
+        if (n == WSRR_AGAIN)
+            return 0;
+        if (n < 0) {
+            t->st.broken[dir] = true;
+            if (dir == WSRR_DIR_S2C)
+                t->st.phase = WSRR_TAP_HTTP;
+            return note(t, ts, "%s head not parsed: %s",
+                        dir == WSRR_DIR_C2S ? "request" : "response",
+                        wsrr_http_parser_error(&d->http));
+        }
+        d->head_done = true;
+        if ((rc = write_head(t, dir, ts)) < 0)
+            return rc;
+        data += n;
+        len -= (size_t)n;
+        if (dir == WSRR_DIR_C2S) {
+            const struct wsrr_http_head *req = wsrr_http_parser_head(&d->http);
+            struct wsrr_ws_info info;
+            char err[200];
+            if (wsrr_handshake_check_request(req, &info, err, sizeof(err)) != 0 &&
+                (rc = note(t, ts, "not a valid WebSocket upgrade request: %s", err)) < 0)
+                return rc;
+        } else {
+            if ((rc = upgrade(t, ts)) < 0 || (rc = release_early(t)) < 0)
+                return rc;
+        }
+    }
+
+    switch (t->st.phase) {
+    case WSRR_TAP_HANDSHAKE:
+        /* only client bytes can be here: the response decides what they are */
+        return hold_early(t, data, len, ts);
+    case WSRR_TAP_WEBSOCKET:
+        return len ? feed_frames(t, dir, data, len, ts) : 0;
+    case WSRR_TAP_HTTP:
+        return 0; /* bodies of plain HTTP exchanges are not recorded (format 1.0) */
+    }
+    return 0;
+}
+
+int wsrr_tap_end(struct wsrr_tap *t, uint64_t ts)
+{
+    if (t->ended)
+        return 0;
+    t->ended = true;
+    if (ts == WSRR_TS_NOW)
+        ts = wsrr_capture_writer_now(t->w);
+    struct wsrr_record r = {.kind = WSRR_REC_CLOSE};
+    struct wsrr_rec_close *c = &r.u.close;
+    if (t->st.first_closer < 0) {
+        c->side = WSRR_SIDE_NONE;
+    } else {
+        c->side = t->st.first_closer == WSRR_DIR_C2S ? WSRR_SIDE_CLIENT : WSRR_SIDE_SERVER;
+        if (t->close_has_code) {
+            c->cflags |= WSRR_CF_HAS_CODE;
+            c->code = t->st.close_code[t->st.first_closer];
+        }
+        c->reason = (struct wsrr_span){t->close_reason, t->close_reason_len};
+    }
+    if (t->st.close_seen[0] && t->st.close_seen[1])
+        c->cflags |= WSRR_CF_CLEAN;
+    return append(t, &r, ts);
+}
