@@ -46,12 +46,11 @@ static void preview(FILE *out, struct wsrr_span s, bool text, size_t max)
         fputc('>', out);
         return;
     }
-    fputc('"', out);
     size_t shown = 0, i = 0;
     for (; i < s.n && shown < max; i++, shown++) {
         uint8_t c = s.p[i];
-        if (c == '"' || c == '\\')
-            fprintf(out, "\\%c", c);
+        if (c == '\\')
+            fputs("\\\\", out);
         else if (c == '\n')
             fputs("\\n", out);
         else if (c == '\r')
@@ -63,7 +62,6 @@ static void preview(FILE *out, struct wsrr_span s, bool text, size_t max)
         else
             fputc(c, out);
     }
-    fputc('"', out);
     if (i < s.n)
         fprintf(out, "...+%zu", s.n - i);
 }
@@ -84,8 +82,8 @@ static void first_line(FILE *out, struct wsrr_span h)
 
 static void print_text(FILE *out, const struct wsrr_record *r)
 {
-    fprintf(out, "#%-6" PRIu64 " %4" PRIu64 ".%06" PRIu64 "  c%-4u ", r->seq,
-            r->ts / 1000000000u, r->ts / 1000 % 1000000, r->conn);
+    fprintf(out, "#%-5" PRIu64 " %4" PRIu64 ".%06" PRIu64 " c%-3u ", r->seq, r->ts / 1000000000u,
+            r->ts / 1000 % 1000000, r->conn);
     const char *kind = wsrr_rec_kind_name(r->kind);
     if (kind)
         fprintf(out, "%-8s ", kind);
@@ -118,8 +116,9 @@ static void print_text(FILE *out, const struct wsrr_record *r)
         const struct wsrr_rec_frame *f = &r->u.frame;
         fprintf(out, "%s %s%s", f->dir == WSRR_DIR_C2S ? "C>S" : "S>C",
                 wsrr_opcode_name(f->opcode), f->fin ? "" : " (more)");
-        if (f->rsv)
-            fprintf(out, " rsv=%u%u%u", f->rsv >> 2 & 1, f->rsv >> 1 & 1, f->rsv & 1);
+        for (int b = 0; b < 3; b++)
+            if (f->rsv & (4 >> b))
+                fprintf(out, " rsv%d", b + 1);
         fprintf(out, " %" PRIu64 "B", f->len);
         if (f->violations) {
             char v[512];
@@ -129,11 +128,15 @@ static void print_text(FILE *out, const struct wsrr_record *r)
         if (f->opcode == WSRR_OP_CLOSE) {
             if (f->payload.n >= 2) {
                 uint16_t code = wsrr_be16(f->payload.p);
-                fprintf(out, " %u (%s) ", code, wsrr_close_code_name(code));
-                preview(out, (struct wsrr_span){f->payload.p + 2, f->payload.n - 2}, true, 123);
+                fprintf(out, " %u (%s)", code, wsrr_close_code_name(code));
+                if (f->payload.n > 2) {
+                    fputs(": ", out);
+                    preview(out, (struct wsrr_span){f->payload.p + 2, f->payload.n - 2}, true,
+                            123);
+                }
             }
         } else if (f->fflags & WSRR_FF_MESSAGE) {
-            fprintf(out, " inflated %zuB ", f->message.n);
+            fprintf(out, " -> %zuB inflated ", f->message.n);
             preview(out, f->message, is_text(f->message), 100);
         } else if (f->payload.n) {
             fputc(' ', out);
@@ -149,14 +152,18 @@ static void print_text(FILE *out, const struct wsrr_record *r)
     case WSRR_REC_CLOSE: {
         const struct wsrr_rec_close *c = &r->u.close;
         const char *side = wsrr_close_side_name(c->side);
-        fprintf(out, "by %s", side ? side : "?");
+        if (c->side == WSRR_SIDE_NONE)
+            fputs("no close frame: the transport ended (abnormal, 1006 to a client)", out);
+        else
+            fprintf(out, "started by %s", side ? side : "?");
         if (c->cflags & WSRR_CF_HAS_CODE)
             fprintf(out, " %u (%s)", c->code, wsrr_close_code_name(c->code));
         if (c->reason.n) {
-            fputc(' ', out);
+            fputs(": ", out);
             preview(out, c->reason, true, 123);
         }
-        fputs(c->cflags & WSRR_CF_CLEAN ? " clean" : " abnormal", out);
+        if (c->side != WSRR_SIDE_NONE)
+            fputs(c->cflags & WSRR_CF_CLEAN ? ", answered (clean)" : ", never answered", out);
         break;
     }
     case WSRR_REC_TCP: {

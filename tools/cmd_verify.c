@@ -147,8 +147,9 @@ static int verify_one(const char *path, bool json, bool quiet)
         if (clean) {
             if (!quiet)
                 printf("%s: ok: capture %u.%u, %" PRIu64 " records in %" PRIu64
-                       " batches, %" PRIu64 " connections, %.3f s, closed cleanly\n",
-                       path, info->major, info->minor, s.records, s.sum.batches, s.conns, secs);
+                       " batch%s, %" PRIu64 " connection%s, %.3f s, closed cleanly\n",
+                       path, info->major, info->minor, s.records, s.sum.batches,
+                       s.sum.batches == 1 ? "" : "es", s.conns, s.conns == 1 ? "" : "s", secs);
         } else {
             printf("%s: damaged: %" PRIu64 " records recovered from %" PRIu64 " intact batches",
                    path, s.records, s.sum.batches);

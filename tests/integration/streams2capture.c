@@ -8,7 +8,7 @@
  * 2 open (bytes: "client-addr upstream-url"), 3 end, 4 client leg RST,
  * 5 upstream leg RST, 6 client FIN, 7 upstream FIN. Little-endian.
  *
- * usage: streams2capture LOG OUT.wsrr [METADATA-JSON]
+ * usage: streams2capture LOG OUT.wsrr [METADATA-JSON [BATCH-BYTES]]
  */
 #include "wsrr/capture.h"
 #include "wsrr/tap.h"
@@ -42,6 +42,7 @@ int main(int argc, char **argv)
                                   .start_wall_ns = wsrr_le64(b8),
                                   .start_mono_ns = 1,
                                   .flush_interval_ns = UINT64_MAX,
+                                  .batch_bytes = argc > 4 ? strtoul(argv[4], NULL, 10) : 0,
                                   .overwrite = true};
     struct wsrr_capture_writer *w = wsrr_capture_writer_open(argv[2], &o, err, sizeof(err));
     if (!w) {
