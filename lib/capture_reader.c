@@ -633,7 +633,8 @@ static void read_seek_table(struct wsrr_capture_reader *r, uint32_t size)
                    "seek table malformed (%u entries for %llu batches)", entries,
                    (unsigned long long)r->sum.trailer_batches);
     else if (r->sum.ndamage == 0 && entry_size == ST_ENTRY &&
-             (r->seek_len != size - ST_FOOTER || memcmp(e, r->seek, r->seek_len) != 0))
+             (r->seek_len != size - ST_FOOTER ||
+              (r->seek_len && memcmp(e, r->seek, r->seek_len) != 0)))
         add_damage(r, at, SKIP_HDR + (uint64_t)size,
                    "seek table disagrees with the batches read");
     else

@@ -389,7 +389,8 @@ static int write_trailer(struct wsrr_capture_writer *w)
     if (with_seek) {
         uint8_t *s = t + TR_SIZE;
         put_skip_hdr(s, WSRR_SEEKTABLE_MAGIC, (uint32_t)st_payload);
-        memcpy(s + SKIP_HDR, w->seek, w->seek_len);
+        if (w->seek_len)
+            memcpy(s + SKIP_HDR, w->seek, w->seek_len);
         uint8_t *f = s + SKIP_HDR + w->seek_len;
         wsrr_put32(f, (uint32_t)(w->seek_len / ST_ENTRY));
         f[4] = ST_F_CHECKSUM;

@@ -33,6 +33,9 @@ static void child(const char *path, int wfd, uint64_t seed)
     struct wsrr_capture_writer *w = wsrr_capture_writer_open(path, &o, err, sizeof(err));
     if (!w)
         _exit(3);
+    uint64_t zero = 0; /* "the header is on disk": the parent starts its clock */
+    if (write(wfd, &zero, sizeof(zero)) < 0)
+        _exit(5);
     uint64_t batches = 0, rnd = seed;
     for (uint64_t i = 1;; i++) {
         char text[400];
@@ -69,14 +72,15 @@ static void one_run(int run, uint64_t seed)
         child(path, pfd[1], seed);
     }
     close(pfd[1]);
-    uint64_t rnd = seed;
-    usleep(5000 + (useconds_t)(check_rand(&rnd) % 60000));
+    uint64_t rnd = seed, v;
+    REQUIRE(read(pfd[0], &v, sizeof(v)) == (ssize_t)sizeof(v));
+    usleep(2000 + (useconds_t)(check_rand(&rnd) % 60000));
     kill(pid, SIGKILL);
     int status;
     waitpid(pid, &status, 0);
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 
-    uint64_t durable = 0, v;
+    uint64_t durable = 0;
     while (read(pfd[0], &v, sizeof(v)) == (ssize_t)sizeof(v))
         durable = v;
     close(pfd[0]);

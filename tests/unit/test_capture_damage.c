@@ -90,7 +90,8 @@ static struct result read_mem(const uint8_t *data, size_t len)
 {
     struct result res = {0};
     uint8_t *copy = malloc(len ? len : 1);
-    memcpy(copy, data, len);
+    if (len)
+        memcpy(copy, data, len);
     struct wsrr_capture_reader *r =
         wsrr_capture_reader_mem(copy, len, res.open_err, sizeof(res.open_err));
     if (!r) {
