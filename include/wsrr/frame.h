@@ -89,20 +89,27 @@ struct wsrr_frame {
     uint8_t hdr_len;     /* 2..14 header bytes on the wire */
     uint32_t violations; /* WSRR_V_* found so far in this frame (final at END) */
     uint8_t msg_opcode;  /* TEXT/BINARY of the message a data frame belongs to
-                            (0 for an orphan continuation); == opcode for control frames */
+                            (0 for an orphan continuation); == opcode for control frames.
+                            Opcodes 3-7 open a message like TEXT/BINARY; 11-15 are
+                            control frames (RFC 6455: the opcode's top bit) */
     bool msg_compressed; /* the message had RSV1 on its first frame and RSV1 is allowed */
-    bool msg_first;      /* first frame of a data message */
-    bool msg_final;      /* last frame of a data message (FIN on a data frame) */
-    uint32_t msg_index;  /* 0-based index of this frame within its message */
+    bool msg_first;      /* first frame of a data message (false for control frames
+                            and orphan continuations) */
+    bool msg_final;      /* last frame of a data message (FIN on a data frame, orphan
+                            continuations included; false for control frames) */
+    uint32_t msg_index;  /* 0-based index of this frame within its message (0 for control
+                            frames and orphan continuations) */
     /* For close frames, at END: the code (0 when the payload is shorter than
      * two bytes) and the reason, which is ctl[2 .. ctl_len). */
     uint16_t close_code;
 };
 
 enum wsrr_frame_event_type {
-    WSRR_FRAME_NEED_MORE = 0, /* all input consumed, no event */
+    WSRR_FRAME_NEED_MORE = 0, /* all input consumed, no event (ev.frame is NULL) */
     WSRR_FRAME_HEADER,        /* frame header complete: ev.frame is valid */
-    WSRR_FRAME_PAYLOAD,       /* ev.data/ev.len: payload bytes as on the wire (still masked) */
+    WSRR_FRAME_PAYLOAD,       /* ev.data/ev.len: payload bytes as on the wire (still masked);
+                                 never empty. ev.frame->violations may gain BAD_UTF8 here
+                                 (fail fast) */
     WSRR_FRAME_END,           /* frame complete: ev.frame->violations final; for control
                                  frames ev.data/ev.len is the unmasked payload (at most 125
                                  bytes kept) */
@@ -120,7 +127,8 @@ struct wsrr_frame_event {
 struct wsrr_frame_parser {
     enum wsrr_dir dir;  /* who sends the frames this parser sees */
     uint8_t rsv_allowed; /* RSV bits negotiated by extensions: WSRR_RSV1 with permessage-deflate */
-    bool validate_utf8; /* check UTF-8 of uncompressed text messages (default true) */
+    bool validate_utf8; /* check UTF-8 of uncompressed text messages (default true); close
+                           reasons are always checked */
     struct wsrr_frame_limits lim;
 
     /* private */
@@ -158,17 +166,24 @@ void wsrr_frame_parser_init(struct wsrr_frame_parser *p, enum wsrr_dir dir,
  * Returns the number of bytes consumed (0..len) and sets ev->type; when
  * ev->type is WSRR_FRAME_NEED_MORE every byte was consumed. Call again with
  * the rest of the input until NEED_MORE. An END event may consume zero bytes
- * (empty payload), so call with len 0 until NEED_MORE as well.
+ * (empty payload), so call with len 0 until NEED_MORE as well (buf may be
+ * NULL when len is 0). One event per call; the events do not depend on how
+ * the input was split.
  *
  * Returns a negative errno (-EMSGSIZE) when a size cap is crossed; the
  * parser then stays failed (every later call returns the same error) and
  * wsrr_frame_parser_error() says what happened. The frame that crossed the
- * cap is in ev->frame with its violations.
+ * cap is in ev->frame with its violations (exactly one of FRAME_TOO_BIG,
+ * TOO_MANY_FRAGMENTS, MESSAGE_TOO_BIG, checked in that order, at the header,
+ * so nothing is waited for); no HEADER event is given for it. Control frames
+ * count towards no message cap.
  */
 ssize_t wsrr_frame_parse(struct wsrr_frame_parser *p, const uint8_t *buf, size_t len,
                          struct wsrr_frame_event *ev);
 
-/* The last fatal error as one line, or "" when there is none. */
+/* The last fatal error as one line, or "" when there is none. Frames are
+ * numbered from 1 in the direction: "frame 12: declared payload length
+ * 9223372036854775808 exceeds the 67108864-byte frame limit". */
 const char *wsrr_frame_parser_error(const struct wsrr_frame_parser *p);
 
 /* True when the parser is between frames (not inside a header or payload). */
@@ -183,8 +198,9 @@ void wsrr_frame_mask(uint8_t *dst, const uint8_t *src, size_t n, const uint8_t k
 /* Encode a frame header for f (fin, rsv, opcode, masked, mask, len_width,
  * len) into out, which must have WSRR_FRAME_MAX_HEADER bytes. A len_width of
  * 0 picks the minimal encoding; 16 or 64 force a (possibly non-minimal) wider
- * one; 7 with a length over 125 falls back to minimal. Returns the header
- * size. Nothing is validated: any opcode, RSV bits or length can be built. */
+ * one; 7 with a length over 125 falls back to minimal, 16 with a length over
+ * 65535 to 64. Returns the header size. Nothing is validated: any opcode, RSV
+ * bits or length can be built. A parsed frame re-encodes to its own bytes. */
 size_t wsrr_frame_encode_header(uint8_t *out, const struct wsrr_frame *f);
 
 /* Encode a whole frame: the header for f followed by the n payload bytes,
@@ -196,7 +212,9 @@ size_t wsrr_frame_encode(uint8_t *out, size_t cap, const struct wsrr_frame *f,
                          const uint8_t *payload, size_t n);
 
 /* Fill f for a well-formed frame: FIN set, minimal length, masked with a
- * random key (OpenSSL RAND_bytes) when dir is WSRR_DIR_C2S. */
+ * random key (OpenSSL RAND_bytes) when dir is WSRR_DIR_C2S. Aborts if no
+ * random bytes can be had at all (RAND_bytes and getentropy both fail)
+ * rather than send a predictable key. */
 void wsrr_frame_init(struct wsrr_frame *f, enum wsrr_dir dir, uint8_t opcode, uint64_t len);
 
 /* Close frames. */
@@ -210,7 +228,9 @@ bool wsrr_close_code_valid(uint16_t code);
 const char *wsrr_close_code_name(uint16_t code);
 
 /* Build a close payload (code, then reason) into out (125 bytes). The reason
- * is cut to 123 bytes without splitting a UTF-8 sequence. Returns its size. */
+ * is cut to 123 bytes without splitting a UTF-8 sequence; reason may be NULL
+ * when reason_len is 0. The code is written as given (0 or 1005 make an
+ * invalid frame, on purpose). Returns its size. */
 size_t wsrr_close_payload(uint8_t *out, uint16_t code, const char *reason, size_t reason_len);
 
 /* Name of one violation bit ("reserved_opcode", "rsv1", ...), NULL if the bit
@@ -220,11 +240,14 @@ const char *wsrr_frame_violation_name(uint32_t bit);
 /* Look a name up; returns the bit or 0. */
 uint32_t wsrr_frame_violation_by_name(const char *name, size_t len);
 
-/* Write the names of all bits set in v, separated by ',', into out. Returns
- * the length (as snprintf). */
+/* Write the names of all bits set in v, separated by ',', into out (unknown
+ * bits as "bitN"). Returns the length (as snprintf; out may be NULL when cap
+ * is 0). */
 int wsrr_frame_violations_format(uint32_t v, char *out, size_t cap);
 
-const char *wsrr_opcode_name(uint8_t opcode); /* "text", "binary", ..., "op3" */
+/* "cont", "text", "binary", "close", "ping", "pong", "op3" ... "op15";
+ * "invalid" above 15. */
+const char *wsrr_opcode_name(uint8_t opcode);
 
 /* Incremental UTF-8 validation (RFC 3629: no overlongs, no surrogates,
  * nothing above U+10FFFF). A sequence may be split across calls. */
