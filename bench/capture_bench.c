@@ -33,7 +33,8 @@ int main(int argc, char **argv)
     /* JSON-ish payloads that vary a little, like agent events */
     uint8_t *payload = malloc(plen);
     for (size_t i = 0; i < plen; i++)
-        payload[i] = (uint8_t)"{\"type\":\"tool_executing\",\"step\":1,\"tool\":\"search\"} "[i % 52];
+        payload[i] =
+            (uint8_t) "{\"type\":\"tool_executing\",\"step\":1,\"tool\":\"search\"} "[i % 52];
 
     char err[256];
     struct wsrr_capture_opts o = {.overwrite = true, .level = level};
@@ -46,8 +47,8 @@ int main(int argc, char **argv)
     double c0 = cpu_seconds();
     uint64_t t0 = wsrr_now_ns();
     for (long i = 0; i < n; i++) {
-        struct wsrr_record r = {.kind = WSRR_REC_FRAME, .conn = (uint32_t)(i % 50) + 1,
-                                .ts = WSRR_TS_NOW};
+        struct wsrr_record r = {
+            .kind = WSRR_REC_FRAME, .conn = (uint32_t)(i % 50) + 1, .ts = WSRR_TS_NOW};
         r.u.frame.dir = (uint8_t)(i & 1);
         r.u.frame.fin = true;
         r.u.frame.opcode = WSRR_OP_TEXT;

@@ -59,8 +59,8 @@
 
 /* Seek table (zstd seekable format): entries of u32 compressed size, u32
  * decompressed size, u32 checksum; then the 9-byte footer. */
-#define ST_ENTRY  12
-#define ST_FOOTER 9
+#define ST_ENTRY      12
+#define ST_FOOTER     9
 #define ST_F_CHECKSUM 0x80
 
 #endif

@@ -57,10 +57,10 @@ struct wsrr_capture_reader {
     struct wsrr_capture_summary sum;
 };
 
-static const uint8_t batch_pattern[12] = {0x50, 0x2a, 0x4d, 0x18, BH_SIZE, 0, 0, 0,
-                                          'W',  'S',  'R',  'B'};
-static const uint8_t trailer_pattern[12] = {0x50, 0x2a, 0x4d, 0x18, TR_SIZE, 0, 0, 0,
-                                            'W',  'S',  'R',  'T'};
+static const uint8_t batch_pattern[12] = {0x50, 0x2a, 0x4d, 0x18, BH_SIZE, 0,
+                                          0,    0,    'W',  'S',  'R',     'B'};
+static const uint8_t trailer_pattern[12] = {0x50, 0x2a, 0x4d, 0x18, TR_SIZE, 0,
+                                            0,    0,    'W',  'S',  'R',     'T'};
 
 static uint64_t off_at(const struct wsrr_capture_reader *r, size_t pos)
 {
@@ -462,7 +462,8 @@ static int try_batch(struct wsrr_capture_reader *r)
     }
     const uint8_t *frame = r->base + r->pos + BATCH_HDR_TOTAL;
     if ((uint32_t)crc32(0, frame, csize) != fcrc) {
-        snprintf(why, sizeof(why), "batch %llu: compressed data checksum mismatch (%u records lost)",
+        snprintf(why, sizeof(why),
+                 "batch %llu: compressed data checksum mismatch (%u records lost)",
                  (unsigned long long)batch_no, count);
         skip(r, 1);
         damage_and_resync(r, at, why);
@@ -495,8 +496,8 @@ static int try_batch(struct wsrr_capture_reader *r)
         r->content_len = out.pos;
     }
     if (bad) {
-        snprintf(why, sizeof(why), "batch %llu: %s (%u records lost)",
-                 (unsigned long long)batch_no, bad, count);
+        snprintf(why, sizeof(why), "batch %llu: %s (%u records lost)", (unsigned long long)batch_no,
+                 bad, count);
         skip(r, 1);
         damage_and_resync(r, at, why);
         return 0;
@@ -508,11 +509,11 @@ static int try_batch(struct wsrr_capture_reader *r)
     struct wsrr_record rec;
     char rerr[160];
     while (off < r->content_len) {
-        ssize_t n = wsrr_record_decode(r->content + off, r->content_len - off, &rec, rerr,
-                                       sizeof(rerr));
+        ssize_t n =
+            wsrr_record_decode(r->content + off, r->content_len - off, &rec, rerr, sizeof(rerr));
         if (n < 0) {
-            snprintf(why, sizeof(why), "batch %llu: record %u: %s", (unsigned long long)batch_no,
-                     k, rerr);
+            snprintf(why, sizeof(why), "batch %llu: record %u: %s", (unsigned long long)batch_no, k,
+                     rerr);
             bad = why;
             break;
         }
@@ -635,8 +636,7 @@ static void read_seek_table(struct wsrr_capture_reader *r, uint32_t size)
     else if (r->sum.ndamage == 0 && entry_size == ST_ENTRY &&
              (r->seek_len != size - ST_FOOTER ||
               (r->seek_len && memcmp(e, r->seek, r->seek_len) != 0)))
-        add_damage(r, at, SKIP_HDR + (uint64_t)size,
-                   "seek table disagrees with the batches read");
+        add_damage(r, at, SKIP_HDR + (uint64_t)size, "seek table disagrees with the batches read");
     else
         r->seek_ok = true;
     skip(r, SKIP_HDR + (size_t)size);

@@ -17,10 +17,14 @@ static const char *const kind_names[] = {
 };
 
 static const char *const tcp_event_names[] = {
-    [WSRR_TCP_CONNECTED] = "connected",   [WSRR_TCP_FIN] = "fin",
-    [WSRR_TCP_RST] = "rst",               [WSRR_TCP_ERROR] = "error",
-    [WSRR_TCP_TIMEOUT] = "timeout",       [WSRR_TCP_CONNECT_FAILED] = "connect_failed",
-    [WSRR_TCP_TLS_ERROR] = "tls_error",   [WSRR_TCP_CLOSED] = "closed",
+    [WSRR_TCP_CONNECTED] = "connected",
+    [WSRR_TCP_FIN] = "fin",
+    [WSRR_TCP_RST] = "rst",
+    [WSRR_TCP_ERROR] = "error",
+    [WSRR_TCP_TIMEOUT] = "timeout",
+    [WSRR_TCP_CONNECT_FAILED] = "connect_failed",
+    [WSRR_TCP_TLS_ERROR] = "tls_error",
+    [WSRR_TCP_CLOSED] = "closed",
 };
 
 static const char *const side_names[] = {
@@ -91,21 +95,16 @@ static uint64_t body_size(const struct wsrr_record *r)
         return 4 + STR(r->u.open.client) + STR(r->u.open.listen) + STR(r->u.open.upstream) +
                STR(r->u.open.client_tls) + STR(r->u.open.upstream_tls) + STR(r->u.open.sni);
     case WSRR_REC_REQUEST:
-    case WSRR_REC_RESPONSE:
-        return STR(r->u.http.head);
+    case WSRR_REC_RESPONSE: return STR(r->u.http.head);
     case WSRR_REC_FRAME:
         return 24 + frame_payload_len(r) +
                ((r->u.frame.fflags & WSRR_FF_MESSAGE) ? STR(r->u.frame.message) : 0);
-    case WSRR_REC_CLOSE:
-        return 4 + STR(r->u.close.reason);
-    case WSRR_REC_TCP:
-        return 8 + STR(r->u.tcp.detail);
+    case WSRR_REC_CLOSE: return 4 + STR(r->u.close.reason);
+    case WSRR_REC_TCP: return 8 + STR(r->u.tcp.detail);
     case WSRR_REC_FAULT:
         return 8 + STR(r->u.fault.rule) + STR(r->u.fault.action) + STR(r->u.fault.detail);
-    case WSRR_REC_NOTE:
-        return STR(r->u.note.text);
-    default:
-        return r->u.raw.body.n;
+    case WSRR_REC_NOTE: return STR(r->u.note.text);
+    default: return r->u.raw.body.n;
     }
 }
 
@@ -177,9 +176,7 @@ size_t wsrr_record_encode(uint8_t *out, const struct wsrr_record *r)
         o = put_str(o, r->u.open.sni);
         break;
     case WSRR_REC_REQUEST:
-    case WSRR_REC_RESPONSE:
-        o = put_str(o, r->u.http.head);
-        break;
+    case WSRR_REC_RESPONSE: o = put_str(o, r->u.http.head); break;
     case WSRR_REC_FRAME:
         o[0] = r->u.frame.dir;
         o[1] = (uint8_t)((r->u.frame.fin ? 0x80 : 0) | (r->u.frame.rsv & 7) << 4 |
@@ -213,12 +210,8 @@ size_t wsrr_record_encode(uint8_t *out, const struct wsrr_record *r)
         o = put_str(o, r->u.fault.action);
         o = put_str(o, r->u.fault.detail);
         break;
-    case WSRR_REC_NOTE:
-        o = put_str(o, r->u.note.text);
-        break;
-    default:
-        o = put_bytes(o, r->u.raw.body.p, r->u.raw.body.n);
-        break;
+    case WSRR_REC_NOTE: o = put_str(o, r->u.note.text); break;
+    default: o = put_bytes(o, r->u.raw.body.p, r->u.raw.body.n); break;
     }
     o = put_bytes(o, r->extra.p, r->extra.n);
     return (size_t)(o - out);
@@ -301,8 +294,7 @@ ssize_t wsrr_record_decode(const uint8_t *buf, size_t len, struct wsrr_record *r
     r->ts = wsrr_le64(buf + 16);
     r->conn = wsrr_le32(buf + 24);
     if (r->ts == WSRR_TS_NOW)
-        return wsrr_seterr(err, errlen, EBADMSG,
-                           "record seq %llu: timestamp 2^64-1 is reserved",
+        return wsrr_seterr(err, errlen, EBADMSG, "record seq %llu: timestamp 2^64-1 is reserved",
                            (unsigned long long)r->seq);
 
     struct cursor c = {buf + WSRR_REC_HEADER_LEN, buf + size, NULL, false};
@@ -317,9 +309,7 @@ ssize_t wsrr_record_decode(const uint8_t *buf, size_t len, struct wsrr_record *r
         r->u.open.sni = get_str(&c, "open.sni");
         break;
     case WSRR_REC_REQUEST:
-    case WSRR_REC_RESPONSE:
-        r->u.http.head = get_str(&c, "http.head");
-        break;
+    case WSRR_REC_RESPONSE: r->u.http.head = get_str(&c, "http.head"); break;
     case WSRR_REC_FRAME: {
         r->u.frame.dir = get8(&c, "frame.dir");
         uint8_t b0 = get8(&c, "frame.b0");
@@ -366,18 +356,15 @@ ssize_t wsrr_record_decode(const uint8_t *buf, size_t len, struct wsrr_record *r
         r->u.fault.action = get_str(&c, "fault.action");
         r->u.fault.detail = get_str(&c, "fault.detail");
         break;
-    case WSRR_REC_NOTE:
-        r->u.note.text = get_str(&c, "note.text");
-        break;
-    default:
-        r->u.raw.body = get_bytes(&c, (size_t)(c.end - c.p), "body");
-        break;
+    case WSRR_REC_NOTE: r->u.note.text = get_str(&c, "note.text"); break;
+    default: r->u.raw.body = get_bytes(&c, (size_t)(c.end - c.p), "body"); break;
     }
     if (c.bad)
-        return wsrr_seterr(err, errlen, EBADMSG, "record seq %llu (%s): field %s is invalid or runs past the %u-byte record",
-                           (unsigned long long)r->seq,
-                           wsrr_rec_kind_name(r->kind) ? wsrr_rec_kind_name(r->kind) : "?",
-                           c.field, size);
+        return wsrr_seterr(
+            err, errlen, EBADMSG,
+            "record seq %llu (%s): field %s is invalid or runs past the %u-byte record",
+            (unsigned long long)r->seq,
+            wsrr_rec_kind_name(r->kind) ? wsrr_rec_kind_name(r->kind) : "?", c.field, size);
     r->extra.p = c.p;
     r->extra.n = (size_t)(c.end - c.p);
     if (!r->extra.n)

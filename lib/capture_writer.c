@@ -93,8 +93,8 @@ static int emit(struct wsrr_capture_writer *w, const uint8_t *p, size_t n)
 {
     int rc = write_all(w->fd, p, n);
     if (rc < 0)
-        return fail(w, -rc, "writing %s at offset %llu: %s", w->path,
-                    (unsigned long long)w->offset, strerror(-rc));
+        return fail(w, -rc, "writing %s at offset %llu: %s", w->path, (unsigned long long)w->offset,
+                    strerror(-rc));
     w->offset += n;
     w->st.bytes_out += n;
     return 0;
@@ -198,8 +198,7 @@ struct wsrr_capture_writer *wsrr_capture_writer_open(const char *path,
         if (w->fd < 0) {
             int e = errno;
             wsrr_seterr(err, errlen, e, "cannot create %s: %s%s", path, strerror(e),
-                        e == EEXIST ? " (captures are never appended to; choose a new name)"
-                                    : "");
+                        e == EEXIST ? " (captures are never appended to; choose a new name)" : "");
             goto err_cctx;
         }
         w->own_fd = true;

@@ -236,12 +236,8 @@ char *wsrr_jsonl_record(const struct wsrr_record *r)
         ok = ok && add_opt_bytes(o, "sni", r->u.open.sni);
         break;
     case WSRR_REC_REQUEST:
-    case WSRR_REC_RESPONSE:
-        ok = ok && add_bytes(o, "head", r->u.http.head, false);
-        break;
-    case WSRR_REC_FRAME:
-        ok = ok && render_frame(o, r);
-        break;
+    case WSRR_REC_RESPONSE: ok = ok && add_bytes(o, "head", r->u.http.head, false); break;
+    case WSRR_REC_FRAME: ok = ok && render_frame(o, r); break;
     case WSRR_REC_CLOSE: {
         const char *side = wsrr_close_side_name(r->u.close.side);
         ok = ok && (side ? add_str(o, "side", side) : add_u64(o, "side", r->u.close.side));
@@ -258,9 +254,10 @@ char *wsrr_jsonl_record(const struct wsrr_record *r)
     }
     case WSRR_REC_TCP: {
         const char *ev = wsrr_tcp_event_name(r->u.tcp.event);
-        ok = ok && add_str(o, "leg", r->u.tcp.leg == WSRR_LEG_CLIENT     ? "client"
-                                     : r->u.tcp.leg == WSRR_LEG_UPSTREAM ? "upstream"
-                                                                         : "other");
+        ok = ok && add_str(o, "leg",
+                           r->u.tcp.leg == WSRR_LEG_CLIENT     ? "client"
+                           : r->u.tcp.leg == WSRR_LEG_UPSTREAM ? "upstream"
+                                                               : "other");
         if (r->u.tcp.leg > WSRR_LEG_UPSTREAM)
             ok = ok && add_u64(o, "leg_raw", r->u.tcp.leg);
         ok = ok && (ev ? add_str(o, "event", ev) : add_u64(o, "event", r->u.tcp.event));
@@ -279,12 +276,8 @@ char *wsrr_jsonl_record(const struct wsrr_record *r)
         ok = ok && add_bytes(o, "action", r->u.fault.action, false);
         ok = ok && add_opt_bytes(o, "detail", r->u.fault.detail);
         break;
-    case WSRR_REC_NOTE:
-        ok = ok && add_bytes(o, "text", r->u.note.text, false);
-        break;
-    default:
-        ok = ok && add_bytes(o, "body", r->u.raw.body, true);
-        break;
+    case WSRR_REC_NOTE: ok = ok && add_bytes(o, "text", r->u.note.text, false); break;
+    default: ok = ok && add_bytes(o, "body", r->u.raw.body, true); break;
     }
     if (r->extra.n)
         ok = ok && add_bytes(o, "extra", r->extra, true);
@@ -489,7 +482,7 @@ int wsrr_jsonl_parse_header(const char *line, size_t len, struct wsrr_jsonl_head
     cJSON *o = parse_line(line, len, &c);
     if (!o)
         return -EINVAL;
-    static const char *const keys[] = {"wsrr",         "version", "start", "start_mono_ns",
+    static const char *const keys[] = {"wsrr",         "version", "start",     "start_mono_ns",
                                        "compat_flags", "meta",    "meta_text", NULL};
     int rc = check_keys(&c, o, keys, "header");
     const char *tag = NULL, *ver = NULL, *start = NULL;
@@ -547,11 +540,11 @@ static int parse_opcode(struct pctx *c, const cJSON *o, uint8_t *op)
 static int parse_frame(struct pctx *c, const cJSON *o, struct wsrr_record *r)
 {
     static const char *const keys[] = {
-        "seq",    "ts",         "conn",        "kind",          "flags",       "dir",
-        "opcode", "fin",        "rsv",         "masked",        "mask",        "len",
-        "len_width", "violations", "code",     "reason",        "reason_b64",  "payload",
-        "payload_b64", "inflate_error", "message", "message_b64", "frame_flags", "extra_b64",
-        NULL};
+        "seq",     "ts",          "conn",        "kind",        "flags",
+        "dir",     "opcode",      "fin",         "rsv",         "masked",
+        "mask",    "len",         "len_width",   "violations",  "code",
+        "reason",  "reason_b64",  "payload",     "payload_b64", "inflate_error",
+        "message", "message_b64", "frame_flags", "extra_b64",   NULL};
     struct wsrr_rec_frame *f = &r->u.frame;
     if (check_keys(c, o, keys, "frame") < 0)
         return -EINVAL;
@@ -575,8 +568,8 @@ static int parse_frame(struct pctx *c, const cJSON *o, struct wsrr_record *r)
     if (mask) {
         unsigned m[4];
         int used = 0;
-        if (strlen(mask) != 8 || sscanf(mask, "%2x%2x%2x%2x%n", &m[0], &m[1], &m[2], &m[3], &used) != 4 ||
-            used != 8)
+        if (strlen(mask) != 8 ||
+            sscanf(mask, "%2x%2x%2x%2x%n", &m[0], &m[1], &m[2], &m[3], &used) != 4 || used != 8)
             return perr(c, "key \"mask\": expected 8 hex digits");
         for (int i = 0; i < 4; i++)
             f->mask[i] = (uint8_t)m[i];
@@ -591,9 +584,10 @@ static int parse_frame(struct pctx *c, const cJSON *o, struct wsrr_record *r)
             return perr(c, "key \"violations\": expected an array of names");
         cJSON_ArrayForEach(it, va)
         {
-            uint32_t bit = cJSON_IsString(it) ? wsrr_frame_violation_by_name(
-                                                    it->valuestring, strlen(it->valuestring))
-                                              : 0;
+            uint32_t bit =
+                cJSON_IsString(it)
+                    ? wsrr_frame_violation_by_name(it->valuestring, strlen(it->valuestring))
+                    : 0;
             if (!bit && cJSON_IsString(it) && strncmp(it->valuestring, "bit", 3) == 0 &&
                 it->valuestring[3] >= '0' && it->valuestring[3] <= '9' &&
                 atoi(it->valuestring + 3) < 32)
@@ -685,7 +679,8 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
     if (cJSON_IsString(k) && wsrr_rec_kind_by_name(k->valuestring) > 0)
         r->kind = (uint8_t)wsrr_rec_kind_by_name(k->valuestring);
     else if (cJSON_IsNumber(k) && k->valuedouble >= 0 && k->valuedouble <= 255 &&
-             floor(k->valuedouble) == k->valuedouble && !wsrr_rec_kind_name((uint8_t)k->valuedouble))
+             floor(k->valuedouble) == k->valuedouble &&
+             !wsrr_rec_kind_name((uint8_t)k->valuedouble))
         r->kind = (uint8_t)k->valuedouble;
     else
         rc = perr(&c, "key \"kind\": expected open, request, response, frame, close, tcp, fault, "
@@ -713,12 +708,16 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
     if (rc == 0) {
         switch (kind_name ? r->kind : 0) {
         case WSRR_REC_OPEN: {
-            static const char *const keys[] = {
-                "seq",        "ts",         "conn",           "kind",     "flags",
-                "transport",  "client",     "client_b64",     "listen",   "listen_b64",
-                "upstream",   "upstream_b64", "client_tls",   "client_tls_b64",
-                "upstream_tls", "upstream_tls_b64", "sni",    "sni_b64",  "extra_b64",
-                NULL};
+            static const char *const keys[] = {"seq",          "ts",
+                                               "conn",         "kind",
+                                               "flags",        "transport",
+                                               "client",       "client_b64",
+                                               "listen",       "listen_b64",
+                                               "upstream",     "upstream_b64",
+                                               "client_tls",   "client_tls_b64",
+                                               "upstream_tls", "upstream_tls_b64",
+                                               "sni",          "sni_b64",
+                                               "extra_b64",    NULL};
             if (check_keys(&c, o, keys, kind_name) < 0 ||
                 get_flags(&c, o, "transport", open_flag_names, 32, &r->u.open.flags) < 0 ||
                 get_bytes(&c, o, "client", &r->u.open.client, false) < 0 ||
@@ -732,22 +731,18 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
         }
         case WSRR_REC_REQUEST:
         case WSRR_REC_RESPONSE: {
-            static const char *const keys[] = {"seq",  "ts",       "conn",      "kind",
-                                               "flags", "head",    "head_b64",  "extra_b64",
-                                               NULL};
+            static const char *const keys[] = {"seq",  "ts",       "conn",      "kind", "flags",
+                                               "head", "head_b64", "extra_b64", NULL};
             if (check_keys(&c, o, keys, kind_name) < 0 ||
                 get_bytes(&c, o, "head", &r->u.http.head, true) < 0)
                 rc = -EINVAL;
             break;
         }
-        case WSRR_REC_FRAME:
-            rc = parse_frame(&c, o, r);
-            break;
+        case WSRR_REC_FRAME: rc = parse_frame(&c, o, r); break;
         case WSRR_REC_CLOSE: {
-            static const char *const keys[] = {"seq",    "ts",          "conn",   "kind",
-                                               "flags",  "side",        "clean",  "code",
-                                               "code_raw", "close_flags", "reason", "reason_b64",
-                                               "extra_b64", NULL};
+            static const char *const keys[] = {
+                "seq",  "ts",       "conn",        "kind",   "flags",      "side",      "clean",
+                "code", "code_raw", "close_flags", "reason", "reason_b64", "extra_b64", NULL};
             const cJSON *side = cJSON_GetObjectItemCaseSensitive(o, "side");
             bool clean = false;
             uint64_t code = 0, raw = 0, cf = 0;
@@ -767,17 +762,16 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
                             get_bytes(&c, o, "reason", &r->u.close.reason, false) < 0))
                 rc = -EINVAL;
             if (rc == 0) {
-                r->u.close.cflags = (uint8_t)(cf | (clean ? WSRR_CF_CLEAN : 0) |
-                                              (hc ? WSRR_CF_HAS_CODE : 0));
+                r->u.close.cflags =
+                    (uint8_t)(cf | (clean ? WSRR_CF_CLEAN : 0) | (hc ? WSRR_CF_HAS_CODE : 0));
                 r->u.close.code = (uint16_t)(hc ? code : raw);
             }
             break;
         }
         case WSRR_REC_TCP: {
-            static const char *const keys[] = {"seq",  "ts",      "conn",  "kind",
-                                               "flags", "leg",    "leg_raw", "event",
-                                               "err",  "detail",  "detail_b64", "extra_b64",
-                                               NULL};
+            static const char *const keys[] = {"seq",        "ts",        "conn",  "kind", "flags",
+                                               "leg",        "leg_raw",   "event", "err",  "detail",
+                                               "detail_b64", "extra_b64", NULL};
             const char *leg = NULL;
             const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "event");
             const cJSON *e = cJSON_GetObjectItemCaseSensitive(o, "err");
@@ -814,10 +808,9 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
             break;
         }
         case WSRR_REC_FAULT: {
-            static const char *const keys[] = {"seq",  "ts",        "conn",       "kind",
-                                               "flags", "target",   "rule",       "rule_b64",
-                                               "action", "action_b64", "detail",  "detail_b64",
-                                               "extra_b64", NULL};
+            static const char *const keys[] = {
+                "seq",      "ts",     "conn",       "kind",   "flags",      "target",    "rule",
+                "rule_b64", "action", "action_b64", "detail", "detail_b64", "extra_b64", NULL};
             if (check_keys(&c, o, keys, kind_name) < 0 ||
                 get_u64(&c, o, "target", UINT64_MAX, &r->u.fault.target, false) < 0 ||
                 get_bytes(&c, o, "rule", &r->u.fault.rule, true) < 0 ||
@@ -827,16 +820,16 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
             break;
         }
         case WSRR_REC_NOTE: {
-            static const char *const keys[] = {"seq", "ts", "conn", "kind", "flags", "text",
-                                               "text_b64", "extra_b64", NULL};
+            static const char *const keys[] = {"seq",  "ts",       "conn",      "kind", "flags",
+                                               "text", "text_b64", "extra_b64", NULL};
             if (check_keys(&c, o, keys, kind_name) < 0 ||
                 get_bytes(&c, o, "text", &r->u.note.text, true) < 0)
                 rc = -EINVAL;
             break;
         }
         default: {
-            static const char *const keys[] = {"seq",      "ts",       "conn",      "kind",
-                                               "flags",    "body_b64", "extra_b64", NULL};
+            static const char *const keys[] = {"seq",   "ts",       "conn",      "kind",
+                                               "flags", "body_b64", "extra_b64", NULL};
             if (check_keys(&c, o, keys, "unknown-kind") < 0 ||
                 get_bytes(&c, o, "body", &r->u.raw.body, false) < 0)
                 rc = -EINVAL;

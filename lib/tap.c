@@ -329,8 +329,7 @@ static int feed_frames(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *dat
         len -= (size_t)n;
         int rc = 0;
         switch (ev.type) {
-        case WSRR_FRAME_NEED_MORE:
-            return 0;
+        case WSRR_FRAME_NEED_MORE: return 0;
         case WSRR_FRAME_HEADER:
             d->direct = NULL;
             d->acc_len = 0;
@@ -342,9 +341,7 @@ static int feed_frames(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *dat
             else
                 rc = gather(d, &ev, t->o.max_recorded_payload);
             break;
-        case WSRR_FRAME_END:
-            rc = emit_frame(t, dir, &ev, ts);
-            break;
+        case WSRR_FRAME_END: rc = emit_frame(t, dir, &ev, ts); break;
         }
         if (rc < 0)
             return rc;
@@ -478,10 +475,8 @@ int wsrr_tap_feed(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, si
     case WSRR_TAP_HANDSHAKE:
         /* only client bytes can be here: the response decides what they are */
         return hold_early(t, data, len, ts);
-    case WSRR_TAP_WEBSOCKET:
-        return len ? feed_frames(t, dir, data, len, ts) : 0;
-    case WSRR_TAP_HTTP:
-        return 0; /* bodies of plain HTTP exchanges are not recorded (format 1.0) */
+    case WSRR_TAP_WEBSOCKET: return len ? feed_frames(t, dir, data, len, ts) : 0;
+    case WSRR_TAP_HTTP: return 0; /* bodies of plain HTTP exchanges are not recorded (format 1.0) */
     }
     return 0;
 }

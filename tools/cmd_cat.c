@@ -114,8 +114,8 @@ static void print_text(FILE *out, const struct wsrr_record *r)
         break;
     case WSRR_REC_FRAME: {
         const struct wsrr_rec_frame *f = &r->u.frame;
-        fprintf(out, "%s %s%s", f->dir == WSRR_DIR_C2S ? "C>S" : "S>C",
-                wsrr_opcode_name(f->opcode), f->fin ? "" : " (more)");
+        fprintf(out, "%s %s%s", f->dir == WSRR_DIR_C2S ? "C>S" : "S>C", wsrr_opcode_name(f->opcode),
+                f->fin ? "" : " (more)");
         for (int b = 0; b < 3; b++)
             if (f->rsv & (4 >> b))
                 fprintf(out, " rsv%d", b + 1);
@@ -131,8 +131,7 @@ static void print_text(FILE *out, const struct wsrr_record *r)
                 fprintf(out, " %u (%s)", code, wsrr_close_code_name(code));
                 if (f->payload.n > 2) {
                     fputs(": ", out);
-                    preview(out, (struct wsrr_span){f->payload.p + 2, f->payload.n - 2}, true,
-                            123);
+                    preview(out, (struct wsrr_span){f->payload.p + 2, f->payload.n - 2}, true, 123);
                 }
             }
         } else if (f->fflags & WSRR_FF_MESSAGE) {
@@ -179,20 +178,15 @@ static void print_text(FILE *out, const struct wsrr_record *r)
     }
     case WSRR_REC_FAULT: {
         const struct wsrr_rec_fault *f = &r->u.fault;
-        fprintf(out, "rule %.*s: %.*s", (int)f->rule.n, f->rule.p, (int)f->action.n,
-                f->action.p);
+        fprintf(out, "rule %.*s: %.*s", (int)f->rule.n, f->rule.p, (int)f->action.n, f->action.p);
         if (f->target)
             fprintf(out, " on #%" PRIu64, f->target);
         if (f->detail.n)
             fprintf(out, " %.*s", (int)f->detail.n, f->detail.p);
         break;
     }
-    case WSRR_REC_NOTE:
-        preview(out, r->u.note.text, true, 200);
-        break;
-    default:
-        fprintf(out, "(%zu-byte body of an unknown kind)", r->u.raw.body.n);
-        break;
+    case WSRR_REC_NOTE: preview(out, r->u.note.text, true, 200); break;
+    default: fprintf(out, "(%zu-byte body of an unknown kind)", r->u.raw.body.n); break;
     }
     if (r->flags & WSRR_RF_REDACTED)
         fputs(" [redacted]", out);
@@ -204,20 +198,17 @@ static void print_text(FILE *out, const struct wsrr_record *r)
 static int run(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"jsonl", no_argument, NULL, 'j'},       {"conn", required_argument, NULL, 'c'},
-        {"dir", required_argument, NULL, 'd'},   {"kind", required_argument, NULL, 'k'},
-        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0}};
+        {"jsonl", no_argument, NULL, 'j'},     {"conn", required_argument, NULL, 'c'},
+        {"dir", required_argument, NULL, 'd'}, {"kind", required_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0}};
     bool jsonl = false;
     int64_t conn = -1, dir = -1, kind = -1;
     int c;
     while ((c = tool_getopt(&verb_cat, argc, argv, "", longopts)) != -1) {
         uint64_t v;
         switch (c) {
-        case 'h':
-            return EXIT_OK;
-        case 'j':
-            jsonl = true;
-            break;
+        case 'h': return EXIT_OK;
+        case 'j': jsonl = true; break;
         case 'c':
             if (!tool_parse_u64(optarg, UINT32_MAX, &v))
                 return tool_usage_error("cat", "--conn: expected a connection id, got '%s'",
@@ -238,8 +229,7 @@ static int run(int argc, char **argv)
             if (kind < 0)
                 return tool_usage_error("cat", "--kind: unknown record kind '%s'", optarg);
             break;
-        default:
-            return EXIT_BAD_INPUT;
+        default: return EXIT_BAD_INPUT;
         }
     }
     if (optind + 1 != argc)

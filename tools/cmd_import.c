@@ -50,19 +50,11 @@ static int run(int argc, char **argv)
     int c;
     while ((c = tool_getopt(&verb_import, argc, argv, "o:", longopts)) != -1) {
         switch (c) {
-        case 'h':
-            return EXIT_OK;
-        case 'j':
-            in = optarg;
-            break;
-        case 'o':
-            out = optarg;
-            break;
-        case 'f':
-            force = true;
-            break;
-        default:
-            return EXIT_BAD_INPUT;
+        case 'h': return EXIT_OK;
+        case 'j': in = optarg; break;
+        case 'o': out = optarg; break;
+        case 'f': force = true; break;
+        default: return EXIT_BAD_INPUT;
         }
     }
     if (optind != argc)
@@ -113,18 +105,16 @@ static int run(int argc, char **argv)
         }
         struct wsrr_record r;
         uint8_t *arena;
-        if (wsrr_jsonl_parse_record(line, (size_t)len, last_ts, &r, &arena, err, sizeof(err)) <
-            0) {
+        if (wsrr_jsonl_parse_record(line, (size_t)len, last_ts, &r, &arena, err, sizeof(err)) < 0) {
             status = tool_fail("import", EXIT_BAD_INPUT, "%s:%lu: %s", inname, lineno, err);
             break;
         }
         int rc = wsrr_capture_append(w, &r);
         free(arena);
         if (rc < 0) {
-            status = tool_fail("import", EXIT_BAD_INPUT, "%s:%lu: cannot write the record: %s",
-                               inname, lineno,
-                               rc == -E2BIG ? "too large for the format"
-                                            : wsrr_capture_writer_error(w));
+            status = tool_fail(
+                "import", EXIT_BAD_INPUT, "%s:%lu: cannot write the record: %s", inname, lineno,
+                rc == -E2BIG ? "too large for the format" : wsrr_capture_writer_error(w));
             break;
         }
         last_ts = r.ts;

@@ -146,8 +146,8 @@ static int verify_one(const char *path, bool json, bool quiet)
                    strerror(-rc));
         if (clean) {
             if (!quiet)
-                printf("%s: ok: capture %u.%u, %" PRIu64 " records in %" PRIu64
-                       " batch%s, %" PRIu64 " connection%s, %.3f s, closed cleanly\n",
+                printf("%s: ok: capture %u.%u, %" PRIu64 " records in %" PRIu64 " batch%s, %" PRIu64
+                       " connection%s, %.3f s, closed cleanly\n",
                        path, info->major, info->minor, s.records, s.sum.batches,
                        s.sum.batches == 1 ? "" : "es", s.conns, s.conns == 1 ? "" : "s", secs);
         } else {
@@ -176,16 +176,10 @@ static int run_verify(int argc, char **argv)
     int c;
     while ((c = tool_getopt(&verb_verify, argc, argv, "q", longopts)) != -1) {
         switch (c) {
-        case 'h':
-            return EXIT_OK;
-        case 'j':
-            json = true;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        default:
-            return EXIT_BAD_INPUT;
+        case 'h': return EXIT_OK;
+        case 'j': json = true; break;
+        case 'q': quiet = true; break;
+        default: return EXIT_BAD_INPUT;
         }
     }
     if (optind == argc)
@@ -242,16 +236,10 @@ static int run_recover(int argc, char **argv)
     int c;
     while ((c = tool_getopt(&verb_recover, argc, argv, "o:", longopts)) != -1) {
         switch (c) {
-        case 'h':
-            return EXIT_OK;
-        case 'o':
-            out = optarg;
-            break;
-        case 'f':
-            force = true;
-            break;
-        default:
-            return EXIT_BAD_INPUT;
+        case 'h': return EXIT_OK;
+        case 'o': out = optarg; break;
+        case 'f': force = true; break;
+        default: return EXIT_BAD_INPUT;
         }
     }
     if (optind + 1 != argc)

@@ -7,9 +7,9 @@
 #include <stdint.h>
 
 /* Exit statuses, the same for every verb. */
-#define EXIT_OK      0 /* all good */
+#define EXIT_OK            0 /* all good */
 #define EXIT_FAILURE_FOUND 1 /* a failure, a divergence or damage was found */
-#define EXIT_BAD_INPUT 2 /* bad usage or bad input */
+#define EXIT_BAD_INPUT     2 /* bad usage or bad input */
 
 struct verb {
     const char *name;
@@ -22,7 +22,8 @@ struct verb {
 int tool_usage_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Print "wsrr VERB: message"; returns code. */
-int tool_fail(const char *verb, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int tool_fail(const char *verb, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* getopt_long with our error messages. Returns the option, -1 at the end,
  * or '?' after printing an error (the caller returns 2). Handles --help

@@ -97,7 +97,7 @@ struct wsrr_rec_open {
     struct wsrr_span client, listen, upstream, client_tls, upstream_tls, sni;
 };
 
-struct wsrr_rec_http { /* REQUEST and RESPONSE */
+struct wsrr_rec_http {     /* REQUEST and RESPONSE */
     struct wsrr_span head; /* raw HTTP head through the blank line */
 };
 
@@ -172,7 +172,7 @@ struct wsrr_record {
     struct wsrr_span extra;
 };
 
-#define WSRR_TS_NOW UINT64_MAX
+#define WSRR_TS_NOW         UINT64_MAX
 #define WSRR_REC_HEADER_LEN 28 /* length, kind, flags, reserved, seq, ts, conn */
 
 /* "open", "request", ... or NULL for an unknown kind. */
@@ -209,18 +209,18 @@ struct wsrr_capture_opts {
     bool overwrite;             /* replace an existing file (default: refuse) */
     unsigned mode;              /* file mode; default 0644 (use 0600 for raw captures) */
     uint32_t compat_flags;
-    const uint8_t *file_id;     /* WSRR_FILE_ID_LEN bytes; NULL: random */
-    uint64_t start_wall_ns;     /* 0: now */
-    uint64_t start_mono_ns;     /* 0: now */
+    const uint8_t *file_id; /* WSRR_FILE_ID_LEN bytes; NULL: random */
+    uint64_t start_wall_ns; /* 0: now */
+    uint64_t start_mono_ns; /* 0: now */
 };
 
 struct wsrr_capture_stats {
-    uint64_t records;        /* appended */
+    uint64_t records;         /* appended */
     uint64_t records_durable; /* in batches already written */
     uint64_t last_durable_seq;
-    uint64_t batches;        /* written */
-    uint64_t bytes_in;       /* record bytes before compression */
-    uint64_t bytes_out;      /* bytes written to the file */
+    uint64_t batches;   /* written */
+    uint64_t bytes_in;  /* record bytes before compression */
+    uint64_t bytes_out; /* bytes written to the file */
 };
 
 struct wsrr_capture_writer;
@@ -284,10 +284,10 @@ struct wsrr_capture_summary {
     uint64_t bytes;            /* file size read */
     uint64_t first_seq, last_seq;
     uint64_t first_ts, last_ts;
-    bool trailer;     /* a valid trailer was found at the end */
-    bool consistent;  /* the trailer's counts match what was read */
+    bool trailer;    /* a valid trailer was found at the end */
+    bool consistent; /* the trailer's counts match what was read */
     uint64_t trailer_records, trailer_batches;
-    size_t ndamage;   /* damage entries (also those not kept) */
+    size_t ndamage; /* damage entries (also those not kept) */
 };
 
 struct wsrr_capture_reader;

@@ -30,7 +30,7 @@ enum wsrr_opcode {
     WSRR_OP_PONG = 0xA,
 };
 
-#define WSRR_FRAME_MAX_HEADER 14  /* 2 + 8 (64-bit length) + 4 (mask key) */
+#define WSRR_FRAME_MAX_HEADER  14 /* 2 + 8 (64-bit length) + 4 (mask key) */
 #define WSRR_FRAME_MAX_CONTROL 125
 
 /* RSV bits as they sit in the first header byte, shifted down: RSV1 = 4. */
@@ -40,8 +40,8 @@ enum wsrr_opcode {
 
 /* Protocol violations, one bit each. A frame carries the violations found in
  * it; see wsrr_frame_violation_name() for the names used in captures. */
-#define WSRR_V_RESERVED_OPCODE    (1u << 0)  /* opcode 3-7 or 11-15 */
-#define WSRR_V_RSV1               (1u << 1)  /* RSV1 not negotiated, or on a control/continuation frame */
+#define WSRR_V_RESERVED_OPCODE    (1u << 0) /* opcode 3-7 or 11-15 */
+#define WSRR_V_RSV1               (1u << 1) /* RSV1 not negotiated, or on a control/continuation frame */
 #define WSRR_V_RSV2               (1u << 2)  /* RSV2 without an extension that defines it */
 #define WSRR_V_RSV3               (1u << 3)  /* RSV3 likewise */
 #define WSRR_V_CONTROL_TOO_LONG   (1u << 4)  /* control frame payload over 125 bytes */
@@ -59,7 +59,7 @@ enum wsrr_opcode {
 #define WSRR_V_FRAME_TOO_BIG      (1u << 16) /* frame length over limits.max_frame (fatal) */
 #define WSRR_V_MESSAGE_TOO_BIG    (1u << 17) /* message over limits.max_message (fatal) */
 #define WSRR_V_TOO_MANY_FRAGMENTS (1u << 18) /* message over limits.max_fragments (fatal) */
-#define WSRR_V_COUNT 19
+#define WSRR_V_COUNT              19
 
 /* Caps that turn hostile input into an error rather than a wait or an
  * allocation. Zero in a field means "the default". */
@@ -125,10 +125,10 @@ struct wsrr_frame_event {
 
 /* Parser state. Fields below "private" are not part of the API. */
 struct wsrr_frame_parser {
-    enum wsrr_dir dir;  /* who sends the frames this parser sees */
+    enum wsrr_dir dir;   /* who sends the frames this parser sees */
     uint8_t rsv_allowed; /* RSV bits negotiated by extensions: WSRR_RSV1 with permessage-deflate */
-    bool validate_utf8; /* check UTF-8 of uncompressed text messages (default true); close
-                           reasons are always checked */
+    bool validate_utf8;  /* check UTF-8 of uncompressed text messages (default true); close
+                            reasons are always checked */
     struct wsrr_frame_limits lim;
 
     /* private */

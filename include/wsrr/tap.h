@@ -26,7 +26,7 @@ struct wsrr_tap_opts {
     uint64_t max_recorded_payload;   /* record at most this much of a frame's payload
                                         (the record is flagged truncated); default 16 MiB */
     uint64_t max_inflated;           /* inflate at most this much per message; default 64 MiB */
-    size_t max_early_bytes;          /* client bytes held while the 101 is awaited; default 64 KiB */
+    size_t max_early_bytes; /* client bytes held while the 101 is awaited; default 64 KiB */
 };
 
 enum wsrr_tap_phase {
@@ -40,13 +40,13 @@ struct wsrr_tap_state {
     enum wsrr_tap_phase phase;
     bool deflate; /* permessage-deflate negotiated */
     struct wsrr_pmd_params pmd;
-    int status;          /* the response status, 0 before it */
-    uint64_t frames[2];  /* per sender (enum wsrr_dir) */
-    uint64_t bytes[2];   /* fed per direction */
-    bool close_seen[2];  /* a close frame from this sender */
+    int status;         /* the response status, 0 before it */
+    uint64_t frames[2]; /* per sender (enum wsrr_dir) */
+    uint64_t bytes[2];  /* fed per direction */
+    bool close_seen[2]; /* a close frame from this sender */
     uint16_t close_code[2];
-    int first_closer;    /* enum wsrr_dir of the first close frame, -1 none */
-    bool broken[2];      /* the direction could not be followed any more */
+    int first_closer; /* enum wsrr_dir of the first close frame, -1 none */
+    bool broken[2];   /* the direction could not be followed any more */
 };
 
 struct wsrr_tap;

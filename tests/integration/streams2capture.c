@@ -96,9 +96,7 @@ int main(int argc, char **argv)
         }
         switch (type) {
         case 0:
-        case 1:
-            wsrr_tap_feed(t, type == 0 ? WSRR_DIR_C2S : WSRR_DIR_S2C, buf, len, ts);
-            break;
+        case 1: wsrr_tap_feed(t, type == 0 ? WSRR_DIR_C2S : WSRR_DIR_S2C, buf, len, ts); break;
         case 3:
             wsrr_tap_end(t, ts);
             wsrr_tap_free(t);
@@ -111,8 +109,8 @@ int main(int argc, char **argv)
             break;
         case 6:
         case 7:
-            wsrr_tap_tcp(t, type == 6 ? WSRR_LEG_CLIENT : WSRR_LEG_UPSTREAM, WSRR_TCP_FIN, 0,
-                         NULL, ts);
+            wsrr_tap_tcp(t, type == 6 ? WSRR_LEG_CLIENT : WSRR_LEG_UPSTREAM, WSRR_TCP_FIN, 0, NULL,
+                         ts);
             break;
         default:
             fprintf(stderr, "%s: offset %ld: unknown event type %u\n", argv[1], off, type);

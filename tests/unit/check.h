@@ -21,7 +21,7 @@ static int check_count;
         check_count++;                                                                             \
         if (!(cond)) {                                                                             \
             check_failures++;                                                                      \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
         }                                                                                          \
     } while (0)
 
@@ -30,7 +30,7 @@ static int check_count;
         check_count++;                                                                             \
         if (!(cond)) {                                                                             \
             check_failures++;                                                                      \
-            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);             \
+            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);               \
             fprintf(stderr, __VA_ARGS__);                                                          \
             fputc('\n', stderr);                                                                   \
         }                                                                                          \
@@ -42,7 +42,7 @@ static int check_count;
         check_count++;                                                                             \
         if (check_a_ != check_b_) {                                                                \
             check_failures++;                                                                      \
-            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld != %lld)\n", __FILE__, __LINE__, \
+            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%lld != %lld)\n", __FILE__, __LINE__,  \
                     #a, #b, check_a_, check_b_);                                                   \
         }                                                                                          \
     } while (0)
@@ -53,7 +53,7 @@ static int check_count;
         check_count++;                                                                             \
         if (check_a_ != check_b_) {                                                                \
             check_failures++;                                                                      \
-            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%" PRIu64 " != %" PRIu64 ")\n",      \
+            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (%" PRIu64 " != %" PRIu64 ")\n",        \
                     __FILE__, __LINE__, #a, #b, check_a_, check_b_);                               \
         }                                                                                          \
     } while (0)
@@ -62,9 +62,9 @@ static int check_count;
     do {                                                                                           \
         const char *check_a_ = (a), *check_b_ = (b);                                               \
         check_count++;                                                                             \
-        if (!check_a_ || !check_b_ || strcmp(check_a_, check_b_) != 0) {                          \
+        if (!check_a_ || !check_b_ || strcmp(check_a_, check_b_) != 0) {                           \
             check_failures++;                                                                      \
-            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (\"%s\" != \"%s\")\n", __FILE__,      \
+            fprintf(stderr, "%s:%d: CHECK failed: %s == %s (\"%s\" != \"%s\")\n", __FILE__,        \
                     __LINE__, #a, #b, check_a_ ? check_a_ : "(null)",                              \
                     check_b_ ? check_b_ : "(null)");                                               \
         }                                                                                          \
@@ -74,9 +74,9 @@ static int check_count;
     do {                                                                                           \
         size_t check_al_ = (size_t)(alen), check_bl_ = (size_t)(blen);                             \
         check_count++;                                                                             \
-        if (check_al_ != check_bl_ || (check_al_ && memcmp((a), (b), check_al_) != 0)) {          \
+        if (check_al_ != check_bl_ || (check_al_ && memcmp((a), (b), check_al_) != 0)) {           \
             check_failures++;                                                                      \
-            fprintf(stderr, "%s:%d: CHECK failed: %s (%zu bytes) == %s (%zu bytes)\n", __FILE__,  \
+            fprintf(stderr, "%s:%d: CHECK failed: %s (%zu bytes) == %s (%zu bytes)\n", __FILE__,   \
                     __LINE__, #a, check_al_, #b, check_bl_);                                       \
         }                                                                                          \
     } while (0)
@@ -84,7 +84,7 @@ static int check_count;
 #define REQUIRE(cond)                                                                              \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);           \
+            fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond);             \
             exit(1);                                                                               \
         }                                                                                          \
     } while (0)

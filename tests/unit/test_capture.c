@@ -165,9 +165,7 @@ static void check_same(const struct wsrr_record *a, const struct wsrr_record *b)
         CHECK(span_eq(a->u.open.sni, b->u.open.sni));
         break;
     case WSRR_REC_REQUEST:
-    case WSRR_REC_RESPONSE:
-        CHECK(span_eq(a->u.http.head, b->u.http.head));
-        break;
+    case WSRR_REC_RESPONSE: CHECK(span_eq(a->u.http.head, b->u.http.head)); break;
     case WSRR_REC_FRAME:
         CHECK_INT(a->u.frame.dir, b->u.frame.dir);
         CHECK_INT(a->u.frame.fin, b->u.frame.fin);
@@ -199,11 +197,8 @@ static void check_same(const struct wsrr_record *a, const struct wsrr_record *b)
         CHECK(span_eq(a->u.fault.action, b->u.fault.action));
         CHECK(span_eq(a->u.fault.detail, b->u.fault.detail));
         break;
-    case WSRR_REC_NOTE:
-        CHECK(span_eq(a->u.note.text, b->u.note.text));
-        break;
-    default:
-        CHECK(span_eq(a->u.raw.body, b->u.raw.body));
+    case WSRR_REC_NOTE: CHECK(span_eq(a->u.note.text, b->u.note.text)); break;
+    default: CHECK(span_eq(a->u.raw.body, b->u.raw.body));
     }
 }
 
@@ -258,7 +253,8 @@ static void test_round_trip(size_t batch_bytes)
     const char *path = tmp_path("rt.wsrr");
     unlink(path);
     char err[256];
-    struct wsrr_capture_opts o = {.metadata = "{\"tool\":\"test\"}", .batch_bytes = batch_bytes,
+    struct wsrr_capture_opts o = {.metadata = "{\"tool\":\"test\"}",
+                                  .batch_bytes = batch_bytes,
                                   .flush_interval_ns = 3600ull * 1000000000};
     struct wsrr_capture_writer *w = wsrr_capture_writer_open(path, &o, err, sizeof(err));
     REQUIRE(w);

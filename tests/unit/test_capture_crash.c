@@ -41,7 +41,8 @@ static void child(const char *path, int wfd, uint64_t seed)
         char text[400];
         size_t len;
         record_text(i, text, sizeof(text), &len);
-        struct wsrr_record r = {.kind = WSRR_REC_NOTE, .conn = (uint32_t)(i % 7), .ts = WSRR_TS_NOW};
+        struct wsrr_record r = {
+            .kind = WSRR_REC_NOTE, .conn = (uint32_t)(i % 7), .ts = WSRR_TS_NOW};
         r.u.note.text = (struct wsrr_span){(const uint8_t *)text, len};
         if (wsrr_capture_append(w, &r) < 0)
             _exit(4);

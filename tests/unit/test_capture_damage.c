@@ -34,16 +34,18 @@ static void make_file(struct layout *L, const char *name, uint32_t seed)
     char path[512], err[256];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     unlink(path);
-    struct wsrr_capture_opts o = {.metadata = "{\"test\":\"damage\"}", .batch_bytes = 600,
+    struct wsrr_capture_opts o = {.metadata = "{\"test\":\"damage\"}",
+                                  .batch_bytes = 600,
                                   .flush_interval_ns = 3600ull * 1000000000};
     struct wsrr_capture_writer *w = wsrr_capture_writer_open(path, &o, err, sizeof(err));
     REQUIRE(w);
     uint64_t rnd = seed;
     for (int i = 0; i < NREC; i++) {
         char text[80];
-        int n = snprintf(text, sizeof(text), "record %d %llx", i,
-                         (unsigned long long)check_rand(&rnd));
-        struct wsrr_record r = {.kind = WSRR_REC_NOTE, .conn = (uint32_t)(i % 3), .ts = (uint64_t)i};
+        int n =
+            snprintf(text, sizeof(text), "record %d %llx", i, (unsigned long long)check_rand(&rnd));
+        struct wsrr_record r = {
+            .kind = WSRR_REC_NOTE, .conn = (uint32_t)(i % 3), .ts = (uint64_t)i};
         r.u.note.text = (struct wsrr_span){(const uint8_t *)text, (size_t)n};
         REQUIRE(wsrr_capture_append(w, &r) == 0);
     }
@@ -195,8 +197,8 @@ static void test_bit_flips(const struct layout *L)
     free(f);
 }
 
-static uint8_t *splice_bytes(const uint8_t *a, size_t alen, size_t at, const uint8_t *ins, size_t ilen,
-                       size_t *outlen)
+static uint8_t *splice_bytes(const uint8_t *a, size_t alen, size_t at, const uint8_t *ins,
+                             size_t ilen, size_t *outlen)
 {
     uint8_t *o = malloc(alen + ilen);
     memcpy(o, a, at);
@@ -211,7 +213,7 @@ static void test_duplicate_batch(const struct layout *L)
     size_t n;
     int b = 3;
     uint8_t *f = splice_bytes(L->file, L->size, L->bend[b], L->file + L->bstart[b],
-                        L->bend[b] - L->bstart[b], &n);
+                              L->bend[b] - L->bstart[b], &n);
     struct result r = read_mem(f, n);
     CHECK_INT(r.records, NREC);
     CHECK(r.ids_ok);
@@ -224,7 +226,7 @@ static void test_foreign_batch(const struct layout *L, const struct layout *othe
 {
     size_t n;
     uint8_t *f = splice_bytes(L->file, L->size, L->bend[2], other->file + other->bstart[5],
-                        other->bend[5] - other->bstart[5], &n);
+                              other->bend[5] - other->bstart[5], &n);
     struct result r = read_mem(f, n);
     CHECK_INT(r.records, NREC);
     CHECK(r.ids_ok);
@@ -330,8 +332,8 @@ static void test_versions(const struct layout *L)
     set_header_u16(f, 4, 2); /* major 2 */
     struct result r = read_mem(f, L->size);
     CHECK(!r.opened);
-    CHECK_MSG(strstr(r.open_err, "version 2.0") != NULL && strstr(r.open_err, "offset 12"),
-              "%s", r.open_err);
+    CHECK_MSG(strstr(r.open_err, "version 2.0") != NULL && strstr(r.open_err, "offset 12"), "%s",
+              r.open_err);
 
     memcpy(f, L->file, L->size);
     set_header_u16(f, 6, 9); /* minor 9: compatible */

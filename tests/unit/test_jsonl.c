@@ -56,7 +56,8 @@ static void test_frames(void)
     round_trip(&r, "\"mask\":\"37fa213d\",\"payload\":\"Hello\"");
 
     /* text with quotes, control characters, non-ASCII: stays text */
-    r = frame(WSRR_DIR_S2C, WSRR_OP_TEXT, SPAN("{\"type\":\"agent\\n\"}\t\xc3\xa9\xf0\x9f\x98\x80"));
+    r = frame(WSRR_DIR_S2C, WSRR_OP_TEXT,
+              SPAN("{\"type\":\"agent\\n\"}\t\xc3\xa9\xf0\x9f\x98\x80"));
     round_trip(&r, "\"payload\":\"");
     /* NUL and invalid UTF-8 fall back to base64 */
     r = frame(WSRR_DIR_S2C, WSRR_OP_TEXT, SPAN("a\0b"));
@@ -204,8 +205,9 @@ static void test_errors(void)
                  "8 hex digits");
     expect_error("{\"kind\":\"frame\",\"dir\":\"client\",\"opcode\":\"text\",\"len_width\":8}",
                  "7, 16 or 64");
-    expect_error("{\"kind\":\"frame\",\"dir\":\"client\",\"opcode\":\"text\",\"violations\":[\"x\"]}",
-                 "unknown violation");
+    expect_error(
+        "{\"kind\":\"frame\",\"dir\":\"client\",\"opcode\":\"text\",\"violations\":[\"x\"]}",
+        "unknown violation");
     expect_error("{\"kind\":\"frame\",\"dir\":\"server\",\"opcode\":\"close\",\"code\":1000,"
                  "\"payload\":\"x\"}",
                  "not both");
@@ -237,8 +239,11 @@ static void test_defaults(void)
 
 static void test_header(void)
 {
-    struct wsrr_capture_info info = {.major = 1, .minor = 0, .start_wall_ns = 1795000000123456789ull,
-                                     .start_mono_ns = 99, .metadata = "{\"a\":[1,2.5,\"x\"]}",
+    struct wsrr_capture_info info = {.major = 1,
+                                     .minor = 0,
+                                     .start_wall_ns = 1795000000123456789ull,
+                                     .start_mono_ns = 99,
+                                     .metadata = "{\"a\":[1,2.5,\"x\"]}",
                                      .metadata_len = 17};
     char *line = wsrr_jsonl_header(&info);
     REQUIRE(line);

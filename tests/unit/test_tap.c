@@ -79,8 +79,13 @@ static void send_frame(struct session *s, enum wsrr_dir d, uint8_t opcode, bool 
     feed_split(s, d, wire, len);
     free(wire);
     struct expect *e = &s->exp[s->nexp++];
-    *e = (struct expect){.kind = WSRR_REC_FRAME, .dir = (uint8_t)d, .opcode = opcode,
-                         .fin = fin, .masked = d == WSRR_DIR_C2S, .rsv = rsv, .len = n};
+    *e = (struct expect){.kind = WSRR_REC_FRAME,
+                         .dir = (uint8_t)d,
+                         .opcode = opcode,
+                         .fin = fin,
+                         .masked = d == WSRR_DIR_C2S,
+                         .rsv = rsv,
+                         .len = n};
     e->payload = dup_bytes(payload, n);
     e->payload_len = n;
     if (msg) {
@@ -133,8 +138,10 @@ static void handshake(struct session *s, const char *extensions_offer,
     char key[25];
     wsrr_handshake_make_key(key);
     struct evbuffer *b = evbuffer_new();
-    struct wsrr_ws_request_spec spec = {.target = "/agent?run=7", .host = "127.0.0.1:9000",
-                                        .key = key, .extensions = extensions_offer};
+    struct wsrr_ws_request_spec spec = {.target = "/agent?run=7",
+                                        .host = "127.0.0.1:9000",
+                                        .key = key,
+                                        .extensions = extensions_offer};
     REQUIRE(wsrr_handshake_build_request(b, &spec) == 0);
     if (early)
         evbuffer_add(b, early, early_len); /* frames sent right behind the request */
@@ -303,9 +310,14 @@ static void test_early_frame(void)
     size_t n = wsrr_frame_encode(wire, sizeof(wire), &f, (const uint8_t *)"early", 5);
     handshake(&s, NULL, NULL, 101, wire, n);
     /* the frame record comes after the response: it could only be parsed then */
-    s.exp[s.nexp++] = (struct expect){.kind = WSRR_REC_FRAME, .dir = WSRR_DIR_C2S,
-                                      .opcode = WSRR_OP_TEXT, .fin = true, .masked = true,
-                                      .len = 5, .payload = dup_bytes("early", 5), .payload_len = 5};
+    s.exp[s.nexp++] = (struct expect){.kind = WSRR_REC_FRAME,
+                                      .dir = WSRR_DIR_C2S,
+                                      .opcode = WSRR_OP_TEXT,
+                                      .fin = true,
+                                      .masked = true,
+                                      .len = 5,
+                                      .payload = dup_bytes("early", 5),
+                                      .payload_len = 5};
     /* no close frames at all: the transport just ended */
     wsrr_tap_end(s.tap, s.ts);
     expect_close(&s, WSRR_SIDE_NONE, 0, 0);
@@ -338,17 +350,26 @@ static void test_violations(void)
     wsrr_frame_init(&f, WSRR_DIR_S2C, WSRR_OP_TEXT, 2);
     size_t n = wsrr_frame_encode(wire, sizeof(wire), &f, (const uint8_t *)"hi", 2);
     feed_split(&s, WSRR_DIR_C2S, wire, n);
-    s.exp[s.nexp++] = (struct expect){.kind = WSRR_REC_FRAME, .dir = WSRR_DIR_C2S,
-                                      .opcode = WSRR_OP_TEXT, .fin = true, .len = 2,
+    s.exp[s.nexp++] = (struct expect){.kind = WSRR_REC_FRAME,
+                                      .dir = WSRR_DIR_C2S,
+                                      .opcode = WSRR_OP_TEXT,
+                                      .fin = true,
+                                      .len = 2,
                                       .violations = WSRR_V_MASK_MISSING,
-                                      .payload = dup_bytes("hi", 2), .payload_len = 2};
+                                      .payload = dup_bytes("hi", 2),
+                                      .payload_len = 2};
     wsrr_frame_init(&f, WSRR_DIR_C2S, 0x3, 2);
     n = wsrr_frame_encode(wire, sizeof(wire), &f, (const uint8_t *)"hi", 2);
     feed_split(&s, WSRR_DIR_S2C, wire, n);
-    s.exp[s.nexp++] = (struct expect){.kind = WSRR_REC_FRAME, .dir = WSRR_DIR_S2C,
-                                      .opcode = 0x3, .fin = true, .masked = true, .len = 2,
+    s.exp[s.nexp++] = (struct expect){.kind = WSRR_REC_FRAME,
+                                      .dir = WSRR_DIR_S2C,
+                                      .opcode = 0x3,
+                                      .fin = true,
+                                      .masked = true,
+                                      .len = 2,
                                       .violations = WSRR_V_MASK_UNEXPECTED | WSRR_V_RESERVED_OPCODE,
-                                      .payload = dup_bytes("hi", 2), .payload_len = 2};
+                                      .payload = dup_bytes("hi", 2),
+                                      .payload_len = 2};
     /* invalid UTF-8 in a text message */
     send_frame(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, true, 0, (const uint8_t *)"\xc0\xaf", 2, NULL, 0);
     s.exp[s.nexp - 1].violations = WSRR_V_BAD_UTF8;
@@ -380,9 +401,13 @@ static void test_caps(void)
     feed_split(&s, WSRR_DIR_S2C, hdr, sizeof(hdr));
     CHECK_INT(s.feed_rc, -EMSGSIZE);
     CHECK(wsrr_tap_state(s.tap)->broken[WSRR_DIR_S2C]);
-    s.exp[s.nexp++] = (struct expect){.kind = WSRR_REC_FRAME, .dir = WSRR_DIR_S2C,
-                                      .opcode = WSRR_OP_BINARY, .fin = true, .len = 2000,
-                                      .truncated = true, .violations = WSRR_V_FRAME_TOO_BIG};
+    s.exp[s.nexp++] = (struct expect){.kind = WSRR_REC_FRAME,
+                                      .dir = WSRR_DIR_S2C,
+                                      .opcode = WSRR_OP_BINARY,
+                                      .fin = true,
+                                      .len = 2000,
+                                      .truncated = true,
+                                      .violations = WSRR_V_FRAME_TOO_BIG};
     /* the other direction still works */
     s.feed_rc = 0;
     send_message(&s, WSRR_DIR_C2S, WSRR_OP_TEXT, "still here", 1);
@@ -400,8 +425,8 @@ static void test_inflate_error(void)
     session_start(&s, "inflate-error", NULL);
     handshake(&s, "permessage-deflate", answer, 101, NULL, 0);
     enable_deflate(&s, answer);
-    send_frame(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, true, WSRR_RSV1, (const uint8_t *)"\xff\xff\xff",
-               3, NULL, 0);
+    send_frame(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, true, WSRR_RSV1, (const uint8_t *)"\xff\xff\xff", 3,
+               NULL, 0);
     s.exp[s.nexp - 1].inflate_error = true;
     send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, "after the error", 1);
     wsrr_tap_end(s.tap, s.ts);
