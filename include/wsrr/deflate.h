@@ -22,8 +22,8 @@ struct evbuffer;
 struct wsrr_pmd_params {
     bool server_no_context_takeover;
     bool client_no_context_takeover;
-    uint8_t server_max_window_bits; /* 8..15; 15 when absent */
-    uint8_t client_max_window_bits; /* 8..15; 15 when absent */
+    uint8_t server_max_window_bits;      /* 8..15; 15 when absent */
+    uint8_t client_max_window_bits;      /* 8..15; 15 when absent */
     bool client_max_window_bits_novalue; /* offer carried the parameter without a value */
     bool server_max_window_bits_set, client_max_window_bits_set; /* carried a value */
 };
@@ -66,18 +66,21 @@ int wsrr_pmd_from_response(const char *value, size_t len, struct wsrr_pmd_params
 
 struct wsrr_pmd_stream;
 
-/* An inflater for messages sent by `sender` under params p (the sender's
- * context-takeover and window-bits parameters apply). max_message 0 means
- * 64 MiB. Returns NULL on allocation failure. */
-struct wsrr_pmd_stream *wsrr_pmd_inflater_new(const struct wsrr_pmd_params *p,
-                                              enum wsrr_dir sender, uint64_t max_message);
+/* An inflater for messages sent by `sender` under params p (NULL: the
+ * defaults). The sender's no_context_takeover applies; its window bits are
+ * not enforced, the inflater always keeps a 32 KB window. max_message 0
+ * means 64 MiB. zlib state is allocated on the first message (an idle
+ * stream is a few hundred bytes). Returns NULL on allocation failure. */
+struct wsrr_pmd_stream *wsrr_pmd_inflater_new(const struct wsrr_pmd_params *p, enum wsrr_dir sender,
+                                              uint64_t max_message);
 
-/* A deflater for messages we send as `sender`. level is zlib's (-1 default,
+/* A deflater for messages we send as `sender` (p NULL: the defaults), zlib
+ * state allocated on the first message. level is zlib's (-1 default,
  * 0..9); another level returns NULL. Window bits 8 are compressed with zlib's
  * 9-bit window, which zlib needs for raw deflate and which never emits a
  * distance over 250 bytes, so the output fits a peer's 256-byte window. */
-struct wsrr_pmd_stream *wsrr_pmd_deflater_new(const struct wsrr_pmd_params *p,
-                                              enum wsrr_dir sender, int level);
+struct wsrr_pmd_stream *wsrr_pmd_deflater_new(const struct wsrr_pmd_params *p, enum wsrr_dir sender,
+                                              int level);
 
 /* Free a stream; NULL is a no-op. */
 void wsrr_pmd_free(struct wsrr_pmd_stream *s);

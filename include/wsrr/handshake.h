@@ -23,14 +23,15 @@ struct evbuffer;
 #define WSRR_HTTP_DEFAULT_MAX_HEAD   (64 * 1024)
 #define WSRR_HTTP_DEFAULT_MAX_FIELDS 256
 
-/* Flags describing oddities of a head (informative; parsing went on). */
-#define WSRR_HTTP_F_FOLDED   (1u << 0) /* obs-fold continuation lines, unfolded with one SP */
-#define WSRR_HTTP_F_BARE_LF  (1u << 1) /* lines ended by LF without CR */
-#define WSRR_HTTP_F_DUP      (1u << 2) /* a single-valued WebSocket/Host field appears twice */
-/* Whitespace between a field name and its colon. RFC 7230 3.2.4 says a
- * server MUST reject such a head, so the parser fails with -EBADMSG instead
- * of setting this flag; it is kept for code that reports on raw heads. */
-#define WSRR_HTTP_F_WS_NAME  (1u << 3)
+/* Flags describing oddities of a head (informative; parsing went on).
+ * WSRR_HTTP_F_WS_NAME is never set by this parser: RFC 7230 3.2.4 says a
+ * server MUST reject whitespace between a field name and its colon, so such
+ * a head fails with -EBADMSG; the flag is kept for code reporting on raw
+ * heads. DUP covers Host, Sec-WebSocket-Key/-Version/-Accept and Upgrade. */
+#define WSRR_HTTP_F_FOLDED  (1u << 0) /* obs-fold continuation lines, unfolded with one SP */
+#define WSRR_HTTP_F_BARE_LF (1u << 1) /* lines ended by LF without CR */
+#define WSRR_HTTP_F_DUP     (1u << 2) /* a single-valued WebSocket/Host field appears twice */
+#define WSRR_HTTP_F_WS_NAME (1u << 3) /* whitespace between field name and colon */
 
 struct wsrr_http_field {
     const char *name; /* points into head.buf, not NUL-terminated */
@@ -154,7 +155,8 @@ struct wsrr_ws_info {
     const char *accept; /* Sec-WebSocket-Accept (response) */
     size_t accept_len;
     int version;           /* Sec-WebSocket-Version, -1 when absent or not a number */
-    const char *protocols; /* Sec-WebSocket-Protocol (all fields joined by the parser's view: first field) */
+    const char *protocols; /* Sec-WebSocket-Protocol (all fields joined by the parser's view: first
+                              field) */
     size_t protocols_len;
     size_t nprotocol_fields;
     const char *extensions; /* first Sec-WebSocket-Extensions field */
