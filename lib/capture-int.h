@@ -57,10 +57,15 @@
 #define TR_SIZE     68
 #define TR_F_CLOSED 1u
 
-/* Seek table (zstd seekable format): entries of u32 compressed size, u32
- * decompressed size, u32 checksum; then the 9-byte footer. */
-#define ST_ENTRY      12
-#define ST_FOOTER     9
-#define ST_F_CHECKSUM 0x80
+/* Seek table (zstd seekable format): one entry per frame of the file before
+ * it (skippable frames included, with decompressed size 0): u32 compressed
+ * size, u32 decompressed size, u32 checksum (low 32 bits of XXH64 of the
+ * frame's content); then the 9-byte footer. */
+#define ST_ENTRY          12
+#define ST_FOOTER         9
+#define ST_F_CHECKSUM     0x80
+#define ST_RESERVED_BITS  0x7C
+#define XXH64_EMPTY_LOW32 0x51D8E999u /* XXH64 of no bytes (seed 0) is 0xEF46DB3751D8E999 */
+#define TRAILER_TOTAL     (SKIP_HDR + TR_SIZE)
 
 #endif

@@ -21,6 +21,7 @@
 #include <zstd.h>
 
 #define MAX_DAMAGE_KEPT 64
+#define EXTENT_BACKOFF  64
 #define READ_CHUNK      (64 * 1024)
 
 struct wsrr_capture_reader {
@@ -50,8 +51,10 @@ struct wsrr_capture_reader {
     /* the seek table this file should end with, rebuilt while reading */
     uint8_t *seek;
     size_t seek_len, seek_cap;
-    uint64_t entry_start;
-    bool seek_ok; /* a seek table was read and matched */
+    bool seek_lost;          /* the expected seek table could not be rebuilt */
+    bool seek_seen;          /* a seek table followed the trailer */
+    bool seek_ok;            /* ... and matched */
+    size_t damage_at_commit; /* damage count when the last batch was committed */
 
     struct wsrr_capture_damage damage[MAX_DAMAGE_KEPT];
     struct wsrr_capture_summary sum;
@@ -187,11 +190,15 @@ static void damage_and_resync(struct wsrr_capture_reader *r, uint64_t at, const 
     resync(r, at);
 }
 
+static void seek_expect(struct wsrr_capture_reader *r, uint64_t csize, uint32_t dsize,
+                        uint32_t checksum);
+
 /* ---- header ---- */
 
 /* The header could not be used: fall back to what the batches say. */
 static void header_lost(struct wsrr_capture_reader *r)
 {
+    r->seek_lost = true;
     r->info.major = WSRR_CAPTURE_MAJOR;
     r->info.metadata = "{}";
     r->info.metadata_len = 2;
@@ -286,6 +293,7 @@ static int read_header(struct wsrr_capture_reader *r, char *err, size_t errlen)
             r->info.metadata_len = mlen;
             r->info.header_ok = true;
             r->have_id = true;
+            seek_expect(r, SKIP_HDR + psize, 0, XXH64_EMPTY_LOW32);
             skip(r, SKIP_HDR + psize);
             return 0;
         }
@@ -372,7 +380,7 @@ struct wsrr_capture_reader *wsrr_capture_reader_mem(const uint8_t *data, size_t 
 
 void wsrr_capture_reader_set_max_batch(struct wsrr_capture_reader *r, size_t max)
 {
-    r->max_batch = max;
+    r->max_batch = max < ((size_t)1 << 30) ? max : ((size_t)1 << 30);
 }
 
 const struct wsrr_capture_info *wsrr_capture_reader_info(const struct wsrr_capture_reader *r)
@@ -395,6 +403,103 @@ static int grow_content(struct wsrr_capture_reader *r, size_t need)
     r->content = b;
     r->content_cap = n;
     return 0;
+}
+
+/* Append one entry to the seek table this file should end with. */
+static void seek_expect(struct wsrr_capture_reader *r, uint64_t csize, uint32_t dsize,
+                        uint32_t checksum)
+{
+    if (r->seek_len + ST_ENTRY > r->seek_cap) {
+        size_t ncap = r->seek_cap ? r->seek_cap * 2 : 64 * ST_ENTRY;
+        uint8_t *ns = realloc(r->seek, ncap);
+        if (!ns) {
+            r->seek_lost = true;
+            return;
+        }
+        r->seek = ns;
+        r->seek_cap = ncap;
+    }
+    uint8_t *e = r->seek + r->seek_len;
+    wsrr_put32(e, (uint32_t)csize);
+    wsrr_put32(e + 4, dsize);
+    wsrr_put32(e + 8, checksum);
+    r->seek_len += ST_ENTRY;
+}
+
+/* Skip a batch whose header passed its CRC (so its extent can be trusted)
+ * but whose content cannot be used; the whole extent is the damage. Each
+ * byte is looked at a bounded number of times, so forged headers cannot
+ * make reading quadratic. */
+static void skip_extent(struct wsrr_capture_reader *r, uint64_t at, size_t extent, const char *what)
+{
+    /* the bytes after the extent come into the window first, so that
+     * nothing is compacted away once positions are computed */
+    size_t have = fill(r, extent + sizeof(batch_pattern));
+    size_t n = have < extent ? have : extent;
+    add_damage(r, at, n, "%s", what);
+    if (n < extent) {
+        skip(r, n);
+        return;
+    }
+    const uint8_t *next = r->base + r->pos + extent;
+    size_t after = have - extent;
+    uint32_t magic = after >= 4 ? wsrr_le32(next) : 0;
+    bool known = after == 0 ||
+                 (after >= sizeof(batch_pattern) &&
+                  (memcmp(next, batch_pattern, sizeof(batch_pattern)) == 0 ||
+                   memcmp(next, trailer_pattern, sizeof(trailer_pattern)) == 0)) ||
+                 ((magic & 0xFFFFFFF0u) == 0x184D2A50u && magic != WSRR_SKIPPABLE_MAGIC &&
+                  !(after >= SKIP_HDR + 3 && memcmp(next + SKIP_HDR, "WSR", 3) == 0));
+    if (known) {
+        skip(r, extent);
+        return;
+    }
+    /* The declared size was a little off (bytes inserted into or removed
+     * from the frame): look for the next header from slightly before the
+     * claimed end. The back-off is a constant, so reading stays linear. */
+    size_t back = extent - 1 < EXTENT_BACKOFF ? extent - 1 : EXTENT_BACKOFF;
+    skip(r, extent - back);
+    resync(r, at);
+}
+
+/* Decompress the frame into r->content, growing the buffer only as output
+ * is produced, never beyond dsize. Returns NULL or what went wrong. */
+static const char *decompress(struct wsrr_capture_reader *r, const uint8_t *frame, size_t csize,
+                              size_t dsize)
+{
+    if (wsrr_le32(frame) != 0xFD2FB528u)
+        return "not a zstd frame";
+    if (ZSTD_findFrameCompressedSize(frame, csize) != csize)
+        return "zstd frame size differs from the batch header";
+    if (ZSTD_getFrameContentSize(frame, csize) != dsize)
+        return "zstd content size differs from the batch header";
+    if (!(frame[4] & 0x04)) /* Frame_Header_Descriptor: Content_Checksum_flag (RFC 8878) */
+        return "zstd frame without a content checksum";
+
+    ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
+    ZSTD_inBuffer in = {frame, csize, 0};
+    size_t cap = dsize < ((size_t)1 << 20) ? dsize : ((size_t)1 << 20);
+    if (grow_content(r, cap ? cap : 1) < 0)
+        return "out of memory";
+    ZSTD_outBuffer out = {r->content, cap, 0};
+    size_t left;
+    do {
+        if (out.pos == out.size && out.size < dsize) {
+            size_t ncap = out.size * 2 < dsize ? out.size * 2 : dsize;
+            if (grow_content(r, ncap) < 0)
+                return "out of memory";
+            out.dst = r->content;
+            out.size = ncap;
+        }
+        size_t in0 = in.pos, out0 = out.pos;
+        left = ZSTD_decompressStream(r->dctx, &out, &in);
+        if (ZSTD_isError(left))
+            return ZSTD_getErrorName(left);
+        if (left && in.pos == in0 && out.pos == out0 && out.pos < out.size)
+            return "zstd frame does not end where declared";
+    } while (left);
+    r->content_len = out.pos;
+    return out.pos == dsize ? NULL : "content smaller than declared";
 }
 
 /* Decompress and check the batch whose header is at the current position.
@@ -423,15 +528,7 @@ static int try_batch(struct wsrr_capture_reader *r)
     uint32_t dsize = wsrr_le32(h + BH_DSIZE);
     uint32_t fcrc = wsrr_le32(h + BH_FRAME_CRC);
 
-    if (!r->have_id) {
-        memcpy(r->info.file_id, h + BH_FILE_ID, WSRR_FILE_ID_LEN);
-        r->have_id = true;
-    } else if (memcmp(r->info.file_id, h + BH_FILE_ID, WSRR_FILE_ID_LEN) != 0) {
-        skip(r, 1);
-        damage_and_resync(r, at, "batch header from another capture (foreign file id)");
-        return 0;
-    }
-    if (count == 0 || csize > r->max_batch || dsize > r->max_batch ||
+    if (count == 0 || csize < 4 || csize > r->max_batch || dsize > r->max_batch ||
         dsize < (uint64_t)count * WSRR_REC_HEADER_LEN) {
         snprintf(why, sizeof(why),
                  "batch %llu header declares impossible sizes (%u records, %u compressed, "
@@ -441,18 +538,27 @@ static int try_batch(struct wsrr_capture_reader *r)
         damage_and_resync(r, at, why);
         return 0;
     }
-    if (r->any_batch && batch_no <= r->last_batch_no) {
-        /* Intact but already seen: a duplicated (or replayed) batch. */
-        have = fill(r, BATCH_HDR_TOTAL + (size_t)csize);
-        size_t n = have < BATCH_HDR_TOTAL + (size_t)csize ? have : BATCH_HDR_TOTAL + csize;
-        add_damage(r, at, n, "batch %llu repeats an earlier batch (duplicate skipped)",
-                   (unsigned long long)batch_no);
-        skip(r, n);
+    /* From here the header is intact, so its extent can be trusted. */
+    size_t extent = BATCH_HDR_TOTAL + (size_t)csize;
+    have = fill(r, extent);
+    h = r->base + r->pos + SKIP_HDR; /* fill() may have moved the window */
+    if (!r->have_id) { /* the file header was lost: adopt the first intact batch's id */
+        memcpy(r->info.file_id, h + BH_FILE_ID, WSRR_FILE_ID_LEN);
+        r->have_id = true;
+    }
+    if (memcmp(r->info.file_id, h + BH_FILE_ID, WSRR_FILE_ID_LEN) != 0) {
+        snprintf(why, sizeof(why), "batch %llu from another capture (foreign file id) skipped",
+                 (unsigned long long)batch_no);
+        skip_extent(r, at, extent, why);
         return 0;
     }
-
-    have = fill(r, BATCH_HDR_TOTAL + (size_t)csize);
-    if (have < BATCH_HDR_TOTAL + (size_t)csize) {
+    if (r->any_batch && batch_no <= r->last_batch_no) {
+        snprintf(why, sizeof(why), "batch %llu repeats an earlier batch (duplicate skipped)",
+                 (unsigned long long)batch_no);
+        skip_extent(r, at, extent, why);
+        return 0;
+    }
+    if (have < extent) {
         add_damage(r, at, have,
                    "batch %llu truncated: the file ends %zu bytes into its %u-byte frame "
                    "(%u records lost)",
@@ -461,45 +567,15 @@ static int try_batch(struct wsrr_capture_reader *r)
         return 0;
     }
     const uint8_t *frame = r->base + r->pos + BATCH_HDR_TOTAL;
-    if ((uint32_t)crc32(0, frame, csize) != fcrc) {
-        snprintf(why, sizeof(why),
-                 "batch %llu: compressed data checksum mismatch (%u records lost)",
-                 (unsigned long long)batch_no, count);
-        skip(r, 1);
-        damage_and_resync(r, at, why);
-        return 0;
-    }
-
-    /* Decompress into exactly the declared content size. The zstd frame
-     * header must declare the same size, so zstd itself rejects content of
-     * any other length, and the content checksum is verified at its end. */
     const char *bad = NULL;
-    if (ZSTD_findFrameCompressedSize(frame, csize) != csize) {
-        bad = "zstd frame size differs from the batch header";
-    } else if (ZSTD_getFrameContentSize(frame, csize) != dsize) {
-        bad = "zstd content size differs from the batch header";
-    } else if (grow_content(r, dsize) < 0) {
-        bad = "out of memory";
-    } else {
-        ZSTD_DCtx_reset(r->dctx, ZSTD_reset_session_only);
-        ZSTD_inBuffer in = {frame, csize, 0};
-        ZSTD_outBuffer out = {r->content, dsize, 0};
-        size_t left;
-        do {
-            size_t in0 = in.pos, out0 = out.pos;
-            left = ZSTD_decompressStream(r->dctx, &out, &in);
-            if (ZSTD_isError(left))
-                bad = ZSTD_getErrorName(left);
-            else if (left && in.pos == in0 && out.pos == out0)
-                bad = "zstd frame does not end where declared";
-        } while (left && !bad);
-        r->content_len = out.pos;
-    }
+    if ((uint32_t)crc32(0, frame, csize) != fcrc)
+        bad = "compressed data checksum mismatch";
+    else
+        bad = decompress(r, frame, csize, dsize);
     if (bad) {
         snprintf(why, sizeof(why), "batch %llu: %s (%u records lost)", (unsigned long long)batch_no,
                  bad, count);
-        skip(r, 1);
-        damage_and_resync(r, at, why);
+        skip_extent(r, at, extent, why);
         return 0;
     }
 
@@ -533,32 +609,32 @@ static int try_batch(struct wsrr_capture_reader *r)
         bad = why;
     }
     if (bad) {
-        add_damage(r, at, BATCH_HDR_TOTAL + (uint64_t)csize, "%s", bad);
-        skip(r, BATCH_HDR_TOTAL + (size_t)csize);
+        skip_extent(r, at, extent, bad);
         return 0;
     }
 
-    skip(r, BATCH_HDR_TOTAL + (size_t)csize);
-    if (r->seek_len + ST_ENTRY > r->seek_cap) {
-        size_t ncap = r->seek_cap ? r->seek_cap * 2 : 64 * ST_ENTRY;
-        uint8_t *ns = realloc(r->seek, ncap);
-        if (ns) {
-            r->seek = ns;
-            r->seek_cap = ncap;
-        }
+    /* Batches are numbered 0, 1, 2...: a gap nobody reported is a batch that
+     * was cut out cleanly. */
+    uint64_t expect = r->any_batch ? r->last_batch_no + 1 : 0;
+    if (batch_no != expect && r->sum.ndamage == r->damage_at_commit) {
+        if (batch_no - expect == 1)
+            add_damage(r, at, 0, "batch %llu is missing (cut out before this offset)",
+                       (unsigned long long)expect);
+        else
+            add_damage(r, at, 0, "batches %llu-%llu are missing (cut out before this offset)",
+                       (unsigned long long)expect, (unsigned long long)batch_no - 1);
     }
-    if (r->seek_len + ST_ENTRY <= r->seek_cap) {
-        uint8_t *e = r->seek + r->seek_len;
-        wsrr_put32(e, (uint32_t)(off_at(r, r->pos) - r->entry_start));
-        wsrr_put32(e + 4, dsize);
-        memcpy(e + 8, frame + csize - 4, 4);
-        r->seek_len += ST_ENTRY;
-    }
-    r->entry_start = off_at(r, r->pos);
+    if (batch_no != expect)
+        r->seek_lost = true; /* the index of this file can no longer be rebuilt */
+
+    seek_expect(r, BATCH_HDR_TOTAL, 0, XXH64_EMPTY_LOW32);
+    seek_expect(r, csize, dsize, wsrr_le32(frame + csize - 4));
+    skip(r, extent);
     r->content_pos = 0;
     r->batch_left = count;
     r->any_batch = true;
     r->last_batch_no = batch_no;
+    r->damage_at_commit = r->sum.ndamage;
     r->sum.batches++;
     return 1;
 }
@@ -582,6 +658,7 @@ static void read_trailer(struct wsrr_capture_reader *r)
     r->sum.trailer = true;
     r->sum.trailer_batches = wsrr_le64(t + TR_BATCHES);
     r->sum.trailer_records = wsrr_le64(t + TR_RECORDS);
+    seek_expect(r, TRAILER_TOTAL, 0, XXH64_EMPTY_LOW32);
     skip(r, SKIP_HDR + TR_SIZE);
 }
 
@@ -605,13 +682,17 @@ static void skip_frame(struct wsrr_capture_reader *r, uint32_t magic, uint32_t s
         skip(r, n);
         left -= n;
     }
+    /* zstd's seekable format lists every frame, so a frame wsrr did not
+     * write makes the file's own seek table disagree */
+    seek_expect(r, total, 0, XXH64_EMPTY_LOW32);
 }
 
-/* The seek table after the trailer: its footer must name one entry per
- * batch. */
+/* The seek table after the trailer: one entry per frame before it (header,
+ * two per batch, trailer), each equal to what was read. */
 static void read_seek_table(struct wsrr_capture_reader *r, uint32_t size)
 {
     uint64_t at = off_at(r, r->pos);
+    r->seek_seen = true;
     if (size < ST_FOOTER || size > r->max_batch) {
         add_damage(r, at, 0, "seek table declares an impossible size of %u bytes", size);
         skip(r, 1);
@@ -625,19 +706,20 @@ static void read_seek_table(struct wsrr_capture_reader *r, uint32_t size)
         return;
     }
     const uint8_t *f = r->base + r->pos + SKIP_HDR + size - ST_FOOTER;
-    uint32_t entries = wsrr_le32(f);
-    uint32_t entry_size = (f[4] & ST_F_CHECKSUM) ? 12 : 8;
     const uint8_t *e = r->base + r->pos + SKIP_HDR;
-    if (wsrr_le32(f + 5) != WSRR_SEEKABLE_FOOTER || f[4] != ST_F_CHECKSUM ||
-        (uint64_t)entries * entry_size + ST_FOOTER != size || entries != r->sum.trailer_batches)
+    uint32_t entries = wsrr_le32(f);
+    uint64_t want = 2 * r->sum.trailer_batches + 2;
+    if (wsrr_le32(f + 5) != WSRR_SEEKABLE_FOOTER || !(f[4] & ST_F_CHECKSUM) ||
+        (f[4] & ST_RESERVED_BITS) || (uint64_t)entries * ST_ENTRY + ST_FOOTER != size ||
+        entries != want)
         add_damage(r, at, SKIP_HDR + (uint64_t)size,
-                   "seek table malformed (%u entries for %llu batches)", entries,
-                   (unsigned long long)r->sum.trailer_batches);
-    else if (r->sum.ndamage == 0 && entry_size == ST_ENTRY &&
-             (r->seek_len != size - ST_FOOTER ||
-              (r->seek_len && memcmp(e, r->seek, r->seek_len) != 0)))
-        add_damage(r, at, SKIP_HDR + (uint64_t)size, "seek table disagrees with the batches read");
-    else
+                   "seek table malformed (%u entries, descriptor 0x%02x; expected %llu entries "
+                   "with checksums)",
+                   entries, f[4], (unsigned long long)want);
+    else if (r->sum.ndamage == 0 && !r->seek_lost &&
+             (r->seek_len != size - ST_FOOTER || memcmp(e, r->seek, r->seek_len) != 0))
+        add_damage(r, at, SKIP_HDR + (uint64_t)size, "seek table disagrees with the frames read");
+    else if (!r->seek_lost)
         r->seek_ok = true;
     skip(r, SKIP_HDR + (size_t)size);
 }
@@ -671,9 +753,12 @@ static int next_batch(struct wsrr_capture_reader *r)
             read_seek_table(r, size);
             continue;
         }
-        if ((magic & 0xFFFFFFF0u) == 0x184D2A50u && magic != WSRR_SEEKTABLE_MAGIC &&
-            !(have >= SKIP_HDR + 4 && memcmp(p + SKIP_HDR, "WSR", 3) == 0)) {
-            /* A user skippable frame: allowed by zstd, not ours, skipped. */
+        if ((magic & 0xFFFFFFF0u) == 0x184D2A50u && magic != WSRR_SKIPPABLE_MAGIC &&
+            !(have >= SKIP_HDR + 3 && memcmp(p + SKIP_HDR, "WSR", 3) == 0)) {
+            /* A user skippable frame: allowed by zstd, not ours, skipped.
+             * 0x184D2A50 is reserved for wsrr's own frames, and a frame
+             * whose payload starts with "WSR" is one of ours with a damaged
+             * magic: both are damage. */
             skip_frame(r, magic, size);
             continue;
         }
@@ -707,6 +792,9 @@ int wsrr_capture_reader_next(struct wsrr_capture_reader *r, struct wsrr_record *
         if (!next_batch(r)) {
             r->done = true;
             r->sum.bytes = off_at(r, r->pos);
+            if (r->sum.trailer && !r->seek_seen && r->sum.ndamage == 0)
+                add_damage(r, r->sum.bytes, 0,
+                           "the file ends after its trailer: the seek table is missing");
             r->sum.consistent = r->sum.trailer && r->seek_ok && r->sum.ndamage == 0 &&
                                 r->sum.trailer_batches == r->sum.batches &&
                                 r->sum.trailer_records == r->sum.records;

@@ -293,6 +293,8 @@ ssize_t wsrr_record_decode(const uint8_t *buf, size_t len, struct wsrr_record *r
     r->seq = wsrr_le64(buf + 8);
     r->ts = wsrr_le64(buf + 16);
     r->conn = wsrr_le32(buf + 24);
+    if (r->seq == 0)
+        return wsrr_seterr(err, errlen, EBADMSG, "record with sequence number 0 (reserved)");
     if (r->ts == WSRR_TS_NOW)
         return wsrr_seterr(err, errlen, EBADMSG, "record seq %llu: timestamp 2^64-1 is reserved",
                            (unsigned long long)r->seq);

@@ -51,10 +51,10 @@ struct wsrr_capture_writer {
     uint64_t next_seq;
     uint64_t last_seq, last_ts;
     uint64_t batch_no;
-    uint64_t offset;      /* bytes written */
-    uint64_t entry_start; /* where the current seek-table entry starts */
-    uint8_t *seek;        /* ST_ENTRY bytes per batch */
+    uint64_t offset; /* bytes written */
+    uint8_t *seek;   /* seek-table entries, ST_ENTRY bytes per frame written */
     size_t seek_len, seek_cap;
+    bool seek_failed; /* out of memory once: no seek table will be written */
 
     struct wsrr_capture_stats st;
     int error;
@@ -115,25 +115,48 @@ static int grow(uint8_t **buf, size_t *cap, size_t need)
     return 0;
 }
 
+/* One seek-table entry per frame written (zstd seekable format). */
+static void seek_add(struct wsrr_capture_writer *w, size_t csize, size_t dsize, uint32_t checksum)
+{
+    if (w->seek_failed)
+        return;
+    if (grow(&w->seek, &w->seek_cap, w->seek_len + ST_ENTRY) < 0) {
+        w->seek_failed = true;
+        return;
+    }
+    uint8_t *e = w->seek + w->seek_len;
+    wsrr_put32(e, (uint32_t)csize);
+    wsrr_put32(e + 4, (uint32_t)dsize);
+    wsrr_put32(e + 8, checksum);
+    w->seek_len += ST_ENTRY;
+}
+
 static void put_skip_hdr(uint8_t *o, uint32_t magic, uint32_t size)
 {
     wsrr_put32(o, magic);
     wsrr_put32(o + 4, size);
 }
 
-static int write_header(struct wsrr_capture_writer *w, const struct wsrr_capture_opts *o)
+/* Checked before anything is created, so a refused open leaves no file. */
+static int check_metadata(const char *meta, char *err, size_t errlen)
 {
-    const char *meta = o->metadata ? o->metadata : "{}";
     size_t mlen = strlen(meta);
     if (mlen > FH_MAX_META)
-        return fail(w, EMSGSIZE, "metadata of %zu bytes exceeds the %u-byte limit", mlen,
-                    FH_MAX_META);
+        return wsrr_seterr(err, errlen, EMSGSIZE,
+                           "capture metadata of %zu bytes exceeds the %u-byte limit", mlen,
+                           FH_MAX_META);
     cJSON *j = cJSON_ParseWithLength(meta, mlen);
     bool is_object = cJSON_IsObject(j);
     cJSON_Delete(j);
     if (!is_object)
-        return fail(w, EINVAL, "capture metadata must be a JSON object");
+        return wsrr_seterr(err, errlen, EINVAL, "capture metadata must be a JSON object");
+    return 0;
+}
 
+static int write_header(struct wsrr_capture_writer *w, const struct wsrr_capture_opts *o)
+{
+    const char *meta = o->metadata ? o->metadata : "{}";
+    size_t mlen = strlen(meta);
     size_t psize = FH_META + mlen + 4;
     uint8_t *b = malloc(SKIP_HDR + psize);
     if (!b)
@@ -146,13 +169,15 @@ static int write_header(struct wsrr_capture_writer *w, const struct wsrr_capture
     wsrr_put32(p + FH_INCOMPAT, 0);
     wsrr_put32(p + FH_COMPAT, o->compat_flags);
     memcpy(p + FH_FILE_ID, w->file_id, WSRR_FILE_ID_LEN);
-    wsrr_put64(p + FH_START_WALL, o->start_wall_ns ? o->start_wall_ns : wsrr_wall_ns());
+    wsrr_put64(p + FH_START_WALL,
+               o->start_wall_ns || o->keep_start ? o->start_wall_ns : wsrr_wall_ns());
     wsrr_put64(p + FH_START_MONO, w->start_mono);
     wsrr_put32(p + FH_META_LEN, (uint32_t)mlen);
     memcpy(p + FH_META, meta, mlen);
     wsrr_put32(p + FH_META + mlen, (uint32_t)crc32(0, p, (uInt)(FH_META + mlen)));
     int rc = emit(w, b, SKIP_HDR + psize);
     free(b);
+    seek_add(w, SKIP_HDR + psize, 0, XXH64_EMPTY_LOW32);
     return rc;
 }
 
@@ -170,9 +195,13 @@ struct wsrr_capture_writer *wsrr_capture_writer_open(const char *path,
     snprintf(w->path, sizeof(w->path), "%s", strcmp(path, "-") ? path : "standard output");
     w->flush_ns = o->flush_interval_ns ? o->flush_interval_ns : DEFAULT_FLUSH_NS;
     w->batch_bytes = o->batch_bytes ? o->batch_bytes : DEFAULT_BATCH;
+    if (w->batch_bytes > WSRR_CAPTURE_MAX_BATCH_BYTES)
+        w->batch_bytes = WSRR_CAPTURE_MAX_BATCH_BYTES;
     w->sync = o->sync;
     w->next_seq = 1;
-    w->start_mono = o->start_mono_ns ? o->start_mono_ns : wsrr_now_ns();
+    w->start_mono = o->start_mono_ns || o->keep_start ? o->start_mono_ns : wsrr_now_ns();
+    if (check_metadata(o->metadata ? o->metadata : "{}", err, errlen) < 0)
+        goto err_free;
 
     if (o->file_id)
         memcpy(w->file_id, o->file_id, WSRR_FILE_ID_LEN);
@@ -202,8 +231,15 @@ struct wsrr_capture_writer *wsrr_capture_writer_open(const char *path,
             goto err_cctx;
         }
         w->own_fd = true;
-        if (o->mode) /* the umask must not widen a 0600 request, nor narrow it silently */
-            fchmod(w->fd, o->mode);
+        /* the umask must not narrow a requested mode silently */
+        if (o->mode && fchmod(w->fd, o->mode) < 0) {
+            int e = errno;
+            wsrr_seterr(err, errlen, e, "cannot set the mode of %s to %o: %s", path, o->mode,
+                        strerror(e));
+            close(w->fd);
+            unlink(path);
+            goto err_cctx;
+        }
     }
 
     if (write_header(w, o) < 0) {
@@ -213,8 +249,10 @@ struct wsrr_capture_writer *wsrr_capture_writer_open(const char *path,
     return w;
 
 err_fd:
-    if (w->own_fd)
+    if (w->own_fd) {
         close(w->fd);
+        unlink(path);
+    }
 err_cctx:
     ZSTD_freeCCtx(w->cctx);
 err_free:
@@ -274,19 +312,8 @@ static int seal(struct wsrr_capture_writer *w)
     if (w->sync && fdatasync(w->fd) < 0 && errno != EINVAL)
         return fail(w, errno, "fdatasync %s: %s", w->path, strerror(errno));
 
-    /* Seek-table entry: everything since the previous entry (the file header
-     * for the first one, then this batch header) through this zstd frame;
-     * the checksum is the frame's own (low 32 bits of XXH64 of the content). */
-    if (grow(&w->seek, &w->seek_cap, w->seek_len + ST_ENTRY) == 0) {
-        uint8_t *e = w->seek + w->seek_len;
-        wsrr_put32(e, (uint32_t)(w->offset - w->entry_start));
-        wsrr_put32(e + 4, (uint32_t)w->batch_len);
-        memcpy(e + 8, w->out + BATCH_HDR_TOTAL + csize - 4, 4);
-        w->seek_len += ST_ENTRY;
-    } else {
-        w->seek_cap = SIZE_MAX; /* mark: no seek table will be written */
-    }
-    w->entry_start = w->offset;
+    seek_add(w, BATCH_HDR_TOTAL, 0, XXH64_EMPTY_LOW32);
+    seek_add(w, csize, w->batch_len, wsrr_le32(w->out + BATCH_HDR_TOTAL + csize - 4));
 
     w->st.batches++;
     w->st.records_durable += w->batch_records;
@@ -303,8 +330,13 @@ int wsrr_capture_append(struct wsrr_capture_writer *w, struct wsrr_record *r)
         return w->error;
 
     size_t size = wsrr_record_size(r);
-    if (size == 0 || size > WSRR_CAPTURE_DEFAULT_MAX_BATCH)
+    if (size == 0 || size > WSRR_CAPTURE_MAX_RECORD)
         return -E2BIG;
+    /* what a reader would refuse must not poison a whole batch */
+    if (r->kind == WSRR_REC_FRAME &&
+        (r->u.frame.dir > 1 ||
+         (r->u.frame.len_width != 7 && r->u.frame.len_width != 16 && r->u.frame.len_width != 64)))
+        return -EINVAL;
 
     uint64_t now = wsrr_now_ns();
     if (r->ts == WSRR_TS_NOW)
@@ -366,7 +398,8 @@ const char *wsrr_capture_writer_error(const struct wsrr_capture_writer *w)
 
 static int write_trailer(struct wsrr_capture_writer *w)
 {
-    bool with_seek = w->seek_cap != SIZE_MAX;
+    seek_add(w, TRAILER_TOTAL, 0, XXH64_EMPTY_LOW32);
+    bool with_seek = !w->seek_failed;
     size_t st_payload = with_seek ? w->seek_len + ST_FOOTER : 0;
     size_t total = SKIP_HDR + TR_SIZE + (with_seek ? SKIP_HDR + st_payload : 0);
     uint8_t *b = malloc(total);

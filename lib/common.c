@@ -58,6 +58,13 @@ ssize_t wsrr_base64_decode(uint8_t *out, const char *in, size_t n)
 {
     if (n % 4)
         return -EINVAL;
+    /* only the alphabet: EVP_DecodeBlock would also skip whitespace */
+    for (size_t i = 0; i < n; i++) {
+        char ch = in[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '+' || ch == '/' || ch == '='))
+            return -EINVAL;
+    }
     size_t pad = 0;
     if (n && in[n - 1] == '=')
         pad++;

@@ -17,7 +17,9 @@
 #include <stdlib.h>
 #include <time.h>
 
-#define MAX_EXACT (UINT64_C(1) << 53)
+/* Integers below 2^53 are exact in a double (what cJSON and most JSON tools
+ * parse numbers into); larger ones are written as decimal strings. */
+#define MAX_EXACT ((UINT64_C(1) << 53) - 1)
 
 /* ---- rendering ---- */
 
@@ -162,11 +164,18 @@ char *wsrr_jsonl_header(const struct wsrr_capture_info *info)
     add_u64(o, "start_mono_ns", info->start_mono_ns);
     if (info->compat_flags)
         add_u64(o, "compat_flags", info->compat_flags);
+    /* The metadata goes in as its own text (whitespace removed), not as
+     * cJSON would print it again: numbers keep every digit. It is the last
+     * key, which lets import find that text again. */
     cJSON *meta = cJSON_ParseWithLength(info->metadata, info->metadata_len);
-    if (cJSON_IsObject(meta))
-        cJSON_AddItemToObject(o, "meta", meta);
-    else {
-        cJSON_Delete(meta);
+    bool object = cJSON_IsObject(meta);
+    cJSON_Delete(meta);
+    char *text = object ? strndup(info->metadata, info->metadata_len) : NULL;
+    if (text) {
+        cJSON_Minify(text);
+        cJSON_AddRawToObject(o, "meta", text);
+        free(text);
+    } else {
         add_str(o, "meta_text", info->metadata);
     }
     char *line = cJSON_PrintUnformatted(o);
@@ -197,7 +206,9 @@ static bool render_frame(cJSON *o, const struct wsrr_record *r)
         ok = ok && add_u64(o, "len_width", f->len_width);
     ok = ok && add_violations(o, f->violations);
 
-    struct wsrr_span reason = {f->payload.p + 2, f->payload.n >= 2 ? f->payload.n - 2 : 0};
+    struct wsrr_span reason = {NULL, 0};
+    if (f->payload.n >= 2)
+        reason = (struct wsrr_span){f->payload.p + 2, f->payload.n - 2};
     if (f->opcode == WSRR_OP_CLOSE && f->payload.n >= 2 && text_ok(reason)) {
         ok = ok && add_u64(o, "code", wsrr_be16(f->payload.p));
         ok = ok && add_opt_bytes(o, "reason", reason);
@@ -309,8 +320,28 @@ static int perr(struct pctx *c, const char *fmt, ...)
     return -EINVAL;
 }
 
+/* cJSON keeps strings NUL-terminated, so a \u0000 escape would silently cut
+ * a value short: refuse it (bytes with NUL travel in a _b64 field). */
+static const char *find_nul_escape(const char *line, size_t len)
+{
+    for (const char *p = line; (p = memmem(p, (size_t)(line + len - p), "\\u0000", 6)); p++) {
+        size_t slashes = 0;
+        for (const char *q = p; q > line && q[-1] == '\\'; q--)
+            slashes++;
+        if (slashes % 2 == 0) /* this backslash is not itself escaped */
+            return p;
+    }
+    return NULL;
+}
+
 static cJSON *parse_line(const char *line, size_t len, struct pctx *c)
 {
+    const char *nul = find_nul_escape(line, len);
+    if (nul) {
+        perr(c, "column %zu: \\u0000 in a string (bytes with NUL go in a _b64 field)",
+             (size_t)(nul - line) + 1);
+        return NULL;
+    }
     const char *end = NULL;
     cJSON *o = cJSON_ParseWithLengthOpts(line, len, &end, false);
     if (!o) {
@@ -345,8 +376,9 @@ static int get_u64(struct pctx *c, const cJSON *o, const char *key, uint64_t max
     if (cJSON_IsNumber(it)) {
         double d = it->valuedouble;
         if (!(d >= 0) || d > (double)MAX_EXACT || floor(d) != d || (uint64_t)d > max)
-            return perr(c, "key \"%s\": expected an integer from 0 to %" PRIu64, key,
-                        max < MAX_EXACT ? max : MAX_EXACT);
+            return perr(c, "key \"%s\": expected an integer from 0 to %" PRIu64 "%s", key,
+                        max < MAX_EXACT ? max : MAX_EXACT,
+                        max > MAX_EXACT ? " (larger ones as a decimal string)" : "");
         *v = (uint64_t)d;
         return 1;
     }
@@ -431,6 +463,19 @@ static int get_bytes(struct pctx *c, const cJSON *o, const char *key, struct wsr
     return 1;
 }
 
+/* "bitN" with N in 0..31 written plainly, or -1. */
+static int bit_name(const char *n)
+{
+    if (strncmp(n, "bit", 3) != 0 || n[3] < '0' || n[3] > '9')
+        return -1;
+    if (n[4] == '\0')
+        return n[3] - '0';
+    if (n[3] == '0' || n[4] < '0' || n[4] > '9' || n[5] != '\0')
+        return -1;
+    int v = (n[3] - '0') * 10 + (n[4] - '0');
+    return v < 32 ? v : -1;
+}
+
 static int get_flags(struct pctx *c, const cJSON *o, const char *key, const char *const names[8],
                      uint32_t max_bits, uint32_t *v)
 {
@@ -450,8 +495,8 @@ static int get_flags(struct pctx *c, const cJSON *o, const char *key, const char
         for (int i = 0; i < 8; i++)
             if (names[i] && strcmp(names[i], n) == 0)
                 bit = i;
-        if (bit < 0 && strncmp(n, "bit", 3) == 0 && n[3] >= '0' && n[3] <= '9')
-            bit = atoi(n + 3);
+        if (bit < 0)
+            bit = bit_name(n);
         if (bit < 0 || (uint32_t)bit >= max_bits)
             return perr(c, "key \"%s\": unknown flag \"%s\"", key, n);
         *v |= 1u << bit;
@@ -463,8 +508,13 @@ static int get_flags(struct pctx *c, const cJSON *o, const char *key, const char
 static int check_keys(struct pctx *c, const cJSON *o, const char *const *allowed, const char *what)
 {
     const cJSON *it;
+    if (cJSON_GetArraySize(o) > 64)
+        return perr(c, "too many keys in a %s record", what);
     cJSON_ArrayForEach(it, o)
     {
+        for (const cJSON *prev = o->child; prev != it; prev = prev->next)
+            if (strcmp(prev->string, it->string) == 0)
+                return perr(c, "key \"%s\" appears twice", it->string);
         bool known = false;
         for (const char *const *a = allowed; *a && !known; a++)
             known = strcmp(*a, it->string) == 0;
@@ -472,6 +522,35 @@ static int check_keys(struct pctx *c, const cJSON *o, const char *const *allowed
             return perr(c, "unknown key \"%s\" in a %s record", it->string, what);
     }
     return 0;
+}
+
+/* The metadata's own text: in a line written by cat, "meta" is the last key,
+ * so its value runs from after the first "meta": to the line's last '}'. If
+ * that text is not the same object (the line was edited), print the object
+ * again instead. */
+static char *meta_text(const char *line, size_t len, const cJSON *m)
+{
+    const char *k = memmem(line, len, "\"meta\":", 7);
+    const char *end = line + len;
+    while (end > line && end[-1] != '}')
+        end--;
+    if (k && end > k + 8) {
+        const char *v = k + 7;
+        size_t n = (size_t)(end - 1 - v);
+        const char *stop = NULL;
+        cJSON *c = cJSON_ParseWithLengthOpts(v, n, &stop, false);
+        while (stop && stop < v + n && (*stop == ' ' || *stop == '\t' || *stop == '\r'))
+            stop++;
+        bool same = stop == v + n && cJSON_IsObject(c) && cJSON_Compare(c, m, true);
+        cJSON_Delete(c);
+        if (same) {
+            char *t = strndup(v, n);
+            if (t)
+                cJSON_Minify(t);
+            return t;
+        }
+    }
+    return cJSON_PrintUnformatted(m);
 }
 
 int wsrr_jsonl_parse_header(const char *line, size_t len, struct wsrr_jsonl_header *h, char *err,
@@ -489,8 +568,11 @@ int wsrr_jsonl_parse_header(const char *line, size_t len, struct wsrr_jsonl_head
     if (rc == 0 && (get_str(&c, o, "wsrr", &tag) <= 0 || strcmp(tag, "capture") != 0))
         rc = perr(&c, "expected the header object {\"wsrr\":\"capture\",...} first");
     unsigned major = 0, minor = 0;
+    int used = 0;
     if (rc == 0 && (get_str(&c, o, "version", &ver) <= 0 ||
-                    sscanf(ver, "%u.%u", &major, &minor) != 2 || major != WSRR_CAPTURE_MAJOR))
+                    sscanf(ver, "%u.%u%n", &major, &minor, &used) != 2 || ver[used] != '\0' ||
+                    ver[0] < '0' || ver[0] > '9' || strchr(ver, '-') || strchr(ver, '+') ||
+                    major != WSRR_CAPTURE_MAJOR || minor > 0xffff))
         rc = perr(&c, "key \"version\": expected \"%d.<minor>\"", WSRR_CAPTURE_MAJOR);
     h->minor = (uint16_t)minor;
     if (rc == 0 && get_str(&c, o, "start", &start) > 0 && !parse_time(start, &h->start_wall_ns))
@@ -507,7 +589,7 @@ int wsrr_jsonl_parse_header(const char *line, size_t len, struct wsrr_jsonl_head
         if (m && !cJSON_IsObject(m))
             rc = perr(&c, "key \"meta\": expected an object");
         else if (m)
-            h->metadata = cJSON_PrintUnformatted(m);
+            h->metadata = meta_text(line, len, m);
         else if (get_str(&c, o, "meta_text", &mt) > 0)
             h->metadata = strdup(mt);
         else
@@ -588,10 +670,8 @@ static int parse_frame(struct pctx *c, const cJSON *o, struct wsrr_record *r)
                 cJSON_IsString(it)
                     ? wsrr_frame_violation_by_name(it->valuestring, strlen(it->valuestring))
                     : 0;
-            if (!bit && cJSON_IsString(it) && strncmp(it->valuestring, "bit", 3) == 0 &&
-                it->valuestring[3] >= '0' && it->valuestring[3] <= '9' &&
-                atoi(it->valuestring + 3) < 32)
-                bit = 1u << atoi(it->valuestring + 3);
+            if (!bit && cJSON_IsString(it) && bit_name(it->valuestring) >= 0)
+                bit = 1u << bit_name(it->valuestring);
             if (!bit)
                 return perr(c, "key \"violations\": unknown violation %s",
                             cJSON_IsString(it) ? it->valuestring : "(not a string)");
@@ -686,8 +766,11 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
         rc = perr(&c, "key \"kind\": expected open, request, response, frame, close, tcp, fault, "
                       "note (or the number of an unknown kind)");
 
-    if (rc == 0 && get_u64(&c, o, "seq", UINT64_MAX, &r->seq, false) < 0)
+    int has_seq = rc == 0 ? get_u64(&c, o, "seq", UINT64_MAX, &r->seq, false) : 0;
+    if (has_seq < 0)
         rc = -EINVAL;
+    else if (has_seq && r->seq == 0)
+        rc = perr(&c, "key \"seq\": 0 is reserved (leave seq out to number records in order)");
     r->ts = default_ts;
     if (rc == 0 && get_u64(&c, o, "ts", UINT64_MAX - 1, &r->ts, false) < 0)
         rc = -EINVAL;
@@ -751,7 +834,8 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
                 rc = -EINVAL;
             else if (cJSON_IsString(side) && wsrr_close_side_by_name(side->valuestring) >= 0)
                 r->u.close.side = (uint8_t)wsrr_close_side_by_name(side->valuestring);
-            else if (cJSON_IsNumber(side) && side->valuedouble >= 0 && side->valuedouble <= 255)
+            else if (cJSON_IsNumber(side) && side->valuedouble >= 0 && side->valuedouble <= 255 &&
+                     floor(side->valuedouble) == side->valuedouble)
                 r->u.close.side = (uint8_t)side->valuedouble;
             else
                 rc = perr(&c, "key \"side\": expected client, server, proxy or none");
@@ -761,6 +845,8 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
                             get_u64(&c, o, "close_flags", 0xff, &cf, false) < 0 ||
                             get_bytes(&c, o, "reason", &r->u.close.reason, false) < 0))
                 rc = -EINVAL;
+            if (rc == 0 && hc && cJSON_GetObjectItemCaseSensitive(o, "code_raw"))
+                rc = perr(&c, "keys \"code\" and \"code_raw\" both given; use one");
             if (rc == 0) {
                 r->u.close.cflags =
                     (uint8_t)(cf | (clean ? WSRR_CF_CLEAN : 0) | (hc ? WSRR_CF_HAS_CODE : 0));
@@ -783,6 +869,9 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
                 rc = perr(&c, "key \"leg\": expected \"client\" or \"upstream\"");
             else if (get_u64(&c, o, "leg_raw", 255, &lr, false) < 0)
                 rc = -EINVAL;
+            else if (strcmp(leg, "other") == 0 &&
+                     (!cJSON_GetObjectItemCaseSensitive(o, "leg_raw") || lr <= WSRR_LEG_UPSTREAM))
+                rc = perr(&c, "key \"leg\": \"other\" needs \"leg_raw\" above 1");
             else
                 r->u.tcp.leg = (uint8_t)(strcmp(leg, "client") == 0     ? WSRR_LEG_CLIENT
                                          : strcmp(leg, "upstream") == 0 ? WSRR_LEG_UPSTREAM
@@ -790,7 +879,8 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
             if (rc == 0) {
                 if (cJSON_IsString(ev) && wsrr_tcp_event_by_name(ev->valuestring) > 0)
                     r->u.tcp.event = (uint8_t)wsrr_tcp_event_by_name(ev->valuestring);
-                else if (cJSON_IsNumber(ev) && ev->valuedouble >= 0 && ev->valuedouble <= 255)
+                else if (cJSON_IsNumber(ev) && ev->valuedouble >= 0 && ev->valuedouble <= 255 &&
+                         floor(ev->valuedouble) == ev->valuedouble)
                     r->u.tcp.event = (uint8_t)ev->valuedouble;
                 else
                     rc = perr(&c, "key \"event\": expected connected, fin, rst, error, timeout, "

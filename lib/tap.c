@@ -19,12 +19,6 @@
 #define DEFAULT_MAX_RECORDED ((uint64_t)16 << 20)
 #define DEFAULT_MAX_INFLATED ((uint64_t)64 << 20)
 #define DEFAULT_MAX_EARLY    ((size_t)64 << 10)
-#define MAX_EARLY_SEGMENTS   32
-
-struct early_segment {
-    size_t len;
-    uint64_t ts;
-};
 
 struct tap_dir {
     struct wsrr_http_parser http;
@@ -41,6 +35,8 @@ struct tap_dir {
     struct wsrr_pmd_stream *inflater;
     struct evbuffer *msg;
     bool msg_error;
+    bool desync; /* a message could not be inflated under context takeover: the
+                    sender's window is unknown, so no later message can be */
 };
 
 struct wsrr_tap {
@@ -51,8 +47,6 @@ struct wsrr_tap {
     struct tap_dir d[2];
 
     struct evbuffer *early; /* client bytes awaiting the response */
-    struct early_segment seg[MAX_EARLY_SEGMENTS];
-    int nseg;
 
     uint8_t close_reason[WSRR_FRAME_MAX_CONTROL];
     size_t close_reason_len;
@@ -176,40 +170,57 @@ static int gather(struct tap_dir *d, const struct wsrr_frame_event *ev, uint64_t
     return 0;
 }
 
-static bool is_data(uint8_t opcode)
-{
-    return opcode == WSRR_OP_CONT || opcode == WSRR_OP_TEXT || opcode == WSRR_OP_BINARY;
-}
-
 /* Inflate this frame's share of a compressed message; on the message's last
- * frame, attach the whole message to the record. */
-static void inflate_frame(struct wsrr_tap *t, struct tap_dir *d, enum wsrr_dir dir,
-                          const struct wsrr_frame *f, struct wsrr_span payload, bool truncated,
-                          struct wsrr_record *r)
+ * frame, attach the whole message to the record. A message that cannot be
+ * inflated (corrupt, over the cap, or not all recorded) is flagged; with no
+ * context takeover the next message starts from a fresh inflater, with
+ * context takeover every later message of that sender is flagged too (its
+ * back-references point into data we never had). */
+static int inflate_frame(struct wsrr_tap *t, struct tap_dir *d, enum wsrr_dir dir,
+                         const struct wsrr_frame *f, struct wsrr_span payload, bool truncated,
+                         struct wsrr_record *r, uint64_t ts)
 {
-    if (!d->msg && !(d->msg = evbuffer_new())) {
-        d->msg_error = true;
-    } else if (!d->inflater &&
-               !(d->inflater = wsrr_pmd_inflater_new(&t->st.pmd, dir, t->o.max_inflated))) {
-        d->msg_error = true;
+    if (d->desync) {
+        if (f->msg_final)
+            r->u.frame.fflags |= WSRR_FF_INFLATE_ERROR;
+        return 0;
     }
-    if (!d->msg_error && truncated)
+    if (!d->msg && !(d->msg = evbuffer_new()))
+        d->msg_error = true;
+    if (!d->msg_error && !d->inflater &&
+        !(d->inflater = wsrr_pmd_inflater_new(&t->st.pmd, dir, t->o.max_inflated)))
+        d->msg_error = true;
+    if (truncated)
         d->msg_error = true; /* part of the message was not kept: it cannot be inflated */
     if (!d->msg_error &&
         wsrr_pmd_inflate(d->inflater, payload.p, payload.n, f->msg_final, d->msg) < 0)
         d->msg_error = true;
     if (!f->msg_final)
-        return;
-    if (d->msg_error) {
-        r->u.frame.fflags |= WSRR_FF_INFLATE_ERROR;
-    } else {
-        size_t n = evbuffer_get_length(d->msg);
-        const uint8_t *m = n ? evbuffer_pullup(d->msg, -1) : (const uint8_t *)"";
+        return 0;
+
+    const uint8_t *m = NULL;
+    size_t n = d->msg ? evbuffer_get_length(d->msg) : 0;
+    if (!d->msg_error && !(m = n ? evbuffer_pullup(d->msg, -1) : (const uint8_t *)""))
+        d->msg_error = true;
+    if (!d->msg_error) {
         r->u.frame.fflags |= WSRR_FF_MESSAGE;
         r->u.frame.message = (struct wsrr_span){m, n};
         if (f->msg_opcode == WSRR_OP_TEXT && !wsrr_utf8_valid(m, n))
             r->u.frame.violations |= WSRR_V_BAD_UTF8;
+        return 0;
     }
+    r->u.frame.fflags |= WSRR_FF_INFLATE_ERROR;
+    bool takeover = dir == WSRR_DIR_C2S ? !t->st.pmd.client_no_context_takeover
+                                        : !t->st.pmd.server_no_context_takeover;
+    wsrr_pmd_free(d->inflater); /* whatever state it holds is of no use */
+    d->inflater = NULL;
+    if (!takeover)
+        return 0;
+    d->desync = true;
+    return note(t, ts,
+                "%s messages are no longer inflated: one could not be, and with context takeover "
+                "the next ones depend on it",
+                wsrr_dir_name(dir));
 }
 
 static int emit_frame(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_frame_event *ev,
@@ -234,7 +245,8 @@ static int emit_frame(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_f
 
     struct wsrr_span payload;
     bool is_control = f->opcode >= 8;
-    bool compressed = f->msg_compressed && is_data(f->opcode) && t->st.deflate;
+    /* opcodes 3-7 open messages like text and binary do */
+    bool compressed = f->msg_compressed && f->opcode < 8 && t->st.deflate;
     if (is_control && f->len <= WSRR_FRAME_MAX_CONTROL) {
         payload = (struct wsrr_span){ev->data, ev->len}; /* the parser kept it, unmasked */
     } else if (d->direct && (!f->masked || !compressed)) {
@@ -260,8 +272,8 @@ static int emit_frame(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_f
     if (!rf->payload_iov)
         rf->payload = payload;
 
-    if (compressed)
-        inflate_frame(t, d, dir, f, payload, truncated, &r);
+    if (compressed && (rc = inflate_frame(t, d, dir, f, payload, truncated, &r, ts)) < 0)
+        return rc;
 
     if (f->opcode == WSRR_OP_CLOSE && !t->st.close_seen[dir]) {
         t->st.close_seen[dir] = true;
@@ -336,7 +348,8 @@ static int feed_frames(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *dat
             d->dropped = 0;
             break;
         case WSRR_FRAME_PAYLOAD:
-            if (ev.offset == 0 && ev.len == ev.frame->len)
+            if (ev.offset == 0 && ev.len == ev.frame->len &&
+                ev.frame->len <= t->o.max_recorded_payload)
                 d->direct = ev.data;
             else
                 rc = gather(d, &ev, t->o.max_recorded_payload);
@@ -392,8 +405,8 @@ static int upgrade(struct wsrr_tap *t, uint64_t ts)
     return rc;
 }
 
-/* Client bytes that arrived before the response: hold them with their
- * arrival time. */
+/* Client bytes that arrived before the response: held until it says
+ * whether they are frames and which extension applies. */
 static int hold_early(struct wsrr_tap *t, const uint8_t *data, size_t len, uint64_t ts)
 {
     if (!len)
@@ -403,30 +416,25 @@ static int hold_early(struct wsrr_tap *t, const uint8_t *data, size_t len, uint6
     if (evbuffer_get_length(t->early) + len > t->o.max_early_bytes) {
         t->st.broken[WSRR_DIR_C2S] = true;
         evbuffer_drain(t->early, evbuffer_get_length(t->early));
-        t->nseg = 0;
         return note(t, ts, "client sent over %zu bytes before the response; not followed",
                     t->o.max_early_bytes);
     }
-    if (evbuffer_add(t->early, data, len) < 0)
-        return -ENOMEM;
-    if (t->nseg < MAX_EARLY_SEGMENTS)
-        t->seg[t->nseg++] = (struct early_segment){len, ts};
-    else
-        t->seg[t->nseg - 1].len += len;
-    return 0;
+    return evbuffer_add(t->early, data, len) < 0 ? -ENOMEM : 0;
 }
 
-static int release_early(struct wsrr_tap *t)
+/* The response came: the held bytes are parsed now, and their records carry
+ * this moment's time, so that timestamps never go back in record order. */
+static int release_early(struct wsrr_tap *t, uint64_t ts)
 {
+    size_t n = t->early ? evbuffer_get_length(t->early) : 0;
+    if (!n)
+        return 0;
     int rc = 0;
-    for (int i = 0; i < t->nseg && rc == 0; i++) {
-        size_t n = t->seg[i].len;
-        const uint8_t *p = evbuffer_pullup(t->early, (ssize_t)n);
-        if (t->st.phase == WSRR_TAP_WEBSOCKET && !t->st.broken[WSRR_DIR_C2S])
-            rc = feed_frames(t, WSRR_DIR_C2S, p, n, t->seg[i].ts);
-        evbuffer_drain(t->early, n);
+    if (t->st.phase == WSRR_TAP_WEBSOCKET && !t->st.broken[WSRR_DIR_C2S]) {
+        const uint8_t *p = evbuffer_pullup(t->early, -1);
+        rc = p ? feed_frames(t, WSRR_DIR_C2S, p, n, ts) : -ENOMEM;
     }
-    t->nseg = 0;
+    evbuffer_drain(t->early, n);
     return rc;
 }
 
@@ -466,7 +474,7 @@ int wsrr_tap_feed(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, si
                 (rc = note(t, ts, "not a valid WebSocket upgrade request: %s", err)) < 0)
                 return rc;
         } else {
-            if ((rc = upgrade(t, ts)) < 0 || (rc = release_early(t)) < 0)
+            if ((rc = upgrade(t, ts)) < 0 || (rc = release_early(t, ts)) < 0)
                 return rc;
         }
     }

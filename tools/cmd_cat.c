@@ -46,6 +46,8 @@ static void preview(FILE *out, struct wsrr_span s, bool text, size_t max)
         fputc('>', out);
         return;
     }
+    /* bytes of invalid UTF-8 are escaped too (0x9b is CSI on some terminals) */
+    bool utf8 = wsrr_utf8_valid(s.p, s.n);
     size_t shown = 0, i = 0;
     for (; i < s.n && shown < max; i++, shown++) {
         uint8_t c = s.p[i];
@@ -57,13 +59,20 @@ static void preview(FILE *out, struct wsrr_span s, bool text, size_t max)
             fputs("\\r", out);
         else if (c == '\t')
             fputs("\\t", out);
-        else if (c < 0x20 || c == 0x7f)
+        else if (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8))
             fprintf(out, "\\x%02x", c);
         else
             fputc(c, out);
     }
     if (i < s.n)
         fprintf(out, "...+%zu", s.n - i);
+}
+
+/* Captured strings go through the escaping preview: bytes from the network
+ * never reach the terminal raw. */
+static void text(FILE *out, struct wsrr_span s)
+{
+    preview(out, s, true, 200);
 }
 
 static bool is_text(struct wsrr_span s)
@@ -93,16 +102,27 @@ static void print_text(FILE *out, const struct wsrr_record *r)
     switch (kind ? r->kind : 0) {
     case WSRR_REC_OPEN: {
         const struct wsrr_rec_open *o = &r->u.open;
-        fprintf(out, "%.*s -> %.*s", (int)o->client.n, o->client.p, (int)o->upstream.n,
-                o->upstream.p);
-        if (o->listen.n)
-            fprintf(out, " via %.*s", (int)o->listen.n, o->listen.p);
-        if (o->client_tls.n)
-            fprintf(out, " client-tls=[%.*s]", (int)o->client_tls.n, o->client_tls.p);
-        if (o->sni.n)
-            fprintf(out, " sni=%.*s", (int)o->sni.n, o->sni.p);
-        if (o->upstream_tls.n)
-            fprintf(out, " upstream-tls=[%.*s]", (int)o->upstream_tls.n, o->upstream_tls.p);
+        text(out, o->client);
+        fputs(" -> ", out);
+        text(out, o->upstream);
+        if (o->listen.n) {
+            fputs(" via ", out);
+            text(out, o->listen);
+        }
+        if (o->client_tls.n) {
+            fputs(" client-tls=[", out);
+            text(out, o->client_tls);
+            fputc(']', out);
+        }
+        if (o->sni.n) {
+            fputs(" sni=", out);
+            text(out, o->sni);
+        }
+        if (o->upstream_tls.n) {
+            fputs(" upstream-tls=[", out);
+            text(out, o->upstream_tls);
+            fputc(']', out);
+        }
         if (o->flags & WSRR_OF_UPSTREAM_INSECURE)
             fputs(" (upstream certificate NOT verified)", out);
         break;
@@ -172,8 +192,10 @@ static void print_text(FILE *out, const struct wsrr_record *r)
                 ev ? ev : "?");
         if (t->err)
             fprintf(out, " (%s)", strerror(t->err));
-        if (t->detail.n)
-            fprintf(out, ": %.*s", (int)t->detail.n, t->detail.p);
+        if (t->detail.n) {
+            fputs(": ", out);
+            text(out, t->detail);
+        }
         break;
     }
     case WSRR_REC_FAULT: {

@@ -76,6 +76,7 @@ static int run(int argc, char **argv)
     char err[512];
     int status = EXIT_OK;
     struct wsrr_capture_writer *w = NULL;
+    struct tool_output output;
     struct wsrr_jsonl_header h = {0};
     uint64_t last_ts = 0, records = 0;
 
@@ -91,16 +92,14 @@ static int run(int argc, char **argv)
             struct wsrr_capture_opts o = {
                 .metadata = h.metadata,
                 .flush_interval_ns = UINT64_MAX, /* batches by size only: deterministic */
-                .overwrite = force,
                 .compat_flags = h.compat_flags,
                 .start_wall_ns = h.start_wall_ns,
-                .start_mono_ns = h.start_mono_ns ? h.start_mono_ns : 1,
+                .start_mono_ns = h.start_mono_ns,
+                .keep_start = true,
             };
-            w = wsrr_capture_writer_open(out, &o, err, sizeof(err));
-            if (!w) {
-                status = tool_fail("import", EXIT_BAD_INPUT, "%s", err);
+            if ((status = tool_output_open("import", &output, out, force, in, &o)) != EXIT_OK)
                 break;
-            }
+            w = output.w;
             continue;
         }
         struct wsrr_record r;
@@ -129,14 +128,9 @@ static int run(int argc, char **argv)
     if (f != stdin)
         fclose(f);
 
-    if (status != EXIT_OK) {
-        /* a half-imported capture is worse than none */
-        wsrr_capture_writer_abort(w);
-        if (w && strcmp(out, "-"))
-            unlink(out);
+    if (!w)
         return status;
-    }
-    if (wsrr_capture_writer_close(w, err, sizeof(err)) < 0)
-        return tool_fail("import", EXIT_BAD_INPUT, "%s", err);
-    return EXIT_OK;
+    /* a half-imported capture is worse than none */
+    int rc = tool_output_close("import", &output, status == EXIT_OK);
+    return status != EXIT_OK ? status : rc;
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char verify_usage[] =
@@ -124,6 +125,7 @@ static int verify_one(const char *path, bool json, bool quiet)
         cJSON_AddNumberToObject(o, "bytes", (double)s.sum.bytes);
         cJSON_AddBoolToObject(o, "closed_cleanly", s.sum.trailer);
         cJSON_AddBoolToObject(o, "header_ok", info->header_ok);
+        cJSON_AddNumberToObject(o, "damage_total", (double)s.sum.ndamage);
         cJSON *da = cJSON_AddArrayToObject(o, "damage");
         for (size_t i = 0; i < nd; i++) {
             cJSON *e = cJSON_CreateObject();
@@ -210,6 +212,7 @@ static char *recovered_metadata(const struct wsrr_capture_info *info, const char
     cJSON_AddNumberToObject(rec, "records", (double)s.records);
     cJSON_AddBoolToObject(rec, "header_ok", info->header_ok);
     cJSON_AddBoolToObject(rec, "had_trailer", s.trailer);
+    cJSON_AddNumberToObject(rec, "damage_total", (double)s.ndamage);
     size_t nd;
     const struct wsrr_capture_damage *d = wsrr_capture_reader_damage(r, &nd);
     cJSON *da = cJSON_AddArrayToObject(rec, "damage");
@@ -250,7 +253,11 @@ static int run_recover(int argc, char **argv)
 
     /* Two passes: the first finds the damage (for the metadata), the second
      * copies. Captures are read at hundreds of MB/s, and this keeps memory
-     * flat whatever the file's size. */
+     * flat whatever the file's size; it needs a file that can be read twice. */
+    struct stat st;
+    if (strcmp(path, "-") == 0 || (stat(path, &st) == 0 && !S_ISREG(st.st_mode)))
+        return tool_usage_error("recover", "FILE must be a regular file (it is read twice), "
+                                           "not standard input or a pipe");
     char err[512];
     struct wsrr_capture_reader *r = wsrr_capture_reader_open(path, err, sizeof(err));
     if (!r)
@@ -266,47 +273,49 @@ static int run_recover(int argc, char **argv)
     struct wsrr_capture_opts o = {
         .metadata = meta,
         .flush_interval_ns = UINT64_MAX,
-        .overwrite = force,
         .compat_flags = info->compat_flags,
         .start_wall_ns = info->start_wall_ns,
-        .start_mono_ns = info->start_mono_ns ? info->start_mono_ns : 1,
+        .start_mono_ns = info->start_mono_ns,
+        .keep_start = true,
+        .mode = st.st_mode & 0777, /* a raw (0600) capture stays private */
     };
     size_t nd;
-    wsrr_capture_reader_damage(r, &nd);
-    uint64_t first_damage = 0;
-    if (nd)
-        first_damage = wsrr_capture_reader_damage(r, &nd)[0].offset;
+    const struct wsrr_capture_damage *d = wsrr_capture_reader_damage(r, &nd);
+    uint64_t first_damage = nd ? d[0].offset : 0;
     size_t ndamage = s.sum.ndamage;
     wsrr_capture_reader_close(r);
 
-    struct wsrr_capture_writer *w = wsrr_capture_writer_open(out, &o, err, sizeof(err));
+    struct tool_output output;
+    int status = tool_output_open("recover", &output, out, force, path, &o);
     free(meta);
-    if (!w)
-        return tool_fail("recover", EXIT_BAD_INPUT, "%s", err);
+    if (status != EXIT_OK)
+        return status;
     r = wsrr_capture_reader_open(path, err, sizeof(err));
     if (!r) {
-        wsrr_capture_writer_abort(w);
-        unlink(out);
+        tool_output_close("recover", &output, false);
         return tool_fail("recover", EXIT_BAD_INPUT, "%s", err);
     }
     struct wsrr_record rec;
     uint64_t n = 0;
+    const char *failed = NULL;
     while ((rc = wsrr_capture_reader_next(r, &rec)) == 1) {
-        if (wsrr_capture_append(w, &rec) < 0) {
-            rc = -EIO;
+        if (wsrr_capture_append(output.w, &rec) < 0) {
+            failed = wsrr_capture_writer_error(output.w);
             break;
         }
         n++;
     }
     wsrr_capture_reader_close(r);
-    if (rc < 0) {
-        fprintf(stderr, "wsrr recover: writing %s: %s\n", out, wsrr_capture_writer_error(w));
-        wsrr_capture_writer_abort(w);
-        unlink(out);
+    if (rc < 0 || failed) {
+        if (failed)
+            fprintf(stderr, "wsrr recover: writing %s: %s\n", out, failed);
+        else
+            fprintf(stderr, "wsrr recover: reading %s: %s\n", path, strerror(-rc));
+        tool_output_close("recover", &output, false);
         return EXIT_BAD_INPUT;
     }
-    if (wsrr_capture_writer_close(w, err, sizeof(err)) < 0)
-        return tool_fail("recover", EXIT_BAD_INPUT, "%s", err);
+    if ((status = tool_output_close("recover", &output, true)) != EXIT_OK)
+        return status;
     printf("%s: %" PRIu64 " intact records written to %s", path, n, out);
     if (ndamage)
         printf("; %zu damaged range%s skipped, the first at offset %" PRIu64, ndamage,

@@ -34,6 +34,28 @@ int tool_getopt(const struct verb *v, int argc, char **argv, const char *shortop
 /* Parse an unsigned decimal; false when it is not one or exceeds max. */
 bool tool_parse_u64(const char *s, uint64_t max, uint64_t *out);
 
+/* A capture being written by a verb. Without force, OUT is created
+ * exclusively and removed again if the verb fails. With force, the capture
+ * is written to a temporary file beside OUT and renamed over it only when
+ * complete, so a failure never destroys what OUT held. "-" is standard
+ * output. */
+struct wsrr_capture_opts;
+struct wsrr_capture_writer;
+struct tool_output {
+    const char *path;
+    char tmp[4096];
+    struct wsrr_capture_writer *w;
+};
+
+/* Returns 0 with out->w open, or prints "wsrr VERB: ..." and returns 2.
+ * Refuses an OUT that is the same file as `input` (may be NULL). */
+int tool_output_open(const char *verb, struct tool_output *out, const char *path, bool force,
+                     const char *input, struct wsrr_capture_opts *opts);
+
+/* Finish: close the writer and put the file in place (ok), or discard it.
+ * Returns 0, or prints the error and returns 2. */
+int tool_output_close(const char *verb, struct tool_output *out, bool ok);
+
 extern const struct verb verb_cat, verb_import, verb_verify, verb_recover;
 
 #endif

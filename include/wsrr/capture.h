@@ -210,8 +210,10 @@ struct wsrr_capture_opts {
     unsigned mode;              /* file mode; default 0644 (use 0600 for raw captures) */
     uint32_t compat_flags;
     const uint8_t *file_id; /* WSRR_FILE_ID_LEN bytes; NULL: random */
-    uint64_t start_wall_ns; /* 0: now */
-    uint64_t start_mono_ns; /* 0: now */
+    uint64_t start_wall_ns; /* 0: now (unless keep_start) */
+    uint64_t start_mono_ns; /* 0: now (unless keep_start) */
+    bool keep_start;        /* use start_wall_ns and start_mono_ns as given, 0 included
+                               (import and recover reproduce a file's header) */
 };
 
 struct wsrr_capture_stats {
@@ -234,9 +236,11 @@ struct wsrr_capture_writer *wsrr_capture_writer_open(const char *path,
 
 /* Append a record to the open batch (kind, flags, conn, seq, ts and the body
  * fields of r). Assigns r->seq when it is 0 and r->ts when it is
- * WSRR_TS_NOW. May close and write the batch. Returns 0, -E2BIG for a record
- * the format cannot hold, or a negative errno from writing (the writer is
- * then failed; see wsrr_capture_writer_error()). */
+ * WSRR_TS_NOW. May close and write the batch. Returns 0; -E2BIG for a
+ * record over WSRR_CAPTURE_MAX_RECORD; -EINVAL for a record a reader would
+ * reject (a frame whose dir is not 0/1 or whose len_width is not 7, 16 or
+ * 64), which is not written; or a negative errno from writing (the writer
+ * is then failed; see wsrr_capture_writer_error()). */
 int wsrr_capture_append(struct wsrr_capture_writer *w, struct wsrr_record *r);
 
 /* Close the open batch now if it is older than the flush interval (call it
@@ -292,7 +296,13 @@ struct wsrr_capture_summary {
 
 struct wsrr_capture_reader;
 
-#define WSRR_CAPTURE_DEFAULT_MAX_BATCH ((size_t)1 << 30)
+/* The largest record a writer accepts, and the batch-size limit a reader
+ * applies by default. Batches hold at most max(batch_bytes, one record),
+ * and batch_bytes is clamped to WSRR_CAPTURE_MAX_BATCH_BYTES, so every batch
+ * a writer produces is readable with the default limit. */
+#define WSRR_CAPTURE_MAX_RECORD        ((size_t)192 << 20)
+#define WSRR_CAPTURE_MAX_BATCH_BYTES   ((size_t)64 << 20)
+#define WSRR_CAPTURE_DEFAULT_MAX_BATCH ((size_t)256 << 20)
 
 /* Open a capture for reading ("-" is standard input). Returns NULL when it
  * is not a capture this wsrr can read: unreadable, wrong magic, a newer
@@ -305,8 +315,10 @@ struct wsrr_capture_reader *wsrr_capture_reader_open(const char *path, char *err
 struct wsrr_capture_reader *wsrr_capture_reader_mem(const uint8_t *data, size_t len, char *err,
                                                     size_t errlen);
 
-/* Cap on one batch's compressed and decompressed size (default 1 GiB):
- * larger declared sizes are damage, not allocations. */
+/* Cap on one batch's compressed and decompressed size (default 256 MiB,
+ * at most 1 GiB): larger declared sizes are damage, not allocations. The
+ * reader's memory is bounded by about twice this cap plus its input window,
+ * whatever the file says. */
 void wsrr_capture_reader_set_max_batch(struct wsrr_capture_reader *r, size_t max);
 
 const struct wsrr_capture_info *wsrr_capture_reader_info(const struct wsrr_capture_reader *r);

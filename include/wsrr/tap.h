@@ -9,6 +9,10 @@
  * records to a capture writer. It never changes or holds back the traffic:
  * it only watches. Invalid traffic is recorded with its violation flags.
  *
+ * Client bytes that arrive before the response are parsed when the response
+ * is complete and their records carry that time, so timestamps never
+ * decrease in record order.
+ *
  * Pure: no sockets, no event loop. The only allocation per frame is for
  * payloads that arrive split over several feeds (they are gathered before
  * the record is written); a frame that arrives whole is recorded straight

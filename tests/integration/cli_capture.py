@@ -164,6 +164,29 @@ def main():
         check(rc == 1 and "offset %d" % mid[1] in err,
               "cat of a damaged file prints what it can, exits 1, names the offset")
 
+        # recover never destroys its input, and needs a file it can read twice
+        inplace = write("inplace.wsrr", bytes(flip))
+        rc, _, err = run(W, "recover", inplace, "-o", inplace, "--force")
+        check(rc == 2 and "input" in err, "recover FILE -o FILE is refused: %r" % err)
+        check(open(inplace, "rb").read() == bytes(flip), "...and the input is untouched")
+        rc, _, err = run(W, "recover", "-", "-o", os.path.join(tmp, "x.wsrr"), stdin=data)
+        check(rc == 2 and "regular file" in err, "recover from standard input is refused: %r" % err)
+        # --force replaces OUT only once the new capture is complete
+        keep = write("keep.wsrr", data)
+        bad_hdr = os.path.join(tmp, "bad-meta.jsonl")
+        with open(bad_hdr, "w") as f:
+            f.write('{"wsrr":"capture","version":"1.0","meta_text":"not an object"}\n')
+        rc, _, err = run(W, "import", "--jsonl", bad_hdr, "-o", keep, "--force")
+        check(rc == 2 and "JSON object" in err, "import of non-object metadata fails: %r" % err)
+        check(open(keep, "rb").read() == data, "a failed import --force leaves OUT as it was")
+        check(not [f for f in os.listdir(tmp) if ".tmp-" in f], "no temporary file is left")
+        good_out = os.path.join(tmp, "replaced.wsrr")
+        shutil.copy(src, good_out)
+        rc, _, err = run(W, "recover", path, "-o", good_out, "--force")
+        check(rc == 0, "recover --force replaces an existing OUT: %r" % err)
+        rc, out, _ = run(W, "verify", good_out)
+        check(rc == 0 and "%d records" % (total - mid[3]) in out, "...with the recovered capture")
+
         # import: errors name the line and column; nothing is left behind
         bad = os.path.join(tmp, "bad.jsonl")
         with open(bad, "w") as f:

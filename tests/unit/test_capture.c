@@ -325,17 +325,37 @@ static void test_round_trip(size_t batch_bytes)
     CHECK_U64(produced, st.bytes_in);
     ZSTD_freeDCtx(d);
 
-    /* the seek table footer is the last 9 bytes, one entry per batch, and
-     * its compressed sizes add up to the offset of the trailer */
+    /* The zstd seekable format: the footer is the last 9 bytes; one entry
+     * per frame before the seek table (header, batch header + frame per
+     * batch, trailer); walking the entries' compressed sizes lands on every
+     * frame start, and each entry describes the frame it lands on. */
     const uint8_t *f = file + sb.st_size - 9;
     CHECK_INT(wsrr_le32(f + 5), 0x8F92EAB1u);
-    CHECK_U64(wsrr_le32(f), s.batches);
-    uint64_t sum = 0, entries = wsrr_le32(f);
+    CHECK_INT(f[4], 0x80);
+    uint64_t entries = wsrr_le32(f);
+    CHECK_U64(entries, 2 * s.batches + 2);
     const uint8_t *e = file + sb.st_size - 9 - entries * 12;
-    for (uint64_t i = 0; i < entries; i++)
-        sum += wsrr_le32(e + i * 12);
-    CHECK_INT(wsrr_le32(file + sum), 0x184D2A50u);
-    CHECK_MEM(file + sum + 8, 4, "WSRT", 4);
+    uint64_t off = 0, content = 0;
+    for (uint64_t i = 0; i < entries && off < (uint64_t)sb.st_size; i++) {
+        uint32_t csize = wsrr_le32(e + i * 12), dsize = wsrr_le32(e + i * 12 + 4);
+        uint32_t sum = wsrr_le32(e + i * 12 + 8);
+        const uint8_t *fr = file + off;
+        if ((wsrr_le32(fr) & 0xFFFFFFF0u) == 0x184D2A50u) {
+            CHECK_U64(csize, 8 + wsrr_le32(fr + 4)); /* a skippable frame, whole */
+            CHECK_INT(dsize, 0);
+            CHECK_INT(sum, 0x51D8E999u); /* XXH64 of nothing */
+        } else {
+            CHECK_INT(wsrr_le32(fr), 0xFD2FB528u);
+            CHECK_U64(ZSTD_findFrameCompressedSize(fr, csize), csize);
+            CHECK_U64(ZSTD_getFrameContentSize(fr, csize), dsize);
+            CHECK_INT(sum, wsrr_le32(fr + csize - 4)); /* the frame's content checksum */
+            content += dsize;
+        }
+        off += csize;
+    }
+    CHECK_U64(content, st.bytes_in);
+    CHECK_U64(off, (uint64_t)sb.st_size - 8 - (entries * 12 + 9)); /* = the seek table's offset */
+    CHECK_INT(wsrr_le32(file + off), 0x184D2A5Eu);
     free(file);
 }
 
@@ -359,14 +379,45 @@ static void test_file_rules(void)
     CHECK_INT(stat(path, &sb), 0);
     CHECK_INT(sb.st_mode & 0777, 0600);
 
-    /* metadata must be a JSON object */
+    /* metadata must be a JSON object, and a refused open leaves an existing
+     * file alone, even with overwrite */
+    CHECK_INT(stat(path, &sb), 0);
+    off_t size_before = sb.st_size;
     o.metadata = "[1,2";
     w = wsrr_capture_writer_open(path, &o, err, sizeof(err));
     CHECK(w == NULL);
     CHECK_MSG(strstr(err, "JSON object") != NULL, "%s", err);
+    CHECK_INT(stat(path, &sb), 0);
+    CHECK_INT(sb.st_size, size_before);
+    const char *fresh = tmp_path("never-created.wsrr");
+    unlink(fresh);
+    CHECK(wsrr_capture_writer_open(fresh, &o, err, sizeof(err)) == NULL);
+    CHECK(access(fresh, F_OK) != 0);
+
+    /* a record a reader would refuse is refused, and poisons nothing */
+    o.metadata = NULL;
+    w = wsrr_capture_writer_open(path, &o, err, sizeof(err));
+    REQUIRE(w);
+    struct wsrr_record good = {.kind = WSRR_REC_NOTE, .ts = 1};
+    good.u.note.text = SPAN("kept");
+    CHECK_INT(wsrr_capture_append(w, &good), 0);
+    struct wsrr_record bad = {.kind = WSRR_REC_FRAME, .ts = 2};
+    bad.u.frame.len_width = 0;
+    CHECK_INT(wsrr_capture_append(w, &bad), -EINVAL);
+    bad.u.frame.len_width = 7;
+    bad.u.frame.dir = 2;
+    CHECK_INT(wsrr_capture_append(w, &bad), -EINVAL);
+    CHECK_INT(wsrr_capture_writer_close(w, err, sizeof(err)), 0);
+    struct wsrr_capture_reader *rd0 = wsrr_capture_reader_open(path, err, sizeof(err));
+    REQUIRE(rd0);
+    struct wsrr_record back;
+    CHECK_INT(wsrr_capture_reader_next(rd0, &back), 1);
+    CHECK_INT(wsrr_capture_reader_next(rd0, &back), 0);
+    wsrr_capture_reader_close(rd0);
 
     /* an empty capture (no records) reads back clean */
     o.metadata = NULL;
+    o.overwrite = true;
     w = wsrr_capture_writer_open(path, &o, err, sizeof(err));
     REQUIRE(w);
     CHECK_INT(wsrr_capture_writer_close(w, err, sizeof(err)), 0);

@@ -83,6 +83,7 @@ struct result {
     bool ids_ok; /* every record seen once, in order, content intact */
     size_t ndamage;
     bool trailer, consistent;
+    size_t first_offset;
     char first_damage[200];
     char open_err[256];
 };
@@ -120,9 +121,11 @@ static struct result read_mem(const uint8_t *data, size_t len)
     res.consistent = s.consistent;
     size_t nd;
     const struct wsrr_capture_damage *d = wsrr_capture_reader_damage(r, &nd);
-    if (nd)
+    if (nd) {
         snprintf(res.first_damage, sizeof(res.first_damage), "offset %llu: %s",
                  (unsigned long long)d[0].offset, d[0].what);
+        res.first_offset = (size_t)d[0].offset;
+    }
     wsrr_capture_reader_close(r);
     free(copy);
     return res;
@@ -193,6 +196,16 @@ static void test_bit_flips(const struct layout *L)
                   "flip at %zu: %d records, at most %d may be lost", i, r.records, lost_max);
         CHECK_MSG(r.ids_ok, "flip at %zu: records intact", i);
         CHECK_MSG(r.ndamage > 0 || !r.consistent, "flip at %zu went unnoticed", i);
+        /* and the damage is reported where it is: the start of the frame
+         * holding the flipped byte */
+        size_t want = 0;
+        for (int b = 0; b < L->nbatch; b++)
+            if (i >= L->bstart[b] && i < L->bend[b])
+                want = L->bstart[b];
+        if (i >= L->trailer_start)
+            want = i < L->trailer_start + 8 + 68 ? L->trailer_start : L->trailer_start + 8 + 68;
+        CHECK_MSG(r.first_offset == want, "flip at %zu: damage reported at %zu, expected %zu (%s)",
+                  i, r.first_offset, want, r.first_damage);
     }
     free(f);
 }
@@ -399,6 +412,59 @@ static void test_header_damage(const struct layout *L)
     free(f);
 }
 
+/* A batch cut out cleanly (no trailer to compare with) is still noticed:
+ * batch numbers have a gap. */
+static void test_removed_batch(const struct layout *L)
+{
+    int b = 4;
+    size_t n = L->trailer_start - (L->bend[b] - L->bstart[b]);
+    uint8_t *f = malloc(n);
+    memcpy(f, L->file, L->bstart[b]);
+    memcpy(f + L->bstart[b], L->file + L->bend[b], L->trailer_start - L->bend[b]);
+    struct result r = read_mem(f, n);
+    CHECK_INT(r.records, NREC - (int)L->bcount[b]);
+    CHECK_INT(r.ndamage, 1);
+    CHECK_MSG(strstr(r.first_damage, "batch 4 is missing") != NULL, "%s", r.first_damage);
+    CHECK_INT(r.first_offset, L->bstart[b]);
+    free(f);
+}
+
+/* Cut right after the trailer: the seek table is missing, and that is said. */
+static void test_missing_seek_table(const struct layout *L)
+{
+    struct result r = read_mem(L->file, L->trailer_start + 8 + 68);
+    CHECK_INT(r.records, NREC);
+    CHECK(r.trailer && !r.consistent);
+    CHECK_INT(r.ndamage, 1);
+    CHECK_MSG(strstr(r.first_damage, "seek table is missing") != NULL, "%s", r.first_damage);
+}
+
+/* Forged headers, each with a valid CRC and claiming the rest of the file,
+ * one every 88 bytes: every one must cost its extent once at most, or this
+ * 4 MB file takes minutes instead of milliseconds (and the test times out). */
+static void test_nested_forged_headers(const struct layout *L)
+{
+    size_t n = 4u << 20;
+    uint8_t *f = calloc(1, n);
+    memcpy(f, L->file, L->header_end);
+    for (size_t off = L->header_end; off + 88 <= n; off += 88) {
+        uint8_t *h = f + off;
+        memcpy(h, "\x50\x2a\x4d\x18\x50\x00\x00\x00WSRB", 12);
+        memcpy(h + 8 + 4, L->file + 8 + 16, 16); /* the file id */
+        wsrr_put64(h + 8 + 20, 0);
+        wsrr_put64(h + 8 + 28, 1);
+        wsrr_put32(h + 8 + 36, 1);
+        wsrr_put32(h + 8 + 56, (uint32_t)(n - off - 88));
+        wsrr_put32(h + 8 + 60, 100);
+        wsrr_put32(h + 8 + 76, (uint32_t)crc32(0, h + 8, 76));
+    }
+    struct result r = read_mem(f, n);
+    CHECK(r.opened);
+    CHECK_INT(r.records, 0);
+    CHECK(r.ndamage >= 1);
+    free(f);
+}
+
 int main(void)
 {
     REQUIRE(mkdtemp(dir));
@@ -415,6 +481,9 @@ int main(void)
     test_versions(&L);
     test_not_captures();
     test_header_damage(&L);
+    test_removed_batch(&L);
+    test_missing_seek_table(&L);
+    test_nested_forged_headers(&L);
     free(L.file);
     free(other.file);
     char cmd[600];

@@ -39,15 +39,16 @@ struct session {
     struct wsrr_pmd_stream *defl[2];
     struct wsrr_pmd_params pmd;
     bool deflate;
+    bool whole; /* feed each send in one piece */
     int feed_rc;
 };
 
 static void feed_split(struct session *s, enum wsrr_dir d, const uint8_t *p, size_t n)
 {
     /* random chunking, sometimes 1 byte at a time */
-    bool bytewise = check_rand(&rnd) % 8 == 0;
+    bool bytewise = !s->whole && check_rand(&rnd) % 8 == 0;
     while (n) {
-        size_t k = bytewise ? 1 : 1 + (size_t)(check_rand(&rnd) % (n < 64 ? n : 64));
+        size_t k = s->whole ? n : bytewise ? 1 : 1 + (size_t)(check_rand(&rnd) % (n < 64 ? n : 64));
         if (k > n)
             k = n;
         int rc = wsrr_tap_feed(s->tap, d, p, k, s->ts++);
@@ -434,6 +435,74 @@ static void test_inflate_error(void)
     session_check(&s, "inflate-error");
 }
 
+/* A corrupt first fragment fails its message; the next message (no context
+ * takeover) inflates from a fresh state. */
+static void test_corrupt_fragment(void)
+{
+    const char *answer = "permessage-deflate; server_no_context_takeover";
+    struct session s;
+    session_start(&s, "corrupt-fragment", NULL);
+    handshake(&s, "permessage-deflate", answer, 101, NULL, 0);
+    enable_deflate(&s, answer);
+    send_frame(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, false, WSRR_RSV1,
+               (const uint8_t *)"\xff\xff\xff\xff", 4, NULL, 0);
+    send_frame(&s, WSRR_DIR_S2C, WSRR_OP_CONT, true, 0, (const uint8_t *)"xx", 2, NULL, 0);
+    s.exp[s.nexp - 1].inflate_error = true;
+    send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, "a valid message after the corrupt one", 1);
+    send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, "and another one", 2);
+    wsrr_tap_end(s.tap, s.ts);
+    expect_close(&s, WSRR_SIDE_NONE, 0, 0);
+    session_check(&s, "corrupt-fragment");
+}
+
+/* A compressed message cut by the recording cap cannot be inflated. With
+ * context takeover the messages after it cannot be either (they refer to
+ * it): they are flagged, never shown as wrong text; without takeover the
+ * next message inflates. Frames fed whole are capped like split ones. */
+static void test_truncated_compressed(bool takeover, bool whole)
+{
+    const char *answer = takeover ? "permessage-deflate"
+                                  : "permessage-deflate; "
+                                    "server_no_context_takeover";
+    char name[64];
+    snprintf(name, sizeof(name), "truncated-%s-%s", takeover ? "takeover" : "nct",
+             whole ? "whole" : "split");
+    struct wsrr_tap_opts o = {.max_recorded_payload = 64};
+    struct session s;
+    session_start(&s, name, &o);
+    s.whole = whole;
+    handshake(&s, "permessage-deflate", answer, 101, NULL, 0);
+    enable_deflate(&s, answer);
+    char noise[301];
+    uint64_t r2 = 99;
+    for (int i = 0; i < 300; i++)
+        noise[i] = (char)('a' + check_rand(&r2) % 26);
+    noise[300] = '\0';
+    send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, noise, 1); /* compresses to > 64 bytes */
+    struct expect *e = &s.exp[s.nexp - 1];
+    REQUIRE(e->payload_len > 64);
+    e->payload_len = 64;
+    e->truncated = true;
+    e->has_message = false;
+    e->inflate_error = true;
+    /* short enough to be kept whole; with takeover it may refer to the lost
+     * message, so it cannot be trusted */
+    send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, "the next message", 1);
+    if (takeover) {
+        e = &s.exp[s.nexp - 1];
+        e->has_message = false;
+        e->inflate_error = true;
+    }
+    uint8_t big[500];
+    memset(big, 'z', sizeof(big));
+    send_frame(&s, WSRR_DIR_C2S, WSRR_OP_BINARY, true, 0, big, sizeof(big), NULL, 0);
+    s.exp[s.nexp - 1].truncated = true;
+    s.exp[s.nexp - 1].payload_len = 64;
+    wsrr_tap_end(s.tap, s.ts);
+    expect_close(&s, WSRR_SIDE_NONE, 0, 0);
+    session_check(&s, name);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -449,6 +518,11 @@ int main(int argc, char **argv)
         test_violations();
         test_caps();
         test_inflate_error();
+        test_corrupt_fragment();
+        test_truncated_compressed(true, false);
+        test_truncated_compressed(true, true);
+        test_truncated_compressed(false, false);
+        test_truncated_compressed(false, true);
     }
     char cmd[600];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
