@@ -85,6 +85,24 @@ static int scan_file(struct wsrr_capture_reader *r, struct scan *s)
     return rc;
 }
 
+/* "damage_total" and the "damage" entries kept by the reader, into o. */
+static void add_damage_json(cJSON *o, const struct wsrr_capture_reader *r)
+{
+    struct wsrr_capture_summary s;
+    size_t nd;
+    const struct wsrr_capture_damage *d = wsrr_capture_reader_damage(r, &nd);
+    wsrr_capture_reader_summary(r, &s);
+    cJSON_AddNumberToObject(o, "damage_total", (double)s.ndamage);
+    cJSON *da = cJSON_AddArrayToObject(o, "damage");
+    for (size_t i = 0; i < nd; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "offset", (double)d[i].offset);
+        cJSON_AddNumberToObject(e, "length", (double)d[i].length);
+        cJSON_AddStringToObject(e, "what", d[i].what);
+        cJSON_AddItemToArray(da, e);
+    }
+}
+
 static int verify_one(const char *path, bool json, bool quiet)
 {
     char err[512];
@@ -125,15 +143,7 @@ static int verify_one(const char *path, bool json, bool quiet)
         cJSON_AddNumberToObject(o, "bytes", (double)s.sum.bytes);
         cJSON_AddBoolToObject(o, "closed_cleanly", s.sum.trailer);
         cJSON_AddBoolToObject(o, "header_ok", info->header_ok);
-        cJSON_AddNumberToObject(o, "damage_total", (double)s.sum.ndamage);
-        cJSON *da = cJSON_AddArrayToObject(o, "damage");
-        for (size_t i = 0; i < nd; i++) {
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddNumberToObject(e, "offset", (double)d[i].offset);
-            cJSON_AddNumberToObject(e, "length", (double)d[i].length);
-            cJSON_AddStringToObject(e, "what", d[i].what);
-            cJSON_AddItemToArray(da, e);
-        }
+        add_damage_json(o, r);
         char *t = cJSON_PrintUnformatted(o);
         puts(t);
         free(t);
@@ -212,17 +222,7 @@ static char *recovered_metadata(const struct wsrr_capture_info *info, const char
     cJSON_AddNumberToObject(rec, "records", (double)s.records);
     cJSON_AddBoolToObject(rec, "header_ok", info->header_ok);
     cJSON_AddBoolToObject(rec, "had_trailer", s.trailer);
-    cJSON_AddNumberToObject(rec, "damage_total", (double)s.ndamage);
-    size_t nd;
-    const struct wsrr_capture_damage *d = wsrr_capture_reader_damage(r, &nd);
-    cJSON *da = cJSON_AddArrayToObject(rec, "damage");
-    for (size_t i = 0; i < nd; i++) {
-        cJSON *e = cJSON_CreateObject();
-        cJSON_AddNumberToObject(e, "offset", (double)d[i].offset);
-        cJSON_AddNumberToObject(e, "length", (double)d[i].length);
-        cJSON_AddStringToObject(e, "what", d[i].what);
-        cJSON_AddItemToArray(da, e);
-    }
+    add_damage_json(rec, r);
     char *t = cJSON_PrintUnformatted(m);
     cJSON_Delete(m);
     return t;
