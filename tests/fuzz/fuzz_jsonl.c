@@ -6,6 +6,7 @@
 #include "wsrr/capture.h"
 #include "wsrr/jsonl.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,13 +23,17 @@ static void one_line(const char *line, size_t len)
     uint8_t *arena;
     if (wsrr_jsonl_parse_record(line, len, 1, &r, &arena, err, sizeof(err)) != 0)
         return;
+    if (r.seq == 0) /* left out: the writer would number it */
+        r.seq = 1;
     size_t n = wsrr_record_size(&r);
     if (n) {
         uint8_t *buf = malloc(n);
         wsrr_record_encode(buf, &r);
         struct wsrr_record d;
-        if (wsrr_record_decode(buf, n, &d, err, sizeof(err)) != (ssize_t)n)
+        if (wsrr_record_decode(buf, n, &d, err, sizeof(err)) != (ssize_t)n) {
+            fprintf(stderr, "a record import accepted does not decode: %s\n", err);
             abort();
+        }
         char *out = wsrr_jsonl_record(&d);
         if (!out)
             abort();
