@@ -48,6 +48,8 @@ struct wsrr_tap {
 
     struct evbuffer *early; /* client bytes awaiting the response */
 
+    struct evbuffer *scratch; /* redacted heads, payloads and messages */
+
     uint8_t close_reason[WSRR_FRAME_MAX_CONTROL];
     size_t close_reason_len;
     bool close_has_code;
@@ -91,12 +93,37 @@ void wsrr_tap_free(struct wsrr_tap *t)
     }
     if (t->early)
         evbuffer_free(t->early);
+    if (t->scratch)
+        evbuffer_free(t->scratch);
     free(t);
 }
 
 const struct wsrr_tap_state *wsrr_tap_state(const struct wsrr_tap *t)
 {
     return &t->st;
+}
+
+/* Redact `in` with fn's kind of redaction; on a change, point *in at the
+ * redacted bytes (valid until the next call) and flag the record. */
+static int redacted(struct wsrr_tap *t, struct wsrr_record *r, struct wsrr_span *in,
+                    const struct wsrr_http_head *head)
+{
+    if (!t->o.redact)
+        return 0;
+    if (!t->scratch && !(t->scratch = evbuffer_new()))
+        return -ENOMEM;
+    evbuffer_drain(t->scratch, evbuffer_get_length(t->scratch));
+    int rc = head ? wsrr_redact_head(t->o.redact, head, t->scratch)
+                  : wsrr_redact_text(t->o.redact, in->p, in->n, t->scratch);
+    if (rc <= 0)
+        return rc;
+    size_t n = evbuffer_get_length(t->scratch);
+    const uint8_t *p = evbuffer_pullup(t->scratch, -1);
+    if (!p)
+        return -ENOMEM;
+    *in = (struct wsrr_span){p, n};
+    r->flags |= WSRR_RF_REDACTED;
+    return 1;
 }
 
 static int append(struct wsrr_tap *t, struct wsrr_record *r, uint64_t ts)
@@ -207,6 +234,8 @@ static int inflate_frame(struct wsrr_tap *t, struct tap_dir *d, enum wsrr_dir di
         r->u.frame.message = (struct wsrr_span){m, n};
         if (f->msg_opcode == WSRR_OP_TEXT && !wsrr_utf8_valid(m, n))
             r->u.frame.violations |= WSRR_V_BAD_UTF8;
+        if (f->msg_opcode == WSRR_OP_TEXT)
+            return redacted(t, r, &r->u.frame.message, NULL) < 0 ? -ENOMEM : 0;
         return 0;
     }
     r->u.frame.fflags |= WSRR_FF_INFLATE_ERROR;
@@ -274,6 +303,26 @@ static int emit_frame(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_f
 
     if (compressed && (rc = inflate_frame(t, d, dir, f, payload, truncated, &r, ts)) < 0)
         return rc;
+
+    bool text =
+        f->msg_opcode == WSRR_OP_TEXT && (f->opcode == WSRR_OP_TEXT || f->opcode == WSRR_OP_CONT);
+    if (t->o.redact && text && compressed) {
+        /* the compressed bytes would carry what the message's redaction hides */
+        rf->payload_iov = NULL;
+        rf->payload = (struct wsrr_span){NULL, 0};
+        r.flags |= WSRR_RF_TRUNCATED | WSRR_RF_REDACTED;
+    } else if (t->o.redact && text && !(rf->fflags & WSRR_FF_MESSAGE)) {
+        if (rf->payload_iov) { /* masked, straight from the wire: unmask to look at it */
+            struct wsrr_frame_event whole = {.frame = f, .data = d->direct, .len = (size_t)f->len};
+            d->acc_len = 0;
+            if (gather(d, &whole, t->o.max_recorded_payload) < 0)
+                return -ENOMEM;
+            rf->payload_iov = NULL;
+            rf->payload = (struct wsrr_span){d->acc, d->acc_len};
+        }
+        if (redacted(t, &r, &rf->payload, NULL) < 0)
+            return -ENOMEM;
+    }
 
     if (f->opcode == WSRR_OP_CLOSE && !t->st.close_seen[dir]) {
         t->st.close_seen[dir] = true;
@@ -368,6 +417,8 @@ static int write_head(struct wsrr_tap *t, enum wsrr_dir dir, uint64_t ts)
     const struct wsrr_http_head *h = wsrr_http_parser_head(&t->d[dir].http);
     struct wsrr_record r = {.kind = dir == WSRR_DIR_C2S ? WSRR_REC_REQUEST : WSRR_REC_RESPONSE};
     r.u.http.head = (struct wsrr_span){h->raw, h->raw_len};
+    if (redacted(t, &r, &r.u.http.head, h) < 0)
+        return -ENOMEM;
     return append(t, &r, ts);
 }
 

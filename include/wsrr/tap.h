@@ -24,6 +24,7 @@
 #include "wsrr/capture.h"
 #include "wsrr/deflate.h"
 #include "wsrr/frame.h"
+#include "wsrr/redact.h"
 
 struct wsrr_tap_opts {
     struct wsrr_frame_limits limits; /* frame parser caps (0 fields: defaults) */
@@ -31,6 +32,12 @@ struct wsrr_tap_opts {
                                         (the record is flagged truncated); default 16 MiB */
     uint64_t max_inflated;           /* inflate at most this much per message; default 64 MiB */
     size_t max_early_bytes; /* client bytes held while the 101 is awaited; default 64 KiB */
+    /* NULL: record secrets as they are. Otherwise heads, text payloads and
+     * inflated text messages are redacted (records flagged redacted), and
+     * the compressed bytes of text messages are not kept, since they would
+     * carry the secrets: such frames are recorded with an empty payload,
+     * flagged truncated and redacted. */
+    const struct wsrr_redactor *redact;
 };
 
 enum wsrr_tap_phase {

@@ -503,6 +503,94 @@ static void test_truncated_compressed(bool takeover, bool whole)
     session_check(&s, name);
 }
 
+static bool span_has(struct wsrr_span s, const char *needle)
+{
+    return s.n && memmem(s.p, s.n, needle, strlen(needle)) != NULL;
+}
+
+/* With a redactor, no secret reaches the capture: not in the request head,
+ * not in a masked text frame, not in a compressed message nor its
+ * compressed bytes. Binary frames and innocent text stay as they were. */
+static void test_redaction(void)
+{
+    const char *answer = "permessage-deflate";
+    struct wsrr_redactor *red = wsrr_redactor_new();
+    struct wsrr_tap_opts o = {.redact = red};
+    struct session s;
+    session_start(&s, "redaction", &o);
+    char key[25];
+    wsrr_handshake_make_key(key);
+    struct evbuffer *b = evbuffer_new();
+    struct wsrr_ws_request_spec spec = {.target = "/ws?token=QUERYSECRET",
+                                        .host = "h",
+                                        .key = key,
+                                        .extensions = answer,
+                                        .extra = "Authorization: Bearer HEADERSECRET\r\n"};
+    REQUIRE(wsrr_handshake_build_request(b, &spec) == 0);
+    size_t n = evbuffer_get_length(b);
+    feed_split(&s, WSRR_DIR_C2S, evbuffer_pullup(b, -1), n);
+    evbuffer_drain(b, n);
+    REQUIRE(wsrr_handshake_build_response(b, key, strlen(key), NULL, answer, NULL) == 0);
+    n = evbuffer_get_length(b);
+    feed_split(&s, WSRR_DIR_S2C, evbuffer_pullup(b, -1), n);
+    evbuffer_free(b);
+    enable_deflate(&s, answer);
+    s.deflate = false; /* this one uncompressed, masked, fed whole */
+    s.whole = true;
+    send_frame(&s, WSRR_DIR_C2S, WSRR_OP_TEXT, true, 0,
+               (const uint8_t *)"{\"password\":\"FRAMESECRET\"}", 26, NULL, 0);
+    s.whole = false;
+    s.deflate = true;
+    send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT,
+                 "{\"type\":\"login\",\"access_token\":\"DEFLATESECRET\"}", 1);
+    send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, "{\"type\":\"agent_started\"}", 1);
+    send_message(&s, WSRR_DIR_S2C, WSRR_OP_BINARY, "binary token=not-touched", 1);
+    wsrr_tap_end(s.tap, s.ts);
+    wsrr_tap_free(s.tap);
+    char path[512], err[256];
+    snprintf(path, sizeof(path), "%s/redaction.wsrr", dir);
+    REQUIRE(wsrr_capture_writer_close(s.w, err, sizeof(err)) == 0);
+    struct wsrr_capture_reader *r = wsrr_capture_reader_open(path, err, sizeof(err));
+    REQUIRE(r);
+    struct wsrr_record rec;
+    int redacted_records = 0, plain_text = 0, binary_ok = 0;
+    const char *secrets[] = {"QUERYSECRET", "HEADERSECRET", "FRAMESECRET", "DEFLATESECRET"};
+    while (wsrr_capture_reader_next(r, &rec) == 1) {
+        struct wsrr_span parts[3] = {{0}};
+        if (rec.kind == WSRR_REC_REQUEST || rec.kind == WSRR_REC_RESPONSE)
+            parts[0] = rec.u.http.head;
+        if (rec.kind == WSRR_REC_FRAME) {
+            parts[0] = rec.u.frame.payload;
+            parts[1] = rec.u.frame.message;
+        }
+        for (int i = 0; i < 3; i++)
+            for (size_t k = 0; k < 4; k++)
+                CHECK_MSG(!span_has(parts[i], secrets[k]), "%s leaked into seq %llu", secrets[k],
+                          (unsigned long long)rec.seq);
+        if (rec.flags & WSRR_RF_REDACTED) {
+            redacted_records++;
+            CHECK(span_has(parts[0], "<redacted:") || span_has(parts[1], "<redacted:") ||
+                  (rec.flags & WSRR_RF_TRUNCATED));
+        }
+        if (rec.kind == WSRR_REC_FRAME && span_has(rec.u.frame.message, "agent_started"))
+            plain_text++;
+        if (rec.kind == WSRR_REC_FRAME && span_has(rec.u.frame.message, "token=not-touched") &&
+            !(rec.flags & WSRR_RF_REDACTED) && rec.u.frame.payload.n > 0)
+            binary_ok++;
+    }
+    CHECK_INT(redacted_records, 4); /* request, masked frame, the two compressed text messages */
+    CHECK_INT(plain_text, 1);
+    CHECK_INT(binary_ok, 1);
+    wsrr_capture_reader_close(r);
+    for (int k = 0; k < s.nexp; k++) {
+        free(s.exp[k].payload);
+        free(s.exp[k].message);
+    }
+    wsrr_pmd_free(s.defl[0]);
+    wsrr_pmd_free(s.defl[1]);
+    wsrr_redactor_free(red);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -523,6 +611,7 @@ int main(int argc, char **argv)
         test_truncated_compressed(true, true);
         test_truncated_compressed(false, false);
         test_truncated_compressed(false, true);
+        test_redaction();
     }
     char cmd[600];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
