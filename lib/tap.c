@@ -150,6 +150,23 @@ static int note(struct wsrr_tap *t, uint64_t ts, const char *fmt, ...)
     return append(t, &r, ts);
 }
 
+int wsrr_tap_note(struct wsrr_tap *t, uint64_t ts, const char *fmt, ...)
+{
+    char text[320];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    if (ts == WSRR_TS_NOW)
+        ts = wsrr_capture_writer_now(t->w);
+    return note(t, ts, "%s", text);
+}
+
+void wsrr_tap_set_writer(struct wsrr_tap *t, struct wsrr_capture_writer *w)
+{
+    t->w = w;
+}
+
 int wsrr_tap_open(struct wsrr_tap *t, const struct wsrr_rec_open *info, uint64_t ts)
 {
     struct wsrr_record r = {.kind = WSRR_REC_OPEN};

@@ -85,6 +85,14 @@ int wsrr_tap_feed(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, si
 int wsrr_tap_tcp(struct wsrr_tap *t, enum wsrr_leg leg, enum wsrr_tcp_event ev, int err,
                  const char *detail, uint64_t ts);
 
+/* Write a NOTE record for this connection (what the recorder or the proxy
+ * did: answered a request itself, rewrote a header...). */
+int wsrr_tap_note(struct wsrr_tap *t, uint64_t ts, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Records go to w from now on (the proxy started a new capture file). */
+void wsrr_tap_set_writer(struct wsrr_tap *t, struct wsrr_capture_writer *w);
+
 /* The connection is over: write its CLOSE summary (who closed first, the
  * code and reason, clean or not). Call once. */
 int wsrr_tap_end(struct wsrr_tap *t, uint64_t ts);

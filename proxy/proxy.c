@@ -1,0 +1,1031 @@
+/* proxy.c — the recording WebSocket reverse proxy; see proxy.h.
+ *
+ * A connection goes through these states:
+ *
+ *   REQUEST     reading the client's request head (nothing forwarded yet)
+ *   CONNECTING  head complete, connecting to the upstream
+ *   RESPONSE    head sent upstream; client bytes relayed as they come;
+ *               reading the upstream's response head
+ *   RELAY       both directions relayed unchanged (evbuffer chains moved)
+ *   CLOSING     the proxy answered the client itself (400/426/502/504) and
+ *               closes once that answer is written
+ *
+ * Every byte a peer sends is fed to the connection's tap exactly once, in
+ * the order it arrived, so the capture holds what each side sent.
+ */
+#include "proxy.h"
+
+#include "wsrr/capture.h"
+#include "wsrr/handshake.h"
+#include "wsrr/log.h"
+#include "wsrr/redact.h"
+#include "wsrr/tap.h"
+#include "wsrr-config.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_MAX_BUFFER   ((size_t)1 << 20)
+#define DEFAULT_FLUSH_MS     100
+#define DEFAULT_GRACE_MS     5000
+#define DEFAULT_HANDSHAKE_MS 10000
+
+enum conn_state { CS_REQUEST, CS_CONNECTING, CS_RESPONSE, CS_RELAY, CS_CLOSING };
+
+struct upstream {
+    bool tls;
+    char host[256];
+    int port;
+    char prefix[1024];  /* path of the upstream URL without a trailing '/' */
+    char hostport[300]; /* for Host */
+    char origin[320];   /* for Origin */
+    char url[1400];
+};
+
+struct conn;
+
+struct wsrr_proxy {
+    struct event_base *base;
+    struct wsrr_proxy_config cfg;
+    struct upstream up;
+    struct evconnlistener *lis;
+    struct evdns_base *dns;
+    char listen_addr[128];
+
+    /* recording */
+    char record_arg[4096];
+    bool record_dir;
+    char capture_path[4096];
+    struct wsrr_capture_writer *w;
+    struct wsrr_redactor *red;
+    struct event *flush_ev;
+    bool capture_failed;
+
+    struct conn *conns;
+    uint32_t next_id;
+    bool stopping;
+    struct event *grace_ev;
+    struct wsrr_proxy_stats st;
+};
+
+struct conn {
+    struct wsrr_proxy *p;
+    uint32_t id;
+    enum conn_state state;
+    struct bufferevent *bev[2]; /* [WSRR_DIR_C2S] the client, [WSRR_DIR_S2C] the upstream:
+                                   the source of bytes travelling in that direction */
+    struct wsrr_http_parser head[2];
+    size_t head_seen[2]; /* bytes of the input already given to the head parser */
+    struct wsrr_tap *tap;
+    bool websocket; /* the request asks for an upgrade */
+    bool eof[2];    /* the source of that direction sent FIN */
+    bool paused[2]; /* reading that direction's source is paused (backpressure) */
+    bool shut[2];   /* we shut down writing towards that direction's destination */
+    uint64_t bytes[2];
+    uint64_t t_start;
+    int status; /* the response status */
+    char client[64];
+    struct conn *prev, *next;
+};
+
+static void relay(struct conn *c, enum wsrr_dir dir);
+static void conn_close(struct conn *c, bool reset, const char *why);
+
+/* ---- small helpers ---- */
+
+static enum wsrr_dir other(enum wsrr_dir d)
+{
+    return d == WSRR_DIR_C2S ? WSRR_DIR_S2C : WSRR_DIR_C2S;
+}
+
+static const char *leg_name(enum wsrr_dir src)
+{
+    return src == WSRR_DIR_C2S ? "client" : "upstream";
+}
+
+static void record_tcp(struct conn *c, enum wsrr_dir src, enum wsrr_tcp_event ev, int err,
+                       const char *detail)
+{
+    if (c->tap)
+        wsrr_tap_tcp(c->tap, src == WSRR_DIR_C2S ? WSRR_LEG_CLIENT : WSRR_LEG_UPSTREAM, ev, err,
+                     detail, WSRR_TS_NOW);
+}
+
+static void feed_tap(struct conn *c, enum wsrr_dir dir, const uint8_t *p, size_t n)
+{
+    if (c->tap && n)
+        wsrr_tap_feed(c->tap, dir, p, n, WSRR_TS_NOW);
+}
+
+/* Feed the first n bytes of an evbuffer to the tap without copying them. */
+static void feed_tap_buffer(struct conn *c, enum wsrr_dir dir, struct evbuffer *b, size_t n)
+{
+    if (!c->tap || !n)
+        return;
+    struct evbuffer_iovec vec[16];
+    struct evbuffer_ptr pos;
+    evbuffer_ptr_set(b, &pos, 0, EVBUFFER_PTR_SET);
+    while (n) {
+        int k = evbuffer_peek(b, (ev_ssize_t)n, &pos, vec, 16);
+        if (k <= 0)
+            break;
+        int use = k < 16 ? k : 16;
+        size_t done = 0;
+        for (int i = 0; i < use && done < n; i++) {
+            size_t len = vec[i].iov_len < n - done ? vec[i].iov_len : n - done;
+            wsrr_tap_feed(c->tap, dir, vec[i].iov_base, len, WSRR_TS_NOW);
+            done += len;
+        }
+        n -= done;
+        if (n && evbuffer_ptr_set(b, &pos, done, EVBUFFER_PTR_ADD) < 0)
+            break;
+    }
+}
+
+/* ---- capture ---- */
+
+static char *metadata(const struct wsrr_proxy *p)
+{
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "tool", "wsrr " WSRR_VERSION);
+    if (p->cfg.argv0_line)
+        cJSON_AddStringToObject(m, "command", p->cfg.argv0_line);
+    cJSON_AddStringToObject(m, "listen", p->listen_addr);
+    cJSON_AddStringToObject(m, "upstream", p->up.url);
+    cJSON_AddStringToObject(m, "redaction", p->red ? "default" : "none");
+    cJSON_AddNumberToObject(m, "flush_interval_ms", (double)p->cfg.flush_interval_ms);
+    cJSON_AddBoolToObject(m, "preserve_host", p->cfg.preserve_host);
+    char *t = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
+    return t;
+}
+
+/* The next free capture path: the file given, or a timestamped name in the
+ * directory given; "-2", "-3"... when taken (a writer never overwrites). */
+static void next_capture_path(struct wsrr_proxy *p, char *out, size_t cap)
+{
+    char base[4096];
+    if (p->record_dir) {
+        time_t now = time(NULL);
+        struct tm tm;
+        localtime_r(&now, &tm);
+        char stamp[32];
+        strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", &tm);
+        snprintf(base, sizeof(base), "%.4000s/wsrr-%.20s", p->record_arg, stamp);
+    } else {
+        snprintf(base, sizeof(base), "%s", p->record_arg);
+        size_t n = strlen(base);
+        if (n > 5 && strcmp(base + n - 5, ".wsrr") == 0)
+            base[n - 5] = '\0';
+    }
+    snprintf(out, cap, "%.4080s.wsrr", base);
+    struct stat st;
+    bool first_file = !p->record_dir && !p->w && !p->capture_path[0];
+    if (first_file && p->cfg.overwrite)
+        return;
+    for (int i = 2; stat(out, &st) == 0 && i < 10000; i++)
+        snprintf(out, cap, "%.4070s-%d.wsrr", base, i);
+}
+
+static int open_capture(struct wsrr_proxy *p, char *err, size_t errlen)
+{
+    char path[4096];
+    bool first = !p->capture_path[0];
+    next_capture_path(p, path, sizeof(path));
+    if (first && !p->record_dir && !p->cfg.overwrite && strcmp(path, p->record_arg) != 0 &&
+        access(p->record_arg, F_OK) == 0)
+        return wsrr_seterr(err, errlen, EEXIST,
+                           "--record %s: the file exists (captures are never appended to; "
+                           "choose a new name or --force)",
+                           p->record_arg);
+    char *meta = metadata(p);
+    struct wsrr_capture_opts o = {
+        .metadata = meta,
+        .flush_interval_ns = p->cfg.flush_interval_ms * 1000000ull,
+        .overwrite = first && p->cfg.overwrite,
+        .mode = p->red ? 0 : 0600, /* an unredacted capture holds secrets */
+    };
+    p->w = wsrr_capture_writer_open(path, &o, err, errlen);
+    free(meta);
+    if (!p->w)
+        return -EIO;
+    snprintf(p->capture_path, sizeof(p->capture_path), "%s", path);
+    return 0;
+}
+
+static void check_writer(struct wsrr_proxy *p, int rc)
+{
+    if (rc < 0 && !p->capture_failed) {
+        p->capture_failed = true;
+        wsrr_log(WSRR_LOG_ERROR, 0, "capture %s: %s; recording stops, proxying goes on",
+                 p->capture_path, wsrr_capture_writer_error(p->w));
+    }
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct wsrr_proxy *p = arg;
+    if (p->w)
+        check_writer(p, wsrr_capture_writer_tick(p->w));
+}
+
+static void finish_capture(struct wsrr_proxy *p)
+{
+    if (!p->w)
+        return;
+    char err[256];
+    struct wsrr_capture_stats st;
+    wsrr_capture_writer_stats(p->w, &st);
+    if (wsrr_capture_writer_close(p->w, err, sizeof(err)) < 0)
+        wsrr_log(WSRR_LOG_ERROR, 0, "%s", err);
+    else
+        wsrr_log(WSRR_LOG_INFO, 0, "capture %s: %llu records, %llu bytes", p->capture_path,
+                 (unsigned long long)st.records, (unsigned long long)st.bytes_out);
+    p->w = NULL;
+}
+
+int wsrr_proxy_reopen(struct wsrr_proxy *p)
+{
+    if (!p->w && !p->capture_path[0])
+        return 0; /* not recording */
+    char old[4096], err[256];
+    snprintf(old, sizeof(old), "%s", p->capture_path);
+    finish_capture(p);
+    p->capture_failed = false;
+    if (open_capture(p, err, sizeof(err)) < 0) {
+        wsrr_log(WSRR_LOG_ERROR, 0, "reopening the capture: %s; recording stops", err);
+        for (struct conn *c = p->conns; c; c = c->next) {
+            wsrr_tap_free(c->tap);
+            c->tap = NULL;
+        }
+        return -EIO;
+    }
+    wsrr_log(WSRR_LOG_INFO, 0, "capture continues in %s", p->capture_path);
+    for (struct conn *c = p->conns; c; c = c->next)
+        if (c->tap) {
+            wsrr_tap_set_writer(c->tap, p->w);
+            wsrr_tap_note(c->tap, WSRR_TS_NOW,
+                          "connection continued from %s (its open and handshake are there)", old);
+        }
+    return 0;
+}
+
+const char *wsrr_proxy_capture_path(const struct wsrr_proxy *p)
+{
+    return p->w ? p->capture_path : NULL;
+}
+
+/* ---- connection teardown ---- */
+
+static void maybe_finished(struct wsrr_proxy *p)
+{
+    if (!p->stopping || p->conns)
+        return;
+    if (p->grace_ev) {
+        event_free(p->grace_ev);
+        p->grace_ev = NULL;
+    }
+    if (p->flush_ev) {
+        event_free(p->flush_ev);
+        p->flush_ev = NULL;
+    }
+    finish_capture(p);
+    if (p->dns) {
+        evdns_base_free(p->dns, 0);
+        p->dns = NULL;
+    }
+    event_base_loopexit(p->base, NULL); /* nothing of ours is left to run */
+}
+
+static void log_conn_end(struct conn *c, const char *why)
+{
+    const struct wsrr_tap_state *ts = c->tap ? wsrr_tap_state(c->tap) : NULL;
+    char close_desc[96] = "no close frame";
+    if (ts && ts->first_closer >= 0)
+        snprintf(close_desc, sizeof(close_desc), "close %u by %s", ts->close_code[ts->first_closer],
+                 wsrr_dir_name((enum wsrr_dir)ts->first_closer));
+    double secs = (double)(wsrr_now_ns() - c->t_start) / 1e9;
+    wsrr_log(WSRR_LOG_INFO, c->id,
+             "%s -> %s: %.3f s, client sent %llu bytes/%llu frames, server %llu bytes/%llu "
+             "frames, %s%s%s",
+             c->client, c->p->up.url, secs, (unsigned long long)c->bytes[WSRR_DIR_C2S],
+             (unsigned long long)(ts ? ts->frames[WSRR_DIR_C2S] : 0),
+             (unsigned long long)c->bytes[WSRR_DIR_S2C],
+             (unsigned long long)(ts ? ts->frames[WSRR_DIR_S2C] : 0), close_desc, why ? "; " : "",
+             why ? why : "");
+}
+
+/* Close both legs. With reset, the client leg (and the upstream's) end with
+ * a TCP RST instead of a FIN, so that an abrupt end on one side looks
+ * abrupt on the other. */
+static void conn_close(struct conn *c, bool reset, const char *why)
+{
+    struct wsrr_proxy *p = c->p;
+    if (c->tap) {
+        const struct wsrr_tap_state *ts = wsrr_tap_state(c->tap);
+        p->st.frames[0] += ts->frames[0];
+        p->st.frames[1] += ts->frames[1];
+        wsrr_tap_end(c->tap, WSRR_TS_NOW);
+    }
+    log_conn_end(c, why);
+    for (int i = 0; i < 2; i++) {
+        wsrr_http_parser_finish(&c->head[i]);
+        if (!c->bev[i])
+            continue;
+        if (reset) {
+            struct linger lg = {1, 0};
+            evutil_socket_t fd = bufferevent_getfd(c->bev[i]);
+            if (fd >= 0)
+                setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        }
+        bufferevent_free(c->bev[i]);
+    }
+    wsrr_tap_free(c->tap);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        p->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    p->st.active--;
+    p->st.closed++;
+    free(c);
+    maybe_finished(p);
+}
+
+/* Answer the client ourselves and close once the answer is written. */
+static void respond(struct conn *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void respond(struct conn *c, int status, const char *fmt, ...)
+{
+    char body[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(body, sizeof(body), fmt, ap);
+    va_end(ap);
+    struct evbuffer *b = evbuffer_new();
+    wsrr_http_build_error(b, status, body);
+    size_t n = evbuffer_get_length(b);
+    if (c->tap) {
+        wsrr_tap_note(c->tap, WSRR_TS_NOW, "wsrr answered %d itself: %s", status, body);
+        /* what the client got is recorded as the response, unless the
+         * upstream's own response head was recorded already */
+        if (wsrr_tap_state(c->tap)->status == 0)
+            feed_tap(c, WSRR_DIR_S2C, evbuffer_pullup(b, -1), n);
+    }
+    wsrr_log(WSRR_LOG_INFO, c->id, "answered %d: %s", status, body);
+    c->p->st.rejected++;
+    if (c->bev[WSRR_DIR_S2C]) {
+        bufferevent_free(c->bev[WSRR_DIR_S2C]);
+        c->bev[WSRR_DIR_S2C] = NULL;
+    }
+    c->state = CS_CLOSING;
+    struct bufferevent *cl = c->bev[WSRR_DIR_C2S];
+    bufferevent_disable(cl, EV_READ);
+    bufferevent_write_buffer(cl, b);
+    evbuffer_free(b);
+    bufferevent_setwatermark(cl, EV_WRITE, 0, 0); /* write callback when all is out */
+}
+
+/* ---- handshake ---- */
+
+/* The request as the upstream gets it: Host and Origin rewritten for the
+ * upstream, the target under the upstream URL's path. */
+static void upstream_request(struct conn *c, struct evbuffer *out)
+{
+    const struct wsrr_http_head *h = wsrr_http_parser_head(&c->head[WSRR_DIR_C2S]);
+    const struct upstream *u = &c->p->up;
+    if (c->p->cfg.preserve_host) {
+        evbuffer_add(out, h->raw, h->raw_len);
+        return;
+    }
+    evbuffer_add(out, h->method, h->method_len);
+    evbuffer_add_printf(out, " %s%.*s HTTP/1.%d\r\n", u->prefix, (int)h->target_len, h->target,
+                        h->version_minor);
+    for (size_t i = 0; i < h->nfields; i++) {
+        const struct wsrr_http_field *f = &h->fields[i];
+        if (f->name_len == 4 && strncasecmp(f->name, "Host", 4) == 0)
+            evbuffer_add_printf(out, "Host: %s\r\n", u->hostport);
+        else if (f->name_len == 6 && strncasecmp(f->name, "Origin", 6) == 0)
+            evbuffer_add_printf(out, "Origin: %s\r\n", u->origin);
+        else
+            evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)f->name_len, f->name, (int)f->value_len,
+                                f->value);
+    }
+    evbuffer_add(out, "\r\n", 2);
+}
+
+/* Give the input's new bytes to dir's head parser. Returns the head's
+ * length in the input once complete, 0 while incomplete, -1 on a bad head
+ * (the reason is wsrr_http_parser_error()). */
+static ssize_t parse_head(struct conn *c, enum wsrr_dir dir)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev[dir]);
+    size_t len = evbuffer_get_length(in);
+    if (len <= c->head_seen[dir])
+        return 0;
+    const uint8_t *p = evbuffer_pullup(in, (ev_ssize_t)len);
+    ssize_t n = wsrr_http_parse(&c->head[dir], p + c->head_seen[dir], len - c->head_seen[dir]);
+    if (n == WSRR_AGAIN) {
+        c->head_seen[dir] = len;
+        return 0;
+    }
+    if (n < 0)
+        return -1;
+    return (ssize_t)c->head_seen[dir] + n;
+}
+
+static void upstream_event(struct bufferevent *bev, short what, void *arg);
+static void upstream_read(struct bufferevent *bev, void *arg);
+static void relay_read(struct bufferevent *bev, void *arg);
+static void relay_write(struct bufferevent *bev, void *arg);
+static void relay_event(struct bufferevent *bev, short what, void *arg);
+
+static void set_timeouts(struct bufferevent *bev, uint64_t ms)
+{
+    if (!ms) {
+        bufferevent_set_timeouts(bev, NULL, NULL);
+        return;
+    }
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000 * 1000)};
+    bufferevent_set_timeouts(bev, &tv, &tv);
+}
+
+static void request_complete(struct conn *c, size_t head_len)
+{
+    struct wsrr_proxy *p = c->p;
+    struct evbuffer *in = bufferevent_get_input(c->bev[WSRR_DIR_C2S]);
+    const struct wsrr_http_head *h = wsrr_http_parser_head(&c->head[WSRR_DIR_C2S]);
+    /* the head goes to the tap now, as the client sent it; what follows it
+     * is fed when it is forwarded */
+    feed_tap_buffer(c, WSRR_DIR_C2S, in, head_len);
+    c->bytes[WSRR_DIR_C2S] += head_len;
+    p->st.bytes[WSRR_DIR_C2S] += head_len;
+
+    c->websocket = wsrr_http_has_token(h, "Upgrade", "websocket");
+    if (c->websocket) {
+        struct wsrr_ws_info info;
+        char why[200];
+        int status = wsrr_handshake_check_request(h, &info, why, sizeof(why));
+        if (status) {
+            evbuffer_drain(in, evbuffer_get_length(in));
+            respond(c, status, "%s", why);
+            return;
+        }
+    }
+    evbuffer_drain(in, head_len);
+    bufferevent_disable(c->bev[WSRR_DIR_C2S], EV_READ); /* until the upstream is there */
+
+    struct bufferevent *up = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!up) {
+        respond(c, 502, "cannot create a socket for the upstream");
+        return;
+    }
+    c->bev[WSRR_DIR_S2C] = up;
+    c->state = CS_CONNECTING;
+    bufferevent_setcb(up, upstream_read, NULL, upstream_event, c);
+    set_timeouts(up, p->cfg.handshake_timeout_ms);
+    if (bufferevent_socket_connect_hostname(up, p->dns, AF_UNSPEC, p->up.host, p->up.port) < 0) {
+        record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_CONNECT_FAILED, 0, "connect could not start");
+        p->st.upstream_failures++;
+        respond(c, 502, "cannot connect to %s", p->up.url);
+    }
+}
+
+static void client_read_head(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    ssize_t n = parse_head(c, WSRR_DIR_C2S);
+    if (n == 0)
+        return;
+    if (n < 0) {
+        struct evbuffer *in = bufferevent_get_input(bev);
+        size_t len = evbuffer_get_length(in);
+        feed_tap_buffer(c, WSRR_DIR_C2S, in, len);
+        evbuffer_drain(in, len);
+        const char *why = wsrr_http_parser_error(&c->head[WSRR_DIR_C2S]);
+        respond(c, strstr(why, "exceeds") ? 431 : 400, "malformed request head: %s", why);
+        return;
+    }
+    request_complete(c, (size_t)n);
+}
+
+static void start_relay(struct conn *c)
+{
+    c->state = CS_RELAY;
+    for (int d = 0; d < 2; d++) {
+        struct bufferevent *b = c->bev[d];
+        bufferevent_setcb(b, relay_read, relay_write, relay_event, c);
+        set_timeouts(b, c->p->cfg.idle_timeout_ms);
+        bufferevent_enable(b, EV_READ);
+    }
+    relay(c, WSRR_DIR_C2S);
+    relay(c, WSRR_DIR_S2C);
+}
+
+static void upstream_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    ssize_t n = parse_head(c, WSRR_DIR_S2C);
+    if (n == 0)
+        return;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (n < 0) {
+        const char *why = wsrr_http_parser_error(&c->head[WSRR_DIR_S2C]);
+        feed_tap_buffer(c, WSRR_DIR_S2C, in, evbuffer_get_length(in));
+        respond(c, 502, "the upstream's response is not HTTP: %s", why);
+        return;
+    }
+    const struct wsrr_http_head *resp = wsrr_http_parser_head(&c->head[WSRR_DIR_S2C]);
+    c->status = resp->status;
+    if (c->websocket && resp->status == 101) {
+        struct wsrr_ws_info info;
+        char why[200];
+        if (wsrr_handshake_check_response(wsrr_http_parser_head(&c->head[WSRR_DIR_C2S]), resp,
+                                          &info, why, sizeof(why)) < 0) {
+            /* a client must refuse this 101: say so, with a 502 */
+            feed_tap_buffer(c, WSRR_DIR_S2C, in, (size_t)n);
+            respond(c, 502, "the upstream's 101 is invalid: %s", why);
+            return;
+        }
+    }
+    /* the head goes to the client exactly as the upstream sent it */
+    start_relay(c);
+}
+
+static void upstream_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct wsrr_proxy *p = c->p;
+    if (what & BEV_EVENT_CONNECTED) {
+        record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_CONNECTED, 0, NULL);
+        evutil_socket_t fd = bufferevent_getfd(bev);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct evbuffer *out = bufferevent_get_output(bev);
+        upstream_request(c, out);
+        c->state = CS_RESPONSE;
+        /* client bytes that followed the head travel now; later ones as they come */
+        struct bufferevent *cl = c->bev[WSRR_DIR_C2S];
+        bufferevent_setcb(cl, relay_read, relay_write, relay_event, c);
+        bufferevent_enable(cl, EV_READ);
+        relay(c, WSRR_DIR_C2S);
+        bufferevent_enable(bev, EV_READ);
+        return;
+    }
+    char detail[300];
+    int err = EVUTIL_SOCKET_ERROR();
+    if (c->state == CS_CONNECTING) {
+        int dns = bufferevent_socket_get_dns_error(bev);
+        p->st.upstream_failures++;
+        if (what & BEV_EVENT_TIMEOUT) {
+            snprintf(detail, sizeof(detail), "connect to %s:%d timed out after %llu ms", p->up.host,
+                     p->up.port, (unsigned long long)p->cfg.handshake_timeout_ms);
+            record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_TIMEOUT, ETIMEDOUT, detail);
+            respond(c, 504, "%s", detail);
+        } else {
+            if (dns)
+                snprintf(detail, sizeof(detail), "cannot resolve %s: %s", p->up.host,
+                         evutil_gai_strerror(dns));
+            else
+                snprintf(detail, sizeof(detail), "connect to %s:%d: %s", p->up.host, p->up.port,
+                         evutil_socket_error_to_string(err));
+            record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_CONNECT_FAILED, dns ? 0 : err, detail);
+            respond(c, 502, "%s", detail);
+        }
+        return;
+    }
+    /* RESPONSE: the upstream went away or timed out before its head */
+    if (what & BEV_EVENT_TIMEOUT) {
+        record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_TIMEOUT, ETIMEDOUT, "no response head in time");
+        respond(c, 504, "the upstream sent no response within %llu ms",
+                (unsigned long long)p->cfg.handshake_timeout_ms);
+        return;
+    }
+    struct evbuffer *in = bufferevent_get_input(bev);
+    feed_tap_buffer(c, WSRR_DIR_S2C, in, evbuffer_get_length(in));
+    record_tcp(c, WSRR_DIR_S2C, (what & BEV_EVENT_EOF) ? WSRR_TCP_FIN : WSRR_TCP_ERROR,
+               (what & BEV_EVENT_EOF) ? 0 : err, NULL);
+    respond(c, 502, "the upstream closed the connection before a complete response");
+}
+
+/* ---- relay ---- */
+
+static void relay(struct conn *c, enum wsrr_dir dir)
+{
+    struct bufferevent *src = c->bev[dir], *dst = c->bev[other(dir)];
+    if (!src || !dst)
+        return;
+    struct evbuffer *in = bufferevent_get_input(src);
+    size_t n = evbuffer_get_length(in);
+    if (dir == WSRR_DIR_S2C && c->state == CS_RESPONSE) {
+        /* the response head is parsed before anything goes to the client */
+        upstream_read(src, c);
+        return;
+    }
+    if (!n)
+        return;
+    feed_tap_buffer(c, dir, in, n);
+    c->bytes[dir] += n;
+    c->p->st.bytes[dir] += n;
+    struct evbuffer *out = bufferevent_get_output(dst);
+    evbuffer_add_buffer(out, in);
+    if (evbuffer_get_length(out) >= c->p->cfg.max_buffer) {
+        /* the destination does not keep up: stop reading the source until
+         * its output drains to half */
+        bufferevent_disable(src, EV_READ);
+        c->paused[dir] = true;
+        bufferevent_setwatermark(dst, EV_WRITE, c->p->cfg.max_buffer / 2, 0);
+    }
+}
+
+static void relay_read(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    enum wsrr_dir dir = bev == c->bev[WSRR_DIR_C2S] ? WSRR_DIR_C2S : WSRR_DIR_S2C;
+    relay(c, dir);
+}
+
+/* dst drained (to its write watermark): resume its source, or finish a
+ * half-close once everything is out. */
+static void relay_write(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    if (c->state == CS_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            conn_close(c, false, NULL);
+        return;
+    }
+    enum wsrr_dir to = bev == c->bev[WSRR_DIR_C2S] ? WSRR_DIR_S2C : WSRR_DIR_C2S;
+    /* `to` is the direction whose destination is bev */
+    if (c->paused[to] && !c->eof[to]) {
+        c->paused[to] = false;
+        bufferevent_enable(c->bev[to], EV_READ);
+        relay(c, to);
+    }
+    if (c->eof[to] && !c->shut[to] && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        shutdown(bufferevent_getfd(bev), SHUT_WR);
+        c->shut[to] = true;
+        if (c->shut[other(to)])
+            conn_close(c, false, NULL);
+    }
+}
+
+static void relay_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    enum wsrr_dir dir = bev == c->bev[WSRR_DIR_C2S] ? WSRR_DIR_C2S : WSRR_DIR_S2C;
+    if (c->state == CS_CLOSING) {
+        conn_close(c, false, NULL);
+        return;
+    }
+    if (c->state == CS_REQUEST || c->state == CS_CONNECTING) {
+        /* the client, before anything was forwarded */
+        if ((what & BEV_EVENT_TIMEOUT) && c->state == CS_REQUEST) {
+            record_tcp(c, dir, WSRR_TCP_TIMEOUT, ETIMEDOUT, "no complete request head in time");
+            respond(c, 408, "no complete request head within %llu ms",
+                    (unsigned long long)c->p->cfg.handshake_timeout_ms);
+            return;
+        }
+        int err = EVUTIL_SOCKET_ERROR();
+        record_tcp(c, dir, (what & BEV_EVENT_EOF) ? WSRR_TCP_FIN : WSRR_TCP_ERROR,
+                   (what & BEV_EVENT_EOF) ? 0 : err, NULL);
+        conn_close(c, false, "the client left before the upgrade");
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        relay(c, dir); /* whatever came with the FIN */
+        if (c->state == CS_CLOSING)
+            return;
+        record_tcp(c, dir, WSRR_TCP_FIN, 0, NULL);
+        c->eof[dir] = true;
+        bufferevent_disable(bev, EV_READ);
+        if (c->state == CS_RESPONSE && dir == WSRR_DIR_S2C) {
+            upstream_event(bev, what, c);
+            return;
+        }
+        struct bufferevent *dst = c->bev[other(dir)];
+        if (evbuffer_get_length(bufferevent_get_output(dst)) == 0) {
+            shutdown(bufferevent_getfd(dst), SHUT_WR);
+            c->shut[dir] = true;
+            if (c->shut[other(dir)] || c->eof[other(dir)]) {
+                conn_close(c, false, NULL);
+                return;
+            }
+        } else {
+            bufferevent_setwatermark(dst, EV_WRITE, 0, 0); /* tell me when it is all out */
+        }
+        return;
+    }
+    char detail[160];
+    if (what & BEV_EVENT_TIMEOUT) {
+        snprintf(detail, sizeof(detail), "no traffic for %llu ms",
+                 (unsigned long long)c->p->cfg.idle_timeout_ms);
+        record_tcp(c, dir, WSRR_TCP_TIMEOUT, ETIMEDOUT, detail);
+        conn_close(c, false, detail);
+        return;
+    }
+    int err = EVUTIL_SOCKET_ERROR();
+    bool rst = err == ECONNRESET || err == EPIPE;
+    snprintf(detail, sizeof(detail), "%s leg: %s", leg_name(dir),
+             evutil_socket_error_to_string(err));
+    record_tcp(c, dir, rst ? WSRR_TCP_RST : WSRR_TCP_ERROR, err, detail);
+    /* an abrupt end on one leg is passed on abruptly */
+    conn_close(c, true, detail);
+}
+
+/* ---- accepting ---- */
+
+static void format_addr(const struct sockaddr *sa, char *out, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        evutil_inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        port = ntohs(in->sin_port);
+        snprintf(out, cap, "%s:%d", host, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        evutil_inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        port = ntohs(in6->sin6_port);
+        snprintf(out, cap, "[%s]:%d", host, port);
+    } else {
+        snprintf(out, cap, "?");
+    }
+}
+
+static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
+                      int salen, void *arg)
+{
+    struct wsrr_proxy *p = arg;
+    struct conn *c = calloc(1, sizeof(*c));
+    struct bufferevent *cl = c ? bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
+    if (!cl) {
+        free(c);
+        evutil_closesocket(fd);
+        wsrr_log(WSRR_LOG_ERROR, 0, "out of memory accepting a connection");
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->p = p;
+    c->id = ++p->next_id;
+    c->t_start = wsrr_now_ns();
+    c->bev[WSRR_DIR_C2S] = cl;
+    format_addr(sa, c->client, sizeof(c->client));
+    wsrr_http_parser_init(&c->head[WSRR_DIR_C2S], false, 0, 0);
+    wsrr_http_parser_init(&c->head[WSRR_DIR_S2C], true, 0, 0);
+    if (p->w && !p->capture_failed) {
+        struct wsrr_tap_opts o = {.redact = p->red};
+        c->tap = wsrr_tap_new(p->w, c->id, &o);
+        if (c->tap) {
+            struct wsrr_rec_open open = {0};
+            open.client = (struct wsrr_span){(const uint8_t *)c->client, strlen(c->client)};
+            open.listen =
+                (struct wsrr_span){(const uint8_t *)p->listen_addr, strlen(p->listen_addr)};
+            open.upstream = (struct wsrr_span){(const uint8_t *)p->up.url, strlen(p->up.url)};
+            if (p->up.tls)
+                open.flags |= WSRR_OF_UPSTREAM_TLS;
+            check_writer(p, wsrr_tap_open(c->tap, &open, WSRR_TS_NOW));
+        }
+    }
+    c->next = p->conns;
+    if (p->conns)
+        p->conns->prev = c;
+    p->conns = c;
+    p->st.accepted++;
+    p->st.active++;
+    wsrr_log(WSRR_LOG_DEBUG, c->id, "accepted %s", c->client);
+    bufferevent_setcb(cl, client_read_head, relay_write, relay_event, c);
+    set_timeouts(cl, p->cfg.handshake_timeout_ms);
+    bufferevent_enable(cl, EV_READ);
+}
+
+static void accept_error(struct evconnlistener *lis, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    wsrr_log(WSRR_LOG_WARN, 0, "accept: %s", evutil_socket_error_to_string(err));
+    /* EMFILE and friends: the listener retries on the next readiness */
+}
+
+/* ---- setup ---- */
+
+static int parse_upstream(struct upstream *u, const char *url, char *err, size_t errlen)
+{
+    struct evhttp_uri *uri = evhttp_uri_parse_with_flags(url, 0);
+    if (!uri)
+        return wsrr_seterr(err, errlen, EINVAL,
+                           "--upstream %s: not a URL (expected ws://HOST[:PORT][/PATH])", url);
+    const char *scheme = evhttp_uri_get_scheme(uri);
+    const char *host = evhttp_uri_get_host(uri);
+    int rc = 0;
+    if (!scheme || (strcmp(scheme, "ws") && strcmp(scheme, "wss") && strcmp(scheme, "http") &&
+                    strcmp(scheme, "https")))
+        rc = wsrr_seterr(err, errlen, EINVAL,
+                         "--upstream %s: scheme must be ws, wss, http or https", url);
+    else if (!host || !*host)
+        rc = wsrr_seterr(err, errlen, EINVAL, "--upstream %s: no host", url);
+    if (rc == 0) {
+        u->tls = !strcmp(scheme, "wss") || !strcmp(scheme, "https");
+        snprintf(u->host, sizeof(u->host), "%s", host);
+        int port = evhttp_uri_get_port(uri);
+        u->port = port > 0 ? port : u->tls ? 443 : 80;
+        const char *path = evhttp_uri_get_path(uri);
+        snprintf(u->prefix, sizeof(u->prefix), "%s", path ? path : "");
+        size_t pl = strlen(u->prefix);
+        while (pl && u->prefix[pl - 1] == '/')
+            u->prefix[--pl] = '\0';
+        bool v6 = strchr(u->host, ':') != NULL;
+        bool default_port = u->port == (u->tls ? 443 : 80);
+        char hp[280];
+        snprintf(hp, sizeof(hp), "%s%.260s%s", v6 ? "[" : "", u->host, v6 ? "]" : "");
+        if (default_port)
+            snprintf(u->hostport, sizeof(u->hostport), "%s", hp);
+        else
+            snprintf(u->hostport, sizeof(u->hostport), "%s:%d", hp, u->port);
+        snprintf(u->origin, sizeof(u->origin), "%s://%s", u->tls ? "https" : "http", u->hostport);
+        snprintf(u->url, sizeof(u->url), "%s://%s%s", u->tls ? "wss" : "ws", u->hostport,
+                 u->prefix);
+        if (u->tls)
+            rc = wsrr_seterr(err, errlen, ENOTSUP,
+                             "--upstream %s: wss upstreams are not supported yet (TLS lands in "
+                             "a later step of the proxy)",
+                             url);
+    }
+    evhttp_uri_free(uri);
+    return rc;
+}
+
+struct wsrr_proxy *wsrr_proxy_new(struct event_base *base, const struct wsrr_proxy_config *c,
+                                  char *err, size_t errlen)
+{
+    struct wsrr_proxy *p = calloc(1, sizeof(*p));
+    if (!p) {
+        wsrr_seterr(err, errlen, ENOMEM, "out of memory");
+        return NULL;
+    }
+    p->base = base;
+    p->cfg = *c;
+    if (!p->cfg.flush_interval_ms)
+        p->cfg.flush_interval_ms = DEFAULT_FLUSH_MS;
+    if (!p->cfg.grace_ms)
+        p->cfg.grace_ms = DEFAULT_GRACE_MS;
+    if (!p->cfg.handshake_timeout_ms)
+        p->cfg.handshake_timeout_ms = DEFAULT_HANDSHAKE_MS;
+    if (!p->cfg.max_buffer)
+        p->cfg.max_buffer = DEFAULT_MAX_BUFFER;
+
+    if (!c->upstream) {
+        wsrr_seterr(err, errlen, EINVAL, "--upstream is required");
+        goto err_free;
+    }
+    if (parse_upstream(&p->up, c->upstream, err, errlen) < 0)
+        goto err_free;
+
+    /* evutil_parse_sockaddr_port refuses port 0 ("any free port"), which
+     * tests and scripts want: parse with port 1 and put the 0 back */
+    struct sockaddr_storage ss;
+    int sslen = sizeof(ss);
+    char addr[300];
+    snprintf(addr, sizeof(addr), "%s", c->listen ? c->listen : "");
+    size_t al = strlen(addr);
+    bool any_port = al > 2 && strcmp(addr + al - 2, ":0") == 0;
+    if (any_port)
+        addr[al - 1] = '1';
+    if (!c->listen || evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &sslen) < 0) {
+        wsrr_seterr(err, errlen, EINVAL,
+                    "--listen %s: expected HOST:PORT with a port of 1-65535 or 0 (e.g. "
+                    "127.0.0.1:8080 or [::1]:8080)",
+                    c->listen ? c->listen : "(missing)");
+        goto err_free;
+    }
+    if (any_port) {
+        if (ss.ss_family == AF_INET6)
+            ((struct sockaddr_in6 *)&ss)->sin6_port = 0;
+        else
+            ((struct sockaddr_in *)&ss)->sin_port = 0;
+    }
+
+    p->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    if (!p->dns)
+        p->dns = evdns_base_new(base, 0); /* no resolv.conf: numeric hosts still work */
+
+    if (c->redact)
+        p->red = wsrr_redactor_new();
+    if (c->record) {
+        struct stat st;
+        snprintf(p->record_arg, sizeof(p->record_arg), "%s", c->record);
+        p->record_dir = stat(c->record, &st) == 0 && S_ISDIR(st.st_mode);
+    }
+
+    p->lis = evconnlistener_new_bind(
+        base, accept_cb, p, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 128,
+        (struct sockaddr *)&ss, sslen);
+    if (!p->lis) {
+        int e = EVUTIL_SOCKET_ERROR();
+        wsrr_seterr(err, errlen, e, "--listen %s: %s", c->listen, evutil_socket_error_to_string(e));
+        goto err_dns;
+    }
+    evconnlistener_set_error_cb(p->lis, accept_error);
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof(bound);
+    getsockname(evconnlistener_get_fd(p->lis), (struct sockaddr *)&bound, &blen);
+    format_addr((struct sockaddr *)&bound, p->listen_addr, sizeof(p->listen_addr));
+
+    if (c->record && open_capture(p, err, errlen) < 0)
+        goto err_lis;
+    if (p->w) {
+        struct timeval tv = {(time_t)(p->cfg.flush_interval_ms / 1000),
+                             (suseconds_t)(p->cfg.flush_interval_ms % 1000 * 1000)};
+        p->flush_ev = event_new(base, -1, EV_PERSIST, flush_cb, p);
+        event_add(p->flush_ev, &tv);
+    }
+    return p;
+
+err_lis:
+    evconnlistener_free(p->lis);
+err_dns:
+    if (p->dns)
+        evdns_base_free(p->dns, 0);
+    wsrr_redactor_free(p->red);
+err_free:
+    free(p);
+    return NULL;
+}
+
+const char *wsrr_proxy_listen_address(const struct wsrr_proxy *p)
+{
+    return p->listen_addr;
+}
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct wsrr_proxy *p = arg;
+    size_t n = 0;
+    for (struct conn *c = p->conns; c; c = c->next)
+        n++;
+    if (n)
+        wsrr_log(WSRR_LOG_INFO, 0, "grace period over: closing %zu connection%s", n,
+                 n == 1 ? "" : "s");
+    while (p->conns)
+        conn_close(p->conns, false, "the proxy is shutting down");
+    maybe_finished(p);
+}
+
+void wsrr_proxy_shutdown(struct wsrr_proxy *p)
+{
+    if (p->stopping)
+        return;
+    p->stopping = true;
+    if (p->lis) {
+        evconnlistener_free(p->lis);
+        p->lis = NULL;
+    }
+    if (!p->conns) {
+        maybe_finished(p);
+        return;
+    }
+    wsrr_log(WSRR_LOG_INFO, 0, "stopped accepting; %llu connection(s) have %llu ms to finish",
+             (unsigned long long)p->st.active, (unsigned long long)p->cfg.grace_ms);
+    struct timeval tv = {(time_t)(p->cfg.grace_ms / 1000),
+                         (suseconds_t)(p->cfg.grace_ms % 1000 * 1000)};
+    p->grace_ev = evtimer_new(p->base, grace_cb, p);
+    evtimer_add(p->grace_ev, &tv);
+}
+
+void wsrr_proxy_stats(const struct wsrr_proxy *p, struct wsrr_proxy_stats *st)
+{
+    *st = p->st;
+}
+
+void wsrr_proxy_free(struct wsrr_proxy *p)
+{
+    if (!p)
+        return;
+    p->stopping = true;
+    while (p->conns)
+        conn_close(p->conns, false, "the proxy is shutting down");
+    if (p->lis)
+        evconnlistener_free(p->lis);
+    maybe_finished(p);
+    wsrr_redactor_free(p->red);
+    free(p);
+}

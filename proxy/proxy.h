@@ -1,0 +1,74 @@
+/* proxy.h — the recording WebSocket reverse proxy.
+ *
+ * One event loop (libevent). Each accepted client gets an upstream
+ * connection; the Upgrade request is parsed (Host and Origin rewritten for
+ * the upstream unless preserve_host), the response is checked (a 101 a
+ * client must refuse becomes a 502), and from then on bytes are relayed
+ * unchanged in both directions by moving evbuffer chains, while the tap
+ * (lib/tap.c) records every frame. A destination that does not drain stops
+ * reading from its source (watermarks), so a slow peer costs bounded memory
+ * and never stalls other connections.
+ */
+#ifndef WSRR_PROXY_H
+#define WSRR_PROXY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+
+struct wsrr_proxy_config {
+    const char *listen;            /* "host:port" ("[::1]:port" for IPv6) */
+    const char *upstream;          /* ws://, wss://, http:// or https:// URL */
+    const char *record;            /* capture file, or an existing directory (a new
+                                      timestamped file per run); NULL: do not record */
+    bool overwrite;                /* replace an existing capture file */
+    bool preserve_host;            /* forward Host and Origin as the client sent them */
+    bool redact;                   /* redact credentials in recorded heads (default on) */
+    uint64_t flush_interval_ms;    /* capture batches; default 100 */
+    uint64_t grace_ms;             /* on SIGINT/SIGTERM: let connections finish; default 5000 */
+    uint64_t handshake_timeout_ms; /* request head, upstream connect, response head; 10000 */
+    uint64_t idle_timeout_ms;      /* no byte either way: close; 0 = never (default) */
+    size_t max_buffer;             /* per direction before reading pauses; default 1 MiB */
+    const char *argv0_line;        /* the command line, for the capture metadata */
+};
+
+struct wsrr_proxy_stats {
+    uint64_t accepted, active, closed;
+    uint64_t bytes[2];  /* relayed per direction (enum wsrr_dir) */
+    uint64_t frames[2]; /* recorded per sender */
+    uint64_t upstream_failures;
+    uint64_t rejected; /* answered by the proxy itself (400, 426, 502, 504) */
+};
+
+struct wsrr_proxy;
+
+/* Create the proxy on base: parse the configuration, bind the listening
+ * socket and open the capture. Returns NULL with err (one line naming the
+ * option or address and what was wrong). */
+struct wsrr_proxy *wsrr_proxy_new(struct event_base *base, const struct wsrr_proxy_config *c,
+                                  char *err, size_t errlen);
+
+/* The address actually bound (useful with port 0). */
+const char *wsrr_proxy_listen_address(const struct wsrr_proxy *p);
+
+/* Stop accepting; connections have grace_ms to finish, then are closed; the
+ * capture is finalised when the last one is gone, and then the proxy calls
+ * event_base_loopexit() on its base. */
+void wsrr_proxy_shutdown(struct wsrr_proxy *p);
+
+/* Finish the current capture file and start a new one (SIGHUP, for log
+ * rotation). Returns 0 or a negative errno (logged). */
+int wsrr_proxy_reopen(struct wsrr_proxy *p);
+
+void wsrr_proxy_stats(const struct wsrr_proxy *p, struct wsrr_proxy_stats *st);
+
+/* Path of the capture being written, or NULL. */
+const char *wsrr_proxy_capture_path(const struct wsrr_proxy *p);
+
+/* Close every connection at once and free everything; the capture is
+ * finalised. NULL is a no-op. */
+void wsrr_proxy_free(struct wsrr_proxy *p);
+
+#endif

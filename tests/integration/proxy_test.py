@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""wsrr proxy against real peers on loopback.
+
+Every test starts its own `wsrr proxy` process and checks what the far side
+actually received and what the capture actually holds:
+
+- a Python websockets client gets the same answers through the proxy as
+  without it, and `wsrr cat` shows every message both ways, in order, with
+  the close code;
+- raw frames (valid and malformed, split across TCP writes) arrive byte for
+  byte on both sides, and the capture flags the malformed ones;
+- an unreachable upstream gives the client a 502 and the capture says why;
+- an upstream that resets gives the client an abnormal close;
+- bad upgrades are answered 400/426, a bad Sec-WebSocket-Accept becomes 502;
+- many concurrent connections are all relayed and recorded in one order;
+- a client that never reads neither grows the proxy nor stalls others;
+- SIGKILL loses at most the open batch; SIGHUP starts a new capture file.
+
+usage: proxy_test.py --wsrr PATH [TEST...]
+"""
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import websockets
+
+WSRR = None
+TMP = None
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("  FAIL:", what, flush=True)
+    return cond
+
+
+# ---- processes ----
+
+PROXIES = []
+
+
+class Proxy:
+    """A `wsrr proxy` process on a free port (killed at exit if a test
+    failed before stopping it)."""
+
+    def __init__(self, upstream, record=True, extra=()):
+        self.capture = os.path.join(TMP, "cap-%d.wsrr" % time.monotonic_ns()) if record else None
+        args = [WSRR, "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream,
+                "--grace", "1"] + list(extra)
+        if record:
+            args += ["--record", self.capture]
+        self.proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if not m:
+            raise RuntimeError("proxy did not start: %r %s" % (line, self.proc.stderr.read()))
+        self.port = int(m.group(1))
+        self.log = []
+        PROXIES.append(self)
+
+    def stop(self, sig=signal.SIGINT):
+        self.proc.send_signal(sig)
+        try:
+            out = self.proc.communicate(timeout=10)[1]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out = self.proc.communicate()[1]
+        self.log = out.splitlines()
+        # a sanitizer report (leak at exit, UB) makes the exit status non-zero
+        check(self.proc.returncode == 0, "the proxy exits 0 (got %d):\n    %s" %
+              (self.proc.returncode, "\n    ".join(self.log[-30:])))
+        return self.proc.returncode
+
+    def rss_kb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+def wsrr(*args):
+    p = subprocess.run([WSRR] + list(args), capture_output=True, text=True)
+    return p.returncode, p.stdout, p.stderr
+
+
+def records(capture):
+    rc, out, err = wsrr("cat", "--jsonl", capture)
+    lines = out.splitlines()
+    return [json.loads(line) for line in lines[1:]]
+
+
+def payload(r, key="payload"):
+    if key in r:
+        return r[key].encode()
+    if key + "_b64" in r:
+        return base64.b64decode(r[key + "_b64"])
+    return b""
+
+
+def messages(recs, conn=None):
+    """(sender, type, data) per complete message, from frame records."""
+    out, cur = [], {}
+    for r in recs:
+        if r["kind"] != "frame" or (conn is not None and r["conn"] != conn):
+            continue
+        d, op = r["dir"], r["opcode"]
+        if op in ("ping", "pong", "close"):
+            continue
+        key = (r["conn"], d)
+        if op in ("text", "binary"):
+            cur[key] = [op, []]
+        if key not in cur:
+            continue
+        cur[key][1].append(payload(r))
+        if r["fin"]:
+            op0, parts = cur.pop(key)
+            data = payload(r, "message") if ("message" in r or "message_b64" in r) \
+                else b"".join(parts)
+            out.append((d, op0, data.decode() if op0 == "text" else data))
+    return out
+
+
+# ---- peers ----
+
+async def echo_handler(ws, path=None):
+    try:
+        async for m in ws:
+            if m == "crash":
+                await ws.close(1011, "Internal error")
+                return
+            if m == "rst":
+                ws.transport.abort()
+                return
+            if m == "flood":
+                chunk = "f" * 65536
+                for _ in range(400):  # 25 MiB towards a client that does not read
+                    await ws.send(chunk)
+                continue
+            await ws.send(m)
+    except websockets.ConnectionClosed:
+        pass
+
+
+async def echo_server(compression=None):
+    return await websockets.serve(echo_handler, "127.0.0.1", 0, compression=compression,
+                                  max_size=None, ping_interval=None)
+
+
+def port_of(server):
+    return server.sockets[0].getsockname()[1]
+
+
+def frame(b0, data, mask=None, width=None):
+    n = len(data)
+    w = width or (7 if n <= 125 else 16 if n <= 0xFFFF else 64)
+    mbit = 0x80 if mask else 0
+    if w == 7:
+        head = bytes([b0, mbit | n])
+    elif w == 16:
+        head = bytes([b0, mbit | 126]) + struct.pack(">H", n)
+    else:
+        head = bytes([b0, mbit | 127]) + struct.pack(">Q", n)
+    if mask:
+        data = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+        head += mask
+    return head + data
+
+
+class RawServer:
+    """Answers the upgrade with a 101 (or what `answer` returns), records
+    every byte after it, and sends `script` bytes."""
+
+    def __init__(self, script=b"", answer=None):
+        self.script = script
+        self.answer = answer
+        self.received = bytearray()
+        self.head = b""
+        self.done = asyncio.Event()
+
+    async def handle(self, reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.head = head
+        key = re.search(rb"Sec-WebSocket-Key: *(\S+)", head).group(1)
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        resp = self.answer(accept) if self.answer else (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        writer.write(resp)
+        for i in range(0, len(self.script), 7):  # in small pieces
+            writer.write(self.script[i:i + 7])
+            await writer.drain()
+        try:
+            while True:
+                data = await asyncio.wait_for(reader.read(65536), 2)
+                if not data:
+                    break
+                self.received += data
+        except (asyncio.TimeoutError, ConnectionResetError):
+            pass
+        writer.close()
+        self.done.set()
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+
+async def raw_client(port, frames_bytes, read_for=1.0, head_extra=b"", split=7):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /raw HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n" % port + head_extra + b"\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    for i in range(0, len(frames_bytes), split):
+        writer.write(frames_bytes[i:i + split])
+        await writer.drain()
+    got = bytearray()
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), read_for)
+            if not data:
+                break
+            got += data
+    except asyncio.TimeoutError:
+        pass
+    writer.close()
+    return head, bytes(got)
+
+
+# ---- tests ----
+
+SESSION = ["hello", b"\x00\x01\x02 binary", "x" * 70000, json.dumps({"type": "run", "n": 1}),
+           "\u00e9\U0001f600", "", b"", "y" * 200]
+
+
+async def talk(port, compression):
+    out = []
+    async with websockets.connect("ws://127.0.0.1:%d/agent" % port, compression=compression,
+                                  max_size=None, ping_interval=None) as ws:
+        for m in SESSION:
+            await ws.send(m)
+            out.append(await ws.recv())
+        await ws.send("crash")
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosedError as e:
+            out.append(("closed", e.rcvd.code, e.rcvd.reason))
+    return out
+
+
+async def test_scripted_session():
+    for compression in (None, "deflate"):
+        server = await echo_server(compression)
+        direct = await talk(port_of(server), compression)
+        proxy = Proxy("ws://127.0.0.1:%d" % port_of(server))
+        through = await talk(proxy.port, compression)
+        check(proxy.stop() == 0, "proxy exits 0 on SIGINT")
+        server.close()
+        check(direct == through, "compression=%s: the same answers through the proxy" % compression)
+        check(through[-1] == ("closed", 1011, "Internal error"), "the 1011 reaches the client")
+        rc, out, _ = wsrr("verify", proxy.capture)
+        check(rc == 0, "capture verifies clean: %s" % out)
+        recs = records(proxy.capture)
+        got = messages(recs)
+        want = []
+        for m in SESSION:
+            t = "text" if isinstance(m, str) else "binary"
+            want += [("client", t, m), ("server", t, m)]
+        want += [("client", "text", "crash")]
+        check(got == want, "compression=%s: every message both ways, in order (%d of %d)" %
+              (compression, len(got), len(want)))
+        close = [r for r in recs if r["kind"] == "close"]
+        check(len(close) == 1 and close[0].get("code") == 1011 and close[0]["side"] == "server",
+              "the close record: 1011 by the server: %s" % close)
+        rc, text, _ = wsrr("cat", proxy.capture)
+        check("1011 (internal error)" in text, "wsrr cat shows the close code")
+        if compression:
+            check(any(r.get("rsv") == 4 for r in recs if r["kind"] == "frame"),
+                  "permessage-deflate negotiated through the proxy")
+
+
+async def test_byte_exact():
+    client_frames = (
+        frame(0x81, b"hello", mask=b"\x01\x02\x03\x04")
+        + frame(0x81, b"non-minimal", mask=b"\x05\x06\x07\x08", width=64)
+        + frame(0x01, b"frag-", mask=b"\x09\x0a\x0b\x0c")
+        + frame(0x89, b"ping!", mask=b"\x0d\x0e\x0f\x10")  # between fragments
+        + frame(0x80, b"end", mask=b"\x11\x12\x13\x14")
+        + frame(0x81, b"unmasked")  # a protocol violation, forwarded anyway
+        + frame(0x83, b"?", mask=b"\x15\x16\x17\x18")  # reserved opcode
+        + frame(0x82, bytes(range(256)) * 300, mask=b"\xaa\xbb\xcc\xdd"))
+    server_frames = (frame(0x81, b"from server") + frame(0x81, b"masked!", mask=b"\x01\x01\x01\x01")
+                     + frame(0xC1, b"rsv1 without deflate") + frame(0x82, b"\xff" * 70000))
+    srv = RawServer(server_frames)
+    sport = await srv.start()
+    proxy = Proxy("ws://127.0.0.1:%d" % sport)
+    head, got = await raw_client(proxy.port, client_frames, read_for=1.5)
+    await asyncio.wait_for(srv.done.wait(), 5)
+    proxy.stop()
+    srv.server.close()
+    check(head.startswith(b"HTTP/1.1 101"), "the 101 reaches the client")
+    check(bytes(srv.received) == client_frames,
+          "the server received the client's frames byte for byte (%d of %d bytes)" %
+          (len(srv.received), len(client_frames)))
+    check(got == server_frames, "the client received the server's frames byte for byte (%d of %d)"
+          % (len(got), len(server_frames)))
+    check(b"Host: 127.0.0.1:%d\r\n" % sport in srv.head, "Host rewritten for the upstream")
+    recs = records(proxy.capture)
+    fr = [r for r in recs if r["kind"] == "frame"]
+    flags = {tuple(r.get("violations", [])) for r in fr}
+    check(("len_not_minimal",) in flags, "non-minimal length recorded with its flag")
+    check(("mask_missing",) in flags, "unmasked client frame recorded with its flag")
+    check(any("reserved_opcode" in f for f in flags), "reserved opcode recorded")
+    check(("mask_unexpected",) in flags, "masked server frame recorded")
+    check(("rsv1",) in flags, "RSV1 without deflate recorded")
+    check(len(fr) == 12, "12 frames recorded: %d" % len(fr))
+
+
+async def test_unreachable():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()  # nobody listens there now
+    proxy = Proxy("ws://127.0.0.1:%d" % dead)
+    try:
+        async with websockets.connect("ws://127.0.0.1:%d/" % proxy.port):
+            check(False, "connecting through to a dead upstream must fail")
+    except websockets.InvalidStatusCode as e:
+        check(e.status_code == 502, "the client gets a 502: %s" % e)
+    proxy.stop()
+    recs = records(proxy.capture)
+    tcp = [r for r in recs if r["kind"] == "tcp"]
+    check(any(r["event"] == "connect_failed" and "refused" in r.get("detail", "") for r in tcp),
+          "the capture says the upstream refused: %s" % tcp)
+    check(any(r["kind"] == "note" and "502" in r["text"] for r in recs),
+          "the capture notes the 502 wsrr sent")
+
+
+async def test_upstream_rst():
+    server = await echo_server()
+    proxy = Proxy("ws://127.0.0.1:%d" % port_of(server))
+    code = None
+    async with websockets.connect("ws://127.0.0.1:%d/" % proxy.port, ping_interval=None) as ws:
+        await ws.send("rst")
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosedError as e:
+            code = e.code
+    proxy.stop()
+    server.close()
+    check(code == 1006, "the client sees an abnormal close (1006): %s" % code)
+    recs = records(proxy.capture)
+    check(any(r["kind"] == "tcp" and r["leg"] == "upstream" and r["event"] in ("rst", "fin")
+              for r in recs), "the capture records how the upstream ended")
+    cl = [r for r in recs if r["kind"] == "close"]
+    check(cl and cl[0]["side"] == "none", "no close frame: the close record says so: %s" % cl)
+
+
+async def test_bad_upgrades():
+    srv = RawServer(answer=lambda accept: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: "
+                    b"websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAA\r\n\r\n")
+    sport = await srv.start()
+    proxy = Proxy("ws://127.0.0.1:%d" % sport)
+    cases = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Version: 13\r\n\r\n", b"HTTP/1.1 400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n",
+         b"HTTP/1.1 426"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+         b"HTTP/1.1 502"),  # the upstream's accept is wrong
+        (b"GARBAGE\r\n\r\n", b"HTTP/1.1 400"),
+    ]
+    for req, want in cases:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(req)
+        resp = await asyncio.wait_for(reader.read(4096), 5)
+        writer.close()
+        check(resp.startswith(want), "%r... answered %r: %r" % (req[:40], want, resp[:60]))
+    proxy.stop()
+    srv.server.close()
+    recs = records(proxy.capture)
+    check(not [r for r in recs if r["kind"] == "frame"],
+          "no frames recorded: wsrr's own answers are not mistaken for frames")
+    notes = [r["text"] for r in recs if r["kind"] == "note"]
+    check(len([n for n in notes if "wsrr answered" in n]) == 4, "each answer is noted: %s" % notes)
+
+
+async def test_concurrent(n=200, per=5):
+    server = await echo_server()
+    proxy = Proxy("ws://127.0.0.1:%d" % port_of(server))
+
+    async def one(i):
+        async with websockets.connect("ws://127.0.0.1:%d/c%d" % (proxy.port, i),
+                                      ping_interval=None) as ws:
+            for k in range(per):
+                await ws.send("%d:%d" % (i, k))
+                if await ws.recv() != "%d:%d" % (i, k):
+                    return False
+                await asyncio.sleep(0)
+        return True
+
+    ok = await asyncio.gather(*[one(i) for i in range(n)])
+    proxy.stop()
+    server.close()
+    check(all(ok), "%d concurrent connections all echoed" % n)
+    recs = records(proxy.capture)
+    seqs = [r["seq"] for r in recs]
+    check(seqs == list(range(1, len(recs) + 1)), "one global order of records")
+    by_conn = {}
+    for d, t, m in messages(recs):
+        i, k = m.split(":")
+        by_conn.setdefault((i, d), []).append(int(k))
+    check(len(by_conn) == 2 * n and all(v == list(range(per)) for v in by_conn.values()),
+          "every connection's messages recorded, in order")
+    conns = {r["conn"] for r in recs}
+    check(len(conns) == n, "%d connections in the capture" % len(conns))
+
+
+async def test_slow_reader():
+    server = await echo_server()
+    proxy = Proxy("ws://127.0.0.1:%d" % port_of(server), record=False)
+    # a client that asks for a flood and never reads
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    key = base64.b64encode(os.urandom(16))
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 + frame(0x81, b"flood", mask=b"\x01\x02\x03\x04"))
+    await writer.drain()
+    await asyncio.sleep(1.5)
+    rss = proxy.rss_kb()
+    # meanwhile another connection is served normally
+    t0 = time.monotonic()
+    async with websockets.connect("ws://127.0.0.1:%d/" % proxy.port, ping_interval=None) as ws:
+        for i in range(20):
+            await ws.send("ping %d" % i)
+            check(await ws.recv() == "ping %d" % i, "the other connection echoes")
+    elapsed = time.monotonic() - t0
+    writer.close()
+    proxy.stop()
+    server.close()
+    print("  proxy RSS with a 25 MiB flood towards a client that does not read: %d KiB; "
+          "other connection served in %.3f s" % (rss, elapsed))
+    check(rss < 64 * 1024, "the proxy does not buffer the flood (RSS %d KiB)" % rss)
+
+
+async def test_sigkill():
+    server = await echo_server()
+    proxy = Proxy("ws://127.0.0.1:%d" % port_of(server), extra=["--flush-interval", "20"])
+    async with websockets.connect("ws://127.0.0.1:%d/" % proxy.port, ping_interval=None) as ws:
+        for i in range(200):
+            await ws.send("message %d" % i)
+            await ws.recv()
+        await asyncio.sleep(0.2)  # several flush intervals: batches on disk
+        proxy.proc.kill()
+        proxy.proc.wait()
+    server.close()
+    rc, out, _ = wsrr("verify", proxy.capture)
+    check(rc == 1 and "no end-of-file trailer" in out, "a killed proxy's capture: exit 1, "
+          "the missing trailer reported: %s" % out)
+    m = re.search(r"(\d+) records recovered", out)
+    check(m and int(m.group(1)) >= 400, "the records of the written batches are there: %s" % out)
+    got = messages(records(proxy.capture))
+    check(len(got) == 400, "all 400 messages recovered: %d" % len(got))
+    rec = proxy.capture + ".recovered"
+    rc, out, _ = wsrr("recover", proxy.capture, "-o", rec)
+    check(rc == 0 and wsrr("verify", rec)[0] == 0, "recover gives a clean capture")
+
+
+async def test_sighup():
+    server = await echo_server()
+    proxy = Proxy("ws://127.0.0.1:%d" % port_of(server))
+    first = proxy.capture
+    async with websockets.connect("ws://127.0.0.1:%d/" % proxy.port, ping_interval=None) as ws:
+        await ws.send("before")
+        await ws.recv()
+        rotated = first + ".1"
+        os.rename(first, rotated)  # what logrotate does
+        proxy.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.3)
+        await ws.send("after")
+        await ws.recv()
+    proxy.stop()
+    server.close()
+    check(wsrr("verify", rotated)[0] == 0, "the rotated capture was finished cleanly")
+    check(wsrr("verify", first)[0] == 0, "a new capture was started at the same path")
+    a = [m for _, _, m in messages(records(rotated))]
+    b = [m for _, _, m in messages(records(first))]
+    check(a == ["before", "before"] and b == ["after", "after"],
+          "messages land in the file open at the time: %s / %s" % (a, b))
+
+
+TESTS = [test_scripted_session, test_byte_exact, test_unreachable, test_upstream_rst,
+         test_bad_upgrades, test_concurrent, test_slow_reader, test_sigkill, test_sighup]
+
+
+def main():
+    global WSRR, TMP
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--wsrr", required=True)
+    ap.add_argument("tests", nargs="*")
+    a = ap.parse_args()
+    WSRR = os.path.abspath(a.wsrr)
+    TMP = tempfile.mkdtemp(prefix="wsrr-proxy-test-")
+    try:
+        for t in TESTS:
+            if a.tests and t.__name__ not in a.tests:
+                continue
+            t0 = time.monotonic()
+            print("%s ..." % t.__name__, flush=True)
+            try:
+                asyncio.run(asyncio.wait_for(t(), 60))
+            except Exception as e:  # one test's crash must not hide the others
+                check(False, "%s raised %r" % (t.__name__, e))
+            print("  %.2f s" % (time.monotonic() - t0), flush=True)
+    finally:
+        for p in PROXIES:
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
+        shutil.rmtree(TMP)
+    print("%d failures" % len(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

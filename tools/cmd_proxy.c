@@ -1,0 +1,201 @@
+/* cmd_proxy.c — `wsrr proxy`: the recording reverse proxy on the command line. */
+#include "proxy.h"
+#include "tool.h"
+#include "wsrr/log.h"
+
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: wsrr proxy --listen HOST:PORT --upstream URL [--record FILE|DIR] [options]\n"
+    "\n"
+    "A reverse proxy for WebSocket (and plain HTTP) traffic: point the test client\n"
+    "at --listen instead of the backend. Traffic is forwarded unchanged, and with\n"
+    "--record every handshake, frame, close and TCP event of every connection is\n"
+    "written to a capture.\n"
+    "\n"
+    "  --listen HOST:PORT      where clients connect (port 0: any free port)\n"
+    "  --upstream URL          the backend: ws://HOST[:PORT][/PATH] (http:// is the\n"
+    "                          same); a PATH is put in front of every request's path\n"
+    "  --record FILE|DIR       write the capture to FILE, or to a new timestamped file\n"
+    "                          in DIR; never over an existing file (see --force)\n"
+    "  --force                 replace an existing capture FILE\n"
+    "  --no-redact             record credentials as they are (the capture is then\n"
+    "                          written with mode 0600); by default they are replaced\n"
+    "                          by placeholders (docs/redaction.md)\n"
+    "  --preserve-host         forward Host and Origin as the client sent them\n"
+    "                          (default: rewritten for the upstream)\n"
+    "  --flush-interval MS     write a capture batch at least this often (100)\n"
+    "  --grace SEC             on SIGINT/SIGTERM, time left to open connections (5)\n"
+    "  --handshake-timeout MS  for the request head, the upstream connect and its\n"
+    "                          response head (10000)\n"
+    "  --idle-timeout SEC      close a connection silent this long (0: never)\n"
+    "  --max-buffer BYTES      buffered per direction before reading pauses (1048576)\n"
+    "  -v, --verbose           log every connection's start too\n"
+    "  -q, --quiet             log only errors\n"
+    "  -h, --help              this text\n"
+    "\n"
+    "Signals: SIGINT/SIGTERM stop accepting and let connections finish (a second one\n"
+    "closes them at once); SIGHUP finishes the capture file and starts a new one (for\n"
+    "log rotation). A kill -9 loses at most the last flush interval of records.\n"
+    "One log line per connection at its end; a summary at exit.\n";
+
+static int run(int argc, char **argv);
+
+const struct verb verb_proxy = {"proxy", "the recording reverse proxy", usage, run};
+
+struct signals {
+    struct wsrr_proxy *p;
+    struct event_base *base;
+    int stops;
+};
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct signals *s = arg;
+    if (sig == SIGHUP) {
+        wsrr_log(WSRR_LOG_INFO, 0, "SIGHUP: starting a new capture file");
+        wsrr_proxy_reopen(s->p);
+        return;
+    }
+    if (++s->stops == 1) {
+        wsrr_log(WSRR_LOG_INFO, 0, "%s: shutting down", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        wsrr_proxy_shutdown(s->p);
+    } else {
+        wsrr_log(WSRR_LOG_INFO, 0, "second signal: closing every connection now");
+        event_base_loopbreak(s->base);
+    }
+}
+
+static bool parse_ms(const char *opt, const char *v, uint64_t scale, uint64_t *out)
+{
+    uint64_t n;
+    if (!tool_parse_u64(v, UINT64_MAX / 1000000, &n)) {
+        tool_usage_error("proxy", "%s: expected a whole number, got '%s'", opt, v);
+        return false;
+    }
+    *out = n * scale;
+    return true;
+}
+
+static int run(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"upstream", required_argument, NULL, 'u'},
+        {"record", required_argument, NULL, 'r'},
+        {"force", no_argument, NULL, 'f'},
+        {"no-redact", no_argument, NULL, 'R'},
+        {"preserve-host", no_argument, NULL, 'H'},
+        {"flush-interval", required_argument, NULL, 'F'},
+        {"grace", required_argument, NULL, 'g'},
+        {"handshake-timeout", required_argument, NULL, 'T'},
+        {"idle-timeout", required_argument, NULL, 'I'},
+        {"max-buffer", required_argument, NULL, 'B'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct wsrr_proxy_config cfg = {.redact = true, .grace_ms = 5000};
+    int c;
+    while ((c = tool_getopt(&verb_proxy, argc, argv, "vq", longopts)) != -1) {
+        uint64_t v;
+        switch (c) {
+        case 'h': return EXIT_OK;
+        case 'l': cfg.listen = optarg; break;
+        case 'u': cfg.upstream = optarg; break;
+        case 'r': cfg.record = optarg; break;
+        case 'f': cfg.overwrite = true; break;
+        case 'R': cfg.redact = false; break;
+        case 'H': cfg.preserve_host = true; break;
+        case 'F':
+            if (!parse_ms("--flush-interval", optarg, 1, &v) || v == 0)
+                return v == 0 ? tool_usage_error("proxy", "--flush-interval must be positive")
+                              : EXIT_BAD_INPUT;
+            cfg.flush_interval_ms = v;
+            break;
+        case 'g':
+            if (!parse_ms("--grace", optarg, 1000, &cfg.grace_ms))
+                return EXIT_BAD_INPUT;
+            if (!cfg.grace_ms)
+                cfg.grace_ms = 1; /* 0 means "close at once" */
+            break;
+        case 'T':
+            if (!parse_ms("--handshake-timeout", optarg, 1, &cfg.handshake_timeout_ms))
+                return EXIT_BAD_INPUT;
+            break;
+        case 'I':
+            if (!parse_ms("--idle-timeout", optarg, 1000, &cfg.idle_timeout_ms))
+                return EXIT_BAD_INPUT;
+            break;
+        case 'B':
+            if (!tool_parse_u64(optarg, (uint64_t)1 << 40, &v) || v < 4096)
+                return tool_usage_error("proxy", "--max-buffer: expected bytes >= 4096, got '%s'",
+                                        optarg);
+            cfg.max_buffer = (size_t)v;
+            break;
+        case 'v': wsrr_log_set_level(WSRR_LOG_DEBUG); break;
+        case 'q': wsrr_log_set_level(WSRR_LOG_ERROR); break;
+        default: return EXIT_BAD_INPUT;
+        }
+    }
+    if (optind != argc)
+        return tool_usage_error("proxy", "unexpected argument '%s'", argv[optind]);
+    if (!cfg.listen)
+        return tool_usage_error("proxy", "missing --listen HOST:PORT");
+    if (!cfg.upstream)
+        return tool_usage_error("proxy", "missing --upstream URL");
+
+    /* the command line, for the capture's metadata */
+    char line[2048] = "wsrr";
+    for (int i = 0; i < argc; i++) {
+        size_t n = strlen(line);
+        snprintf(line + n, sizeof(line) - n, " %s", argv[i]);
+    }
+    cfg.argv0_line = line;
+
+    signal(SIGPIPE, SIG_IGN);
+    wsrr_log_route_libs();
+    struct event_base *base = event_base_new();
+    if (!base)
+        return tool_fail("proxy", EXIT_BAD_INPUT, "cannot create an event loop");
+    char err[512];
+    struct wsrr_proxy *p = wsrr_proxy_new(base, &cfg, err, sizeof(err));
+    if (!p) {
+        event_base_free(base);
+        return tool_fail("proxy", EXIT_BAD_INPUT, "%s", err);
+    }
+    const char *cap = wsrr_proxy_capture_path(p);
+    wsrr_log(WSRR_LOG_INFO, 0, "listening on %s, forwarding to %s%s%s%s",
+             wsrr_proxy_listen_address(p), cfg.upstream, cap ? ", recording to " : "",
+             cap ? cap : "", cap && !cfg.redact ? " (not redacted)" : "");
+
+    struct signals s = {p, base, 0};
+    struct event *sig[3];
+    int signos[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        sig[i] = evsignal_new(base, signos[i], on_signal, &s);
+        event_add(sig[i], NULL);
+    }
+    /* the proxy leaves the loop itself once it has shut down and finalised
+     * its capture; a second signal breaks out at once */
+    event_base_dispatch(base);
+    struct wsrr_proxy_stats st;
+    wsrr_proxy_stats(p, &st);
+    wsrr_proxy_free(p);
+    for (int i = 0; i < 3; i++)
+        event_free(sig[i]);
+    event_base_free(base);
+    wsrr_log(WSRR_LOG_INFO, 0,
+             "done: %llu connections, %llu frames and %llu bytes from clients, %llu frames and "
+             "%llu bytes from the upstream, %llu upstream failures, %llu answered by wsrr",
+             (unsigned long long)st.accepted, (unsigned long long)st.frames[0],
+             (unsigned long long)st.bytes[0], (unsigned long long)st.frames[1],
+             (unsigned long long)st.bytes[1], (unsigned long long)st.upstream_failures,
+             (unsigned long long)st.rejected);
+    return EXIT_OK;
+}
