@@ -27,60 +27,16 @@ import websockets  # noqa: E402
 
 # ---- agent-1011: two users of an agent backend; one run crashes ----
 
-shared_state = {}
-
-
-async def agent_backend(ws, path=None):
-    """A streaming agent endpoint with the kind of bug the demo is about:
-    runs of the same user share state, and a second concurrent run makes
-    the handler fail, which the server reports as 1011."""
-    try:
-        async for raw in ws:
-            msg = json.loads(raw)
-            if msg.get("type") != "run":
-                await ws.send(json.dumps({"type": "error", "error": "unknown message"}))
-                continue
-            user, run = msg["user"], msg["run"]
-            await ws.send(json.dumps({"type": "agent_started", "run": run, "task": msg["task"]}))
-            for step, tool in enumerate(("search", "calculator")):
-                await asyncio.sleep(0.02)
-                await ws.send(json.dumps({"type": "tool_executing", "run": run, "step": step + 1,
-                                          "tool": tool}))
-                if step == 1 and shared_state.get(user) not in (None, run):
-                    # the race: another run of this user replaced our state
-                    await ws.close(1011, "Internal error")
-                    return
-                shared_state[user] = run
-            await ws.send(json.dumps({"type": "agent_completed", "run": run,
-                                      "result": "42", "tokens": 187}))
-    except websockets.ConnectionClosed:
-        pass
-
-
-async def agent_client(port, user, run, delay, compression):
-    await asyncio.sleep(delay)
-    async with websockets.connect("ws://127.0.0.1:%d/v1/agent" % port, compression=compression,
-                                  ping_interval=None) as ws:
-        await ws.send(json.dumps({"type": "run", "user": user, "run": run,
-                                  "task": "What is six times seven?"}))
-        try:
-            while True:
-                event = json.loads(await ws.recv())
-                if event["type"] == "agent_completed":
-                    break
-            await ws.close(1000, "done")
-        except websockets.ConnectionClosed:
-            pass
+sys.path.insert(0, os.path.join(ROOT, "tools", "demo"))
+import agent  # noqa: E402  (the demo's backend and client)
 
 
 async def record_agent(log):
-    server = await websockets.serve(agent_backend, "127.0.0.1", 0, compression="deflate",
-                                    ping_interval=None)
+    server = await websockets.serve(agent.backend_handler, "127.0.0.1", 0,
+                                    compression="deflate", ping_interval=None)
     relay = Relay("127.0.0.1", server.sockets[0].getsockname()[1], log)
     port = await relay.start()
-    await asyncio.gather(agent_client(port, "ada", "run-1", 0.0, "deflate"),
-                         agent_client(port, "ada", "run-2", 0.01, None),
-                         agent_client(port, "bob", "run-3", 0.005, "deflate"))
+    await agent.clients("ws://127.0.0.1:%d/v1/agent" % port)
     while len(relay.done) < 3:
         await asyncio.sleep(0.01)
     server.close()

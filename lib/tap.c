@@ -323,8 +323,12 @@ static int emit_frame(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_f
 
     bool text =
         f->msg_opcode == WSRR_OP_TEXT && (f->opcode == WSRR_OP_TEXT || f->opcode == WSRR_OP_CONT);
-    if (t->o.redact && text && compressed) {
-        /* the compressed bytes would carry what the message's redaction hides */
+    if (t->o.redact && text && compressed &&
+        (!(f->msg_first && f->msg_final) || (r.flags & WSRR_RF_REDACTED))) {
+        /* The compressed bytes would carry what the message's redaction
+         * hides. A one-frame message is known whole here, and its bytes are
+         * dropped only if it held a secret; a fragment of a longer message
+         * is recorded before the message is known, so its bytes are dropped. */
         rf->payload_iov = NULL;
         rf->payload = (struct wsrr_span){NULL, 0};
         r.flags |= WSRR_RF_TRUNCATED | WSRR_RF_REDACTED;

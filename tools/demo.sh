@@ -1,23 +1,51 @@
 #!/usr/bin/env bash
-# demo.sh — the built-in demo (run by './dev demo'): what wsrr's capture tools
-# do with a capture recorded from real peers. Every step prints the command a
+# demo.sh — the built-in demo (run by './dev demo'): a small agent backend
+# behind `wsrr proxy`, a scripted client whose runs race, the capture shown,
+# then what the capture tools do with it. Every step prints the command a
 # user would type. Usage: tools/demo.sh [PATH-TO-wsrr]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WSRR=${1:-build/tools/wsrr}
 export PATH="$(cd "$(dirname "$WSRR")" && pwd):$PATH"
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+PY=/usr/bin/python3
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
 say() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 run() { printf '$ %s\n' "$*"; eval "$@"; }
 
-say "1. A capture of three AI-agent runs; the backend closed one with 1011"
-run wsrr verify captures/agent-1011.wsrr
+say "1. Record: the proxy in front of an agent backend, three runs, one of them fails"
+bport=$(free_port)
+pport=$(free_port)
+echo "# an agent backend of ours (tools/demo/agent.py) on port $bport; two runs of the"
+echo "# same user overlap and the backend answers one of them with 1011"
+$PY tools/demo/agent.py backend "$bport" & pids+=($!)
+printf '$ wsrr proxy --listen 127.0.0.1:%s --upstream ws://127.0.0.1:%s --record %s &\n' \
+  "$pport" "$bport" "$tmp/demo.wsrr"
+wsrr proxy --listen "127.0.0.1:$pport" --upstream "ws://127.0.0.1:$bport" \
+  --record "$tmp/demo.wsrr" 2>"$tmp/proxy.log" & proxy=$!
+pids+=($proxy)
+for _ in $(seq 50); do grep -q listening "$tmp/proxy.log" 2>/dev/null && break; sleep 0.1; done
+run $PY tools/demo/agent.py client "ws://127.0.0.1:$pport/v1/agent"
+kill -INT "$proxy"
+wait "$proxy" || true
+echo "# the proxy's log: one line per connection, a summary at exit"
+sed 's/^/  /' "$tmp/proxy.log"
+run wsrr verify "$tmp/demo.wsrr"
+run "wsrr cat $tmp/demo.wsrr --kind frame | head -8"
+run wsrr cat "$tmp/demo.wsrr" --kind close
+
+say "2. The same story in the sample capture captures/agent-1011.wsrr, connection 1"
 run wsrr cat captures/agent-1011.wsrr --conn 1
 
-say "2. Lossless JSON lines: the same records, editable with any JSON tool"
+say "3. Lossless JSON lines: the same records, editable with any JSON tool"
 run "wsrr cat --jsonl captures/agent-1011.wsrr | sed -n '1p;25p'"
 run "wsrr cat --jsonl captures/agent-1011.wsrr | wsrr import --jsonl - -o $tmp/copy.wsrr"
 run "wsrr cat --jsonl $tmp/copy.wsrr | cmp - <(wsrr cat --jsonl captures/agent-1011.wsrr) && echo 'round trip: byte-identical'"
@@ -25,7 +53,7 @@ echo "# turn the backend's 1011 into a normal close, in the JSON lines, and impo
 run "wsrr cat --jsonl captures/agent-1011.wsrr | sed 's/\"code\":1011,\"reason\":\"Internal error\"/\"code\":1000,\"reason\":\"edited\"/' | wsrr import --jsonl - -o $tmp/edited.wsrr"
 run "wsrr cat $tmp/edited.wsrr --conn 1 --kind close"
 
-say "3. A crash cuts a capture short: what survives"
+say "4. A crash cuts a capture short: what survives"
 size=$(stat -c %s captures/agent-1011.wsrr)
 run "head -c $((size * 2 / 3)) captures/agent-1011.wsrr > $tmp/crashed.wsrr"
 printf '$ wsrr verify %s\n' "$tmp/crashed.wsrr"
@@ -35,7 +63,7 @@ echo "(exit status $status: 1 means damaged, with the records that are intact)"
 run wsrr recover "$tmp/crashed.wsrr" -o "$tmp/recovered.wsrr"
 run wsrr verify "$tmp/recovered.wsrr"
 
-say "4. Malformed traffic is recorded with what was wrong, and the server's answer"
+say "5. Malformed traffic is recorded with what was wrong, and the server's answer"
 run "wsrr cat captures/violations.wsrr --kind frame | head -12"
 
 say "done: 'wsrr --help' lists the verbs; docs/capture-format.md specifies the file"

@@ -34,9 +34,11 @@ struct wsrr_tap_opts {
     size_t max_early_bytes; /* client bytes held while the 101 is awaited; default 64 KiB */
     /* NULL: record secrets as they are. Otherwise heads, text payloads and
      * inflated text messages are redacted (records flagged redacted), and
-     * the compressed bytes of text messages are not kept, since they would
-     * carry the secrets: such frames are recorded with an empty payload,
-     * flagged truncated and redacted. */
+     * compressed bytes that would carry a secret are not kept: those of a
+     * one-frame text message that held one, and those of every fragment of a
+     * compressed text message of several frames (recorded before the message
+     * is known); such frames have an empty payload, flagged truncated and
+     * redacted. */
     const struct wsrr_redactor *redact;
 };
 

@@ -544,6 +544,10 @@ static void test_redaction(void)
     send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT,
                  "{\"type\":\"login\",\"access_token\":\"DEFLATESECRET\"}", 1);
     send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT, "{\"type\":\"agent_started\"}", 1);
+    /* a compressed message of two frames: its fragments are recorded before
+     * the message is known, so their compressed bytes are not kept */
+    send_message(&s, WSRR_DIR_S2C, WSRR_OP_TEXT,
+                 "{\"type\":\"refresh\",\"refresh_token\":\"DEFLATESECRET\"}", 2);
     send_message(&s, WSRR_DIR_S2C, WSRR_OP_BINARY, "binary token=not-touched", 1);
     wsrr_tap_end(s.tap, s.ts);
     wsrr_tap_free(s.tap);
@@ -553,7 +557,7 @@ static void test_redaction(void)
     struct wsrr_capture_reader *r = wsrr_capture_reader_open(path, err, sizeof(err));
     REQUIRE(r);
     struct wsrr_record rec;
-    int redacted_records = 0, plain_text = 0, binary_ok = 0;
+    int redacted_records = 0, plain_text = 0, binary_ok = 0, fragments_dropped = 0;
     const char *secrets[] = {"QUERYSECRET", "HEADERSECRET", "FRAMESECRET", "DEFLATESECRET"};
     while (wsrr_capture_reader_next(r, &rec) == 1) {
         struct wsrr_span parts[3] = {{0}};
@@ -572,14 +576,22 @@ static void test_redaction(void)
             CHECK(span_has(parts[0], "<redacted:") || span_has(parts[1], "<redacted:") ||
                   (rec.flags & WSRR_RF_TRUNCATED));
         }
-        if (rec.kind == WSRR_REC_FRAME && span_has(rec.u.frame.message, "agent_started"))
-            plain_text++;
+        if (rec.kind == WSRR_REC_FRAME && span_has(rec.u.frame.message, "agent_started") &&
+            rec.u.frame.payload.n > 0 && !(rec.flags & WSRR_RF_REDACTED))
+            plain_text++; /* nothing to hide: compressed bytes kept, no flag */
+        if (rec.kind == WSRR_REC_FRAME && rec.u.frame.dir == WSRR_DIR_S2C &&
+            (rec.u.frame.opcode == WSRR_OP_CONT ||
+             (rec.u.frame.opcode == WSRR_OP_TEXT && !rec.u.frame.fin)) &&
+            rec.u.frame.payload.n == 0 && (rec.flags & WSRR_RF_TRUNCATED))
+            fragments_dropped++;
         if (rec.kind == WSRR_REC_FRAME && span_has(rec.u.frame.message, "token=not-touched") &&
             !(rec.flags & WSRR_RF_REDACTED) && rec.u.frame.payload.n > 0)
             binary_ok++;
     }
-    CHECK_INT(redacted_records, 4); /* request, masked frame, the two compressed text messages */
+    /* the request, the masked frame, the login message, the 2 fragments */
+    CHECK_INT(redacted_records, 5);
     CHECK_INT(plain_text, 1);
+    CHECK_INT(fragments_dropped, 2);
     CHECK_INT(binary_ok, 1);
     wsrr_capture_reader_close(r);
     for (int k = 0; k < s.nexp; k++) {
