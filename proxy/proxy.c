@@ -20,19 +20,24 @@
 #include "wsrr/log.h"
 #include "wsrr/redact.h"
 #include "wsrr/tap.h"
+#include "wsrr/tls.h"
 #include "wsrr-config.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
 #include <event2/util.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +73,12 @@ struct wsrr_proxy {
     struct evdns_base *dns;
     char listen_addr[128];
 
+    /* TLS */
+    SSL_CTX *srv_ctx; /* towards clients, when listen_tls */
+    SSL_CTX *cli_ctx; /* towards the upstream, when it is wss */
+    struct wsrr_ca *ca;
+    FILE *keylog;
+
     /* recording */
     char record_arg[4096];
     bool record_dir;
@@ -94,6 +105,8 @@ struct conn {
     size_t head_seen[2]; /* bytes of the input already given to the head parser */
     struct wsrr_tap *tap;
     bool websocket; /* the request asks for an upgrade */
+    bool tls[2];    /* that leg is TLS */
+    bool opened;    /* the OPEN record is written */
     bool eof[2];    /* the source of that direction sent FIN */
     bool paused[2]; /* reading that direction's source is paused (backpressure) */
     bool shut[2];   /* we shut down writing towards that direction's destination */
@@ -171,6 +184,9 @@ static char *metadata(const struct wsrr_proxy *p)
     cJSON_AddStringToObject(m, "redaction", p->red ? "default" : "none");
     cJSON_AddNumberToObject(m, "flush_interval_ms", (double)p->cfg.flush_interval_ms);
     cJSON_AddBoolToObject(m, "preserve_host", p->cfg.preserve_host);
+    cJSON_AddBoolToObject(m, "listen_tls", p->cfg.listen_tls);
+    if (p->up.tls)
+        cJSON_AddBoolToObject(m, "insecure_upstream", p->cfg.insecure_upstream);
     char *t = cJSON_PrintUnformatted(m);
     cJSON_Delete(m);
     return t;
@@ -291,6 +307,54 @@ const char *wsrr_proxy_capture_path(const struct wsrr_proxy *p)
     return p->w ? p->capture_path : NULL;
 }
 
+/* The OPEN record: at accept for a plain client leg, once the client's TLS
+ * handshake is done for a TLS one (so that it can say what was agreed). */
+static void open_record(struct conn *c)
+{
+    struct wsrr_proxy *p = c->p;
+    if (c->opened || !c->tap)
+        return;
+    c->opened = true;
+    char tls[160] = "";
+    const char *sni = NULL;
+    if (c->tls[WSRR_DIR_C2S]) {
+        SSL *ssl = bufferevent_openssl_get_ssl(c->bev[WSRR_DIR_C2S]);
+        if (ssl && SSL_is_init_finished(ssl)) {
+            wsrr_tls_describe(ssl, tls, sizeof(tls));
+            sni = wsrr_tls_sni(ssl);
+        }
+    }
+    struct wsrr_rec_open open = {0};
+    open.client = (struct wsrr_span){(const uint8_t *)c->client, strlen(c->client)};
+    open.listen = (struct wsrr_span){(const uint8_t *)p->listen_addr, strlen(p->listen_addr)};
+    open.upstream = (struct wsrr_span){(const uint8_t *)p->up.url, strlen(p->up.url)};
+    open.client_tls = (struct wsrr_span){(const uint8_t *)tls, strlen(tls)};
+    if (sni)
+        open.sni = (struct wsrr_span){(const uint8_t *)sni, strlen(sni)};
+    if (c->tls[WSRR_DIR_C2S])
+        open.flags |= WSRR_OF_CLIENT_TLS;
+    if (p->up.tls)
+        open.flags |= WSRR_OF_UPSTREAM_TLS;
+    if (p->up.tls && p->cfg.insecure_upstream)
+        open.flags |= WSRR_OF_UPSTREAM_INSECURE;
+    check_writer(p, wsrr_tap_open(c->tap, &open, WSRR_TS_NOW));
+}
+
+/* Why a bufferevent failed, in one line: the TLS reason on a TLS leg, the
+ * socket error otherwise. Returns true when it was TLS. */
+static bool failure_reason(struct conn *c, enum wsrr_dir leg, char *out, size_t cap, int *err)
+{
+    struct bufferevent *b = c->bev[leg];
+    unsigned long e = c->tls[leg] ? bufferevent_get_openssl_error(b) : 0;
+    *err = EVUTIL_SOCKET_ERROR();
+    if (e || (c->tls[leg] && !*err)) {
+        wsrr_tls_error(bufferevent_openssl_get_ssl(b), e, out, cap);
+        return true;
+    }
+    snprintf(out, cap, "%s", *err ? evutil_socket_error_to_string(*err) : "connection closed");
+    return false;
+}
+
 /* ---- connection teardown ---- */
 
 static void maybe_finished(struct wsrr_proxy *p)
@@ -337,6 +401,7 @@ static void log_conn_end(struct conn *c, const char *why)
 static void conn_close(struct conn *c, bool reset, const char *why)
 {
     struct wsrr_proxy *p = c->p;
+    open_record(c);
     if (c->tap) {
         const struct wsrr_tap_state *ts = wsrr_tap_state(c->tap);
         p->st.frames[0] += ts->frames[0];
@@ -493,7 +558,20 @@ static void request_complete(struct conn *c, size_t head_len)
     evbuffer_drain(in, head_len);
     bufferevent_disable(c->bev[WSRR_DIR_C2S], EV_READ); /* until the upstream is there */
 
-    struct bufferevent *up = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    struct bufferevent *up = NULL;
+    if (p->cli_ctx) {
+        SSL *ssl = SSL_new(p->cli_ctx);
+        if (ssl && wsrr_tls_client_prepare(ssl, p->up.host) == 0)
+            up = bufferevent_openssl_socket_new(p->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                BEV_OPT_CLOSE_ON_FREE);
+        else
+            SSL_free(ssl);
+        if (up)
+            bufferevent_openssl_set_allow_dirty_shutdown(up, 1);
+        c->tls[WSRR_DIR_S2C] = true;
+    } else {
+        up = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (!up) {
         respond(c, 502, "cannot create a socket for the upstream");
         return;
@@ -575,7 +653,16 @@ static void upstream_event(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
     struct wsrr_proxy *p = c->p;
     if (what & BEV_EVENT_CONNECTED) {
-        record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_CONNECTED, 0, NULL);
+        char tls[200] = "";
+        if (c->tls[WSRR_DIR_S2C]) {
+            SSL *ssl = bufferevent_openssl_get_ssl(bev);
+            wsrr_tls_describe(ssl, tls, sizeof(tls));
+            if (p->cfg.insecure_upstream) {
+                size_t n = strlen(tls);
+                snprintf(tls + n, sizeof(tls) - n, " (certificate not verified)");
+            }
+        }
+        record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_CONNECTED, 0, tls[0] ? tls : NULL);
         evutil_socket_t fd = bufferevent_getfd(bev);
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -590,7 +677,7 @@ static void upstream_event(struct bufferevent *bev, short what, void *arg)
         bufferevent_enable(bev, EV_READ);
         return;
     }
-    char detail[300];
+    char detail[640];
     int err = EVUTIL_SOCKET_ERROR();
     if (c->state == CS_CONNECTING) {
         int dns = bufferevent_socket_get_dns_error(bev);
@@ -601,13 +688,19 @@ static void upstream_event(struct bufferevent *bev, short what, void *arg)
             record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_TIMEOUT, ETIMEDOUT, detail);
             respond(c, 504, "%s", detail);
         } else {
+            char why[200];
+            bool tls = !dns && failure_reason(c, WSRR_DIR_S2C, why, sizeof(why), &err);
             if (dns)
                 snprintf(detail, sizeof(detail), "cannot resolve %s: %s", p->up.host,
                          evutil_gai_strerror(dns));
+            else if (tls)
+                snprintf(detail, sizeof(detail), "TLS with %s:%d failed: %s", p->up.host,
+                         p->up.port, why);
             else
                 snprintf(detail, sizeof(detail), "connect to %s:%d: %s", p->up.host, p->up.port,
-                         evutil_socket_error_to_string(err));
-            record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_CONNECT_FAILED, dns ? 0 : err, detail);
+                         why);
+            record_tcp(c, WSRR_DIR_S2C, tls ? WSRR_TCP_TLS_ERROR : WSRR_TCP_CONNECT_FAILED,
+                       dns || tls ? 0 : err, detail);
             respond(c, 502, "%s", detail);
         }
         return;
@@ -681,6 +774,10 @@ static void relay_write(struct bufferevent *bev, void *arg)
         relay(c, to);
     }
     if (c->eof[to] && !c->shut[to] && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        if (c->tls[other(to)]) {
+            conn_close(c, false, NULL);
+            return;
+        }
         shutdown(bufferevent_getfd(bev), SHUT_WR);
         c->shut[to] = true;
         if (c->shut[other(to)])
@@ -696,6 +793,10 @@ static void relay_event(struct bufferevent *bev, short what, void *arg)
         conn_close(c, false, NULL);
         return;
     }
+    if (what & BEV_EVENT_CONNECTED) { /* the client's TLS handshake is done */
+        open_record(c);
+        return;
+    }
     if (c->state == CS_REQUEST || c->state == CS_CONNECTING) {
         /* the client, before anything was forwarded */
         if ((what & BEV_EVENT_TIMEOUT) && c->state == CS_REQUEST) {
@@ -704,10 +805,16 @@ static void relay_event(struct bufferevent *bev, short what, void *arg)
                     (unsigned long long)c->p->cfg.handshake_timeout_ms);
             return;
         }
-        int err = EVUTIL_SOCKET_ERROR();
-        record_tcp(c, dir, (what & BEV_EVENT_EOF) ? WSRR_TCP_FIN : WSRR_TCP_ERROR,
-                   (what & BEV_EVENT_EOF) ? 0 : err, NULL);
-        conn_close(c, false, "the client left before the upgrade");
+        char why[200];
+        int err = 0;
+        bool tls = !(what & BEV_EVENT_EOF) && failure_reason(c, dir, why, sizeof(why), &err);
+        if (what & BEV_EVENT_EOF)
+            record_tcp(c, dir, WSRR_TCP_FIN, 0, NULL);
+        else
+            record_tcp(c, dir, tls ? WSRR_TCP_TLS_ERROR : WSRR_TCP_ERROR, tls ? 0 : err, why);
+        conn_close(c, false,
+                   tls ? "the client's TLS handshake failed"
+                       : "the client left before the upgrade");
         return;
     }
     if (what & BEV_EVENT_EOF) {
@@ -722,6 +829,12 @@ static void relay_event(struct bufferevent *bev, short what, void *arg)
             return;
         }
         struct bufferevent *dst = c->bev[other(dir)];
+        if (c->tls[other(dir)] && evbuffer_get_length(bufferevent_get_output(dst)) == 0) {
+            /* TLS has no half-close a peer would understand: end it all once
+             * everything the other side sent is out */
+            conn_close(c, false, NULL);
+            return;
+        }
         if (evbuffer_get_length(bufferevent_get_output(dst)) == 0) {
             shutdown(bufferevent_getfd(dst), SHUT_WR);
             c->shut[dir] = true;
@@ -734,7 +847,7 @@ static void relay_event(struct bufferevent *bev, short what, void *arg)
         }
         return;
     }
-    char detail[160];
+    char detail[260];
     if (what & BEV_EVENT_TIMEOUT) {
         snprintf(detail, sizeof(detail), "no traffic for %llu ms",
                  (unsigned long long)c->p->cfg.idle_timeout_ms);
@@ -742,11 +855,16 @@ static void relay_event(struct bufferevent *bev, short what, void *arg)
         conn_close(c, false, detail);
         return;
     }
-    int err = EVUTIL_SOCKET_ERROR();
-    bool rst = err == ECONNRESET || err == EPIPE;
-    snprintf(detail, sizeof(detail), "%s leg: %s", leg_name(dir),
-             evutil_socket_error_to_string(err));
-    record_tcp(c, dir, rst ? WSRR_TCP_RST : WSRR_TCP_ERROR, err, detail);
+    int err = 0;
+    char why[200];
+    bool tls = failure_reason(c, dir, why, sizeof(why), &err);
+    bool rst = !tls && (err == ECONNRESET || err == EPIPE);
+    snprintf(detail, sizeof(detail), "%s leg: %s", leg_name(dir), why);
+    record_tcp(c, dir,
+               rst   ? WSRR_TCP_RST
+               : tls ? WSRR_TCP_TLS_ERROR
+                     : WSRR_TCP_ERROR,
+               tls ? 0 : err, detail);
     /* an abrupt end on one leg is passed on abruptly */
     conn_close(c, true, detail);
 }
@@ -777,7 +895,21 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
 {
     struct wsrr_proxy *p = arg;
     struct conn *c = calloc(1, sizeof(*c));
-    struct bufferevent *cl = c ? bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
+    struct bufferevent *cl = NULL;
+    if (c && p->srv_ctx) {
+        SSL *ssl = SSL_new(p->srv_ctx);
+        cl = ssl ? bufferevent_openssl_socket_new(p->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                                  BEV_OPT_CLOSE_ON_FREE)
+                 : NULL;
+        if (cl) {
+            bufferevent_openssl_set_allow_dirty_shutdown(cl, 1);
+            c->tls[WSRR_DIR_C2S] = true;
+        } else {
+            SSL_free(ssl);
+        }
+    } else if (c) {
+        cl = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (!cl) {
         free(c);
         evutil_closesocket(fd);
@@ -796,16 +928,8 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     if (p->w && !p->capture_failed) {
         struct wsrr_tap_opts o = {.redact = p->red};
         c->tap = wsrr_tap_new(p->w, c->id, &o);
-        if (c->tap) {
-            struct wsrr_rec_open open = {0};
-            open.client = (struct wsrr_span){(const uint8_t *)c->client, strlen(c->client)};
-            open.listen =
-                (struct wsrr_span){(const uint8_t *)p->listen_addr, strlen(p->listen_addr)};
-            open.upstream = (struct wsrr_span){(const uint8_t *)p->up.url, strlen(p->up.url)};
-            if (p->up.tls)
-                open.flags |= WSRR_OF_UPSTREAM_TLS;
-            check_writer(p, wsrr_tap_open(c->tap, &open, WSRR_TS_NOW));
-        }
+        if (!c->tls[WSRR_DIR_C2S])
+            open_record(c);
     }
     c->next = p->conns;
     if (p->conns)
@@ -864,11 +988,6 @@ static int parse_upstream(struct upstream *u, const char *url, char *err, size_t
         snprintf(u->origin, sizeof(u->origin), "%s://%s", u->tls ? "https" : "http", u->hostport);
         snprintf(u->url, sizeof(u->url), "%s://%s%s", u->tls ? "wss" : "ws", u->hostport,
                  u->prefix);
-        if (u->tls)
-            rc = wsrr_seterr(err, errlen, ENOTSUP,
-                             "--upstream %s: wss upstreams are not supported yet (TLS lands in "
-                             "a later step of the proxy)",
-                             url);
     }
     evhttp_uri_free(uri);
     return rc;
@@ -930,6 +1049,40 @@ struct wsrr_proxy *wsrr_proxy_new(struct event_base *base, const struct wsrr_pro
 
     if (c->redact)
         p->red = wsrr_redactor_new();
+
+    if (c->keylog) {
+        int fd = open(c->keylog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        p->keylog = fd >= 0 ? fdopen(fd, "a") : NULL;
+        if (!p->keylog) {
+            wsrr_seterr(err, errlen, errno, "--keylog %s: %s", c->keylog, strerror(errno));
+            goto err_tls;
+        }
+    }
+    if (c->listen_tls) {
+        if (!c->tls_cert) {
+            char dir[4096];
+            const char *d = c->ca_dir ? c->ca_dir : wsrr_ca_default_dir(dir, sizeof(dir));
+            if (!(p->ca = wsrr_ca_open(d, true, err, errlen)))
+                goto err_tls;
+        }
+        p->srv_ctx = wsrr_tls_server_ctx(c->tls_cert, c->tls_key, p->ca, "localhost", err, errlen);
+        if (!p->srv_ctx)
+            goto err_tls;
+        if (p->keylog)
+            wsrr_tls_set_keylog(p->srv_ctx, p->keylog);
+    }
+    if (p->up.tls) {
+        p->cli_ctx = wsrr_tls_client_ctx(c->upstream_ca, c->insecure_upstream, c->upstream_cert,
+                                         c->upstream_key, err, errlen);
+        if (!p->cli_ctx)
+            goto err_tls;
+        if (p->keylog)
+            wsrr_tls_set_keylog(p->cli_ctx, p->keylog);
+        if (c->insecure_upstream)
+            wsrr_log(WSRR_LOG_WARN, 0,
+                     "--insecure-upstream: the upstream's certificate is NOT verified (this is "
+                     "written into the capture)");
+    }
     if (c->record) {
         struct stat st;
         snprintf(p->record_arg, sizeof(p->record_arg), "%s", c->record);
@@ -942,7 +1095,7 @@ struct wsrr_proxy *wsrr_proxy_new(struct event_base *base, const struct wsrr_pro
     if (!p->lis) {
         int e = EVUTIL_SOCKET_ERROR();
         wsrr_seterr(err, errlen, e, "--listen %s: %s", c->listen, evutil_socket_error_to_string(e));
-        goto err_dns;
+        goto err_tls;
     }
     evconnlistener_set_error_cb(p->lis, accept_error);
     struct sockaddr_storage bound;
@@ -962,7 +1115,12 @@ struct wsrr_proxy *wsrr_proxy_new(struct event_base *base, const struct wsrr_pro
 
 err_lis:
     evconnlistener_free(p->lis);
-err_dns:
+err_tls:
+    SSL_CTX_free(p->srv_ctx);
+    SSL_CTX_free(p->cli_ctx);
+    wsrr_ca_free(p->ca);
+    if (p->keylog)
+        fclose(p->keylog);
     if (p->dns)
         evdns_base_free(p->dns, 0);
     wsrr_redactor_free(p->red);
@@ -1027,5 +1185,10 @@ void wsrr_proxy_free(struct wsrr_proxy *p)
         evconnlistener_free(p->lis);
     maybe_finished(p);
     wsrr_redactor_free(p->red);
+    SSL_CTX_free(p->srv_ctx);
+    SSL_CTX_free(p->cli_ctx);
+    wsrr_ca_free(p->ca);
+    if (p->keylog)
+        fclose(p->keylog);
     free(p);
 }

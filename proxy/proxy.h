@@ -32,6 +32,17 @@ struct wsrr_proxy_config {
     uint64_t idle_timeout_ms;      /* no byte either way: close; 0 = never (default) */
     size_t max_buffer;             /* per direction before reading pauses; default 1 MiB */
     const char *argv0_line;        /* the command line, for the capture metadata */
+
+    /* TLS towards clients: a fixed certificate, or leaves minted per SNI name
+     * by the local CA in ca_dir (created on first use) */
+    bool listen_tls;
+    const char *tls_cert, *tls_key;
+    const char *ca_dir; /* NULL: wsrr_ca_default_dir() */
+    /* TLS towards the upstream (wss:// or https:// upstream URL) */
+    const char *upstream_ca;  /* trust this CA file instead of the system store */
+    bool insecure_upstream;   /* do not verify the upstream's certificate (logged) */
+    const char *upstream_cert, *upstream_key; /* client certificate (mutual TLS) */
+    const char *keylog;       /* append TLS secrets here (NSS key log format) */
 };
 
 struct wsrr_proxy_stats {

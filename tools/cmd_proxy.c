@@ -26,6 +26,19 @@ static const char usage[] =
     "  --no-redact             record credentials as they are (the capture is then\n"
     "                          written with mode 0600); by default they are replaced\n"
     "                          by placeholders (docs/redaction.md)\n"
+    "  --listen-tls            clients talk TLS to the proxy: with --tls-cert/--tls-key\n"
+    "                          that certificate, otherwise one minted per server name by\n"
+    "                          the local CA (see 'wsrr ca'; clients must trust it)\n"
+    "  --tls-cert FILE, --tls-key FILE   the certificate (chain) and key for --listen-tls\n"
+    "  --ca-dir DIR            the local CA's directory (default: wsrr ca show)\n"
+    "  --upstream-ca FILE      trust this CA for a wss:// upstream instead of the\n"
+    "                          system store (staging hosts with private certificates)\n"
+    "  --insecure-upstream     do not verify the upstream's certificate (logged, and\n"
+    "                          written into the capture)\n"
+    "  --upstream-cert FILE, --upstream-key FILE   a client certificate for backends\n"
+    "                          that demand one (mutual TLS)\n"
+    "  --keylog FILE           append TLS secrets of both legs in the NSS key log format\n"
+    "                          (Wireshark decrypts a parallel packet capture with it)\n"
     "  --preserve-host         forward Host and Origin as the client sent them\n"
     "                          (default: rewritten for the upstream)\n"
     "  --flush-interval MS     write a capture batch at least this often (100)\n"
@@ -90,6 +103,15 @@ static int run(int argc, char **argv)
         {"force", no_argument, NULL, 'f'},
         {"no-redact", no_argument, NULL, 'R'},
         {"preserve-host", no_argument, NULL, 'H'},
+        {"listen-tls", no_argument, NULL, 'S'},
+        {"tls-cert", required_argument, NULL, 'c'},
+        {"tls-key", required_argument, NULL, 'k'},
+        {"ca-dir", required_argument, NULL, 'D'},
+        {"upstream-ca", required_argument, NULL, 'A'},
+        {"insecure-upstream", no_argument, NULL, 'K'},
+        {"upstream-cert", required_argument, NULL, 'C'},
+        {"upstream-key", required_argument, NULL, 'Y'},
+        {"keylog", required_argument, NULL, 'L'},
         {"flush-interval", required_argument, NULL, 'F'},
         {"grace", required_argument, NULL, 'g'},
         {"handshake-timeout", required_argument, NULL, 'T'},
@@ -112,6 +134,15 @@ static int run(int argc, char **argv)
         case 'f': cfg.overwrite = true; break;
         case 'R': cfg.redact = false; break;
         case 'H': cfg.preserve_host = true; break;
+        case 'S': cfg.listen_tls = true; break;
+        case 'c': cfg.tls_cert = optarg; break;
+        case 'k': cfg.tls_key = optarg; break;
+        case 'D': cfg.ca_dir = optarg; break;
+        case 'A': cfg.upstream_ca = optarg; break;
+        case 'K': cfg.insecure_upstream = true; break;
+        case 'C': cfg.upstream_cert = optarg; break;
+        case 'Y': cfg.upstream_key = optarg; break;
+        case 'L': cfg.keylog = optarg; break;
         case 'F':
             if (!parse_ms("--flush-interval", optarg, 1, &v) || v == 0)
                 return v == 0 ? tool_usage_error("proxy", "--flush-interval must be positive")
@@ -140,7 +171,8 @@ static int run(int argc, char **argv)
             break;
         case 'v': wsrr_log_set_level(WSRR_LOG_DEBUG); break;
         case 'q': wsrr_log_set_level(WSRR_LOG_ERROR); break;
-        default: return EXIT_BAD_INPUT;
+        case '?': return EXIT_BAD_INPUT; /* tool_getopt said why */
+        default: return tool_usage_error("proxy", "option -%c is not handled (a bug)", c);
         }
     }
     if (optind != argc)
@@ -149,6 +181,12 @@ static int run(int argc, char **argv)
         return tool_usage_error("proxy", "missing --listen HOST:PORT");
     if (!cfg.upstream)
         return tool_usage_error("proxy", "missing --upstream URL");
+    if ((cfg.tls_cert || cfg.tls_key) && !cfg.listen_tls)
+        return tool_usage_error("proxy", "--tls-cert/--tls-key need --listen-tls");
+    if (cfg.tls_key && !cfg.tls_cert)
+        return tool_usage_error("proxy", "--tls-key needs --tls-cert");
+    if (cfg.upstream_key && !cfg.upstream_cert)
+        return tool_usage_error("proxy", "--upstream-key needs --upstream-cert");
 
     /* the command line, for the capture's metadata */
     char line[2048] = "wsrr";
