@@ -375,6 +375,8 @@ static size_t skip_ws(const uint8_t *p, size_t n, size_t i)
  * common message costs next to nothing. */
 static bool worth_a_look(const uint8_t *p, size_t n)
 {
+    if (!n)
+        return false;
     static const char *const hints[] = {"eyJ",   "oken",  "OKEN",   "ecret",  "ECRET",     "assw",
                                         "ASSW",  "wt\"",  "WT\"",   "pi_key", "piKey",     "pikey",
                                         "uth\"", "UTH\"", "ession", "ookie",  "redential", "rivate",

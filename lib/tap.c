@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#define DEFAULT_MAX_RECORDED ((uint64_t)16 << 20)
+#define DEFAULT_MAX_RECORDED ((uint64_t)64 << 20)
 #define DEFAULT_MAX_INFLATED ((uint64_t)64 << 20)
 #define DEFAULT_MAX_EARLY    ((size_t)64 << 10)
 

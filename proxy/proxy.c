@@ -1090,8 +1090,8 @@ struct wsrr_proxy *wsrr_proxy_new(struct event_base *base, const struct wsrr_pro
     }
 
     p->lis = evconnlistener_new_bind(
-        base, accept_cb, p, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 128,
-        (struct sockaddr *)&ss, sslen);
+        base, accept_cb, p, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC,
+        -1 /* backlog: the system maximum */, (struct sockaddr *)&ss, sslen);
     if (!p->lis) {
         int e = EVUTIL_SOCKET_ERROR();
         wsrr_seterr(err, errlen, e, "--listen %s: %s", c->listen, evutil_socket_error_to_string(e));

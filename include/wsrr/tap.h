@@ -29,7 +29,7 @@
 struct wsrr_tap_opts {
     struct wsrr_frame_limits limits; /* frame parser caps (0 fields: defaults) */
     uint64_t max_recorded_payload;   /* record at most this much of a frame's payload
-                                        (the record is flagged truncated); default 16 MiB */
+                                        (the record is flagged truncated); default 64 MiB */
     uint64_t max_inflated;           /* inflate at most this much per message; default 64 MiB */
     size_t max_early_bytes; /* client bytes held while the 101 is awaited; default 64 KiB */
     /* NULL: record secrets as they are. Otherwise heads, text payloads and

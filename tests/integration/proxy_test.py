@@ -147,6 +147,17 @@ async def echo_handler(ws, path=None):
             if m == "rst":
                 ws.transport.abort()
                 return
+            if isinstance(m, str) and m.startswith("close:"):
+                _, code, reason = m.split(":", 2)
+                await ws.close(int(code), reason)
+                return
+            if m == "frag":
+                await ws.send(["fr", "ag", "ment"])
+                continue
+            if m == "ping":
+                await (await ws.ping(b"from server"))
+                await ws.send("pinged")
+                continue
             if m == "flood":
                 chunk = "f" * 65536
                 for _ in range(400):  # 25 MiB towards a client that does not read
@@ -159,7 +170,7 @@ async def echo_handler(ws, path=None):
 
 async def echo_server(compression=None):
     return await websockets.serve(echo_handler, "127.0.0.1", 0, compression=compression,
-                                  max_size=None, ping_interval=None)
+                                  max_size=None, ping_interval=None, backlog=4096)
 
 
 def port_of(server):
@@ -295,6 +306,74 @@ async def test_scripted_session():
                   "permessage-deflate negotiated through the proxy")
 
 
+BIG = os.urandom(16 << 20)  # 16 MiB, incompressible
+
+
+async def test_python_features():
+    """Fragmentation, ping/pong both ways, a 16 MiB message, close codes
+    1000/1001/4000 with reasons from either side, with and without
+    compression: what each side got, and what the capture says."""
+    for compression in (None, "deflate"):
+        server = await echo_server(compression)
+        proxy = Proxy("ws://127.0.0.1:%d" % port_of(server))
+        url = "ws://127.0.0.1:%d/f" % proxy.port
+        closes = {}
+        async with websockets.connect(url, compression=compression, max_size=None,
+                                      ping_interval=None) as ws:
+            await ws.send(["client ", "frag", "ments"])
+            check(await ws.recv() == "client fragments", "a fragmented message echoed")
+            await ws.send("frag")
+            check(await ws.recv() == "fragment", "a fragmented message from the server")
+            pong = await ws.ping(b"from client")
+            await asyncio.wait_for(pong, 5)
+            await ws.send("ping")
+            check(await ws.recv() == "pinged", "the server's ping was answered")
+            await ws.send(BIG)
+            check(await ws.recv() == BIG, "a 16 MiB message both ways")
+            await ws.close(1000, "done")
+            closes[1] = (ws.close_code, ws.close_reason)
+        async with websockets.connect(url, compression=compression, ping_interval=None) as ws:
+            await ws.close(4000, "client custom")
+            closes[2] = (ws.close_code, ws.close_reason)
+        async with websockets.connect(url, compression=compression, ping_interval=None) as ws:
+            await ws.send("close:1001:server going away")
+            try:
+                await ws.recv()
+            except websockets.ConnectionClosed as e:
+                closes[3] = (e.rcvd.code, e.rcvd.reason)
+        async with websockets.connect(url, compression=compression, ping_interval=None) as ws:
+            await ws.send("close:4001:server custom")
+            try:
+                await ws.recv()
+            except websockets.ConnectionClosed as e:
+                closes[4] = (e.rcvd.code, e.rcvd.reason)
+        proxy.stop()
+        server.close()
+        check(closes == {1: (1000, "done"), 2: (4000, "client custom"),
+                         3: (1001, "server going away"), 4: (4001, "server custom")},
+              "compression=%s: each side got the close it was sent: %s" % (compression, closes))
+        recs = records(proxy.capture)
+        summary = {r["conn"]: (r["side"], r.get("code"), r.get("reason"), r.get("clean"))
+                   for r in recs if r["kind"] == "close"}
+        check(summary == {1: ("client", 1000, "done", True), 2: ("client", 4000, "client custom", True),
+                          3: ("server", 1001, "server going away", True),
+                          4: ("server", 4001, "server custom", True)},
+              "compression=%s: close records: %s" % (compression, summary))
+        fr = [r for r in recs if r["kind"] == "frame" and r["conn"] == 1]
+        pings = [(r["dir"], r["opcode"], payload(r)) for r in fr if r["opcode"] in ("ping", "pong")]
+        check(sorted(pings) == sorted([("client", "ping", b"from client"),
+                                       ("server", "pong", b"from client"),
+                                       ("server", "ping", b"from server"),
+                                       ("client", "pong", b"from server")]),
+              "pings and pongs both ways: %s" % pings)
+        frag = [r for r in fr if r["dir"] == "client" and r["opcode"] in ("text", "cont")][:4]
+        check([r["fin"] for r in frag] == [False, False, False, True],
+              "the client's fragmented message is recorded as its 4 frames")
+        got = messages(recs, conn=1)
+        check(("client", "binary", BIG) in got and ("server", "binary", BIG) in got,
+              "the 16 MiB message is in the capture both ways")
+
+
 async def test_byte_exact():
     client_frames = (
         frame(0x81, b"hello", mask=b"\x01\x02\x03\x04")
@@ -403,7 +482,7 @@ async def test_bad_upgrades():
     check(len([n for n in notes if "wsrr answered" in n]) == 4, "each answer is noted: %s" % notes)
 
 
-async def test_concurrent(n=200, per=5):
+async def test_concurrent(n=1000, per=3):
     server = await echo_server()
     proxy = Proxy("ws://127.0.0.1:%d" % port_of(server))
 
@@ -507,7 +586,7 @@ async def test_sighup():
           "messages land in the file open at the time: %s / %s" % (a, b))
 
 
-TESTS = [test_scripted_session, test_byte_exact, test_unreachable, test_upstream_rst,
+TESTS = [test_scripted_session, test_python_features, test_byte_exact, test_unreachable, test_upstream_rst,
          test_bad_upgrades, test_concurrent, test_slow_reader, test_sigkill, test_sighup]
 
 
@@ -529,6 +608,14 @@ def main():
                 asyncio.run(asyncio.wait_for(t(), 60))
             except Exception as e:  # one test's crash must not hide the others
                 check(False, "%s raised %r" % (t.__name__, e))
+                for p in PROXIES:
+                    if p.proc.poll() is None:
+                        p.stop()  # and show what the proxy said
+                    elif not p.log:
+                        p.log = p.proc.stderr.read().splitlines()
+                        print("  a proxy died (%d):" % p.proc.returncode)
+                    print("  proxy log:\n    " + "\n    ".join(p.log[-25:]))
+                PROXIES.clear()
             print("  %.2f s" % (time.monotonic() - t0), flush=True)
     finally:
         for p in PROXIES:

@@ -170,6 +170,15 @@ static void test_text(void)
     }
 }
 
+static void test_empty(void)
+{
+    /* an empty text frame arrives as (NULL, 0) */
+    struct evbuffer *out = evbuffer_new();
+    CHECK_INT(wsrr_redact_text(red, NULL, 0, out), 0);
+    CHECK_INT(evbuffer_get_length(out), 0);
+    evbuffer_free(out);
+}
+
 static void test_names(void)
 {
     CHECK(wsrr_redact_name("Authorization", 13, 'h'));
@@ -194,6 +203,7 @@ int main(void)
     test_fingerprints();
     test_text();
     test_names();
+    test_empty();
     wsrr_redactor_free(red);
     return check_finish("test_redact");
 }
