@@ -50,6 +50,7 @@
 #define DEFAULT_FLUSH_MS     100
 #define DEFAULT_GRACE_MS     5000
 #define DEFAULT_HANDSHAKE_MS 10000
+#define LINGER_MS            2000 /* after answering a client ourselves */
 
 enum conn_state { CS_REQUEST, CS_CONNECTING, CS_RESPONSE, CS_RELAY, CS_CLOSING };
 
@@ -434,6 +435,25 @@ static void conn_close(struct conn *c, bool reset, const char *why)
     maybe_finished(p);
 }
 
+static void relay_write(struct bufferevent *bev, void *arg);
+static void relay_event(struct bufferevent *bev, short what, void *arg);
+
+static void set_timeouts(struct bufferevent *bev, uint64_t ms)
+{
+    if (!ms) {
+        bufferevent_set_timeouts(bev, NULL, NULL);
+        return;
+    }
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000 * 1000)};
+    bufferevent_set_timeouts(bev, &tv, &tv);
+}
+
+static void discard_read(struct bufferevent *bev, void *arg)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+}
+
 /* Answer the client ourselves and close once the answer is written. */
 static void respond(struct conn *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -463,7 +483,13 @@ static void respond(struct conn *c, int status, const char *fmt, ...)
     }
     c->state = CS_CLOSING;
     struct bufferevent *cl = c->bev[WSRR_DIR_C2S];
-    bufferevent_disable(cl, EV_READ);
+    /* A lingering close: keep reading (and discarding) what the client still
+     * sends, because closing with unread input makes the kernel answer with
+     * an RST, which can destroy the answer before the client reads it. */
+    evbuffer_drain(bufferevent_get_input(cl), evbuffer_get_length(bufferevent_get_input(cl)));
+    bufferevent_setcb(cl, discard_read, relay_write, relay_event, c);
+    bufferevent_enable(cl, EV_READ);
+    set_timeouts(cl, LINGER_MS);
     bufferevent_write_buffer(cl, b);
     evbuffer_free(b);
     bufferevent_setwatermark(cl, EV_WRITE, 0, 0); /* write callback when all is out */
@@ -520,19 +546,6 @@ static ssize_t parse_head(struct conn *c, enum wsrr_dir dir)
 static void upstream_event(struct bufferevent *bev, short what, void *arg);
 static void upstream_read(struct bufferevent *bev, void *arg);
 static void relay_read(struct bufferevent *bev, void *arg);
-static void relay_write(struct bufferevent *bev, void *arg);
-static void relay_event(struct bufferevent *bev, short what, void *arg);
-
-static void set_timeouts(struct bufferevent *bev, uint64_t ms)
-{
-    if (!ms) {
-        bufferevent_set_timeouts(bev, NULL, NULL);
-        return;
-    }
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000 * 1000)};
-    bufferevent_set_timeouts(bev, &tv, &tv);
-}
-
 static void request_complete(struct conn *c, size_t head_len)
 {
     struct wsrr_proxy *p = c->p;
@@ -557,6 +570,7 @@ static void request_complete(struct conn *c, size_t head_len)
     }
     evbuffer_drain(in, head_len);
     bufferevent_disable(c->bev[WSRR_DIR_C2S], EV_READ); /* until the upstream is there */
+    set_timeouts(c->bev[WSRR_DIR_C2S], 0); /* the upstream's handshake timeout rules now */
 
     struct bufferevent *up = NULL;
     if (p->cli_ctx) {
@@ -762,8 +776,15 @@ static void relay_write(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
     if (c->state == CS_CLOSING) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-            conn_close(c, false, NULL);
+        /* the answer is out: end our side, and keep discarding until the
+         * client closes or the linger time is over (relay_event) */
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 && !c->shut[WSRR_DIR_S2C]) {
+            c->shut[WSRR_DIR_S2C] = true;
+            if (c->tls[WSRR_DIR_C2S])
+                conn_close(c, false, NULL);
+            else
+                shutdown(bufferevent_getfd(bev), SHUT_WR);
+        }
         return;
     }
     enum wsrr_dir to = bev == c->bev[WSRR_DIR_C2S] ? WSRR_DIR_S2C : WSRR_DIR_C2S;

@@ -586,7 +586,51 @@ async def test_sighup():
           "messages land in the file open at the time: %s / %s" % (a, b))
 
 
-TESTS = [test_scripted_session, test_python_features, test_byte_exact, test_unreachable, test_upstream_rst,
+async def test_cli_errors():
+    """BAD-INPUTS section 12 for wsrr proxy: one line naming the problem, exit 2."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    busy = taken.getsockname()[1]
+    cases = [
+        (["--listen", "127.0.0.1:70000", "--upstream", "ws://127.0.0.1:1"], "port"),
+        (["--listen", "nonsense", "--upstream", "ws://127.0.0.1:1"], "--listen nonsense"),
+        (["--listen", "127.0.0.1:%d" % busy, "--upstream", "ws://127.0.0.1:1"], "in use"),
+        (["--listen", "127.0.0.1:0", "--upstream", "ftp://x"], "scheme"),
+        (["--listen", "127.0.0.1:0", "--upstream", "ws://127.0.0.1:1", "--record",
+          "/nonexistent-dir/x.wsrr"], "/nonexistent-dir/x.wsrr"),
+        (["--listen", "127.0.0.1:0", "--upstream", "wss://127.0.0.1:1", "--upstream-ca",
+          "/nonexistent.pem"], "/nonexistent.pem"),
+        (["--listen", "127.0.0.1:0"], "missing --upstream"),
+        (["--listen", "127.0.0.1:0", "--upstream", "ws://127.0.0.1:1", "--grace"], "needs a value"),
+        (["--listen", "127.0.0.1:0", "--upstream", "ws://127.0.0.1:1", "--frob"],
+         "unknown option"),
+    ]
+    for args, needle in cases:
+        p = subprocess.run([WSRR, "proxy"] + args, capture_output=True, text=True, timeout=10)
+        lines = p.stderr.strip().splitlines()
+        check(p.returncode == 2 and needle in p.stderr and lines[0].startswith("wsrr proxy:"),
+              "%s: exit 2 naming %r: %d %r" % (" ".join(args), needle, p.returncode, p.stderr))
+    taken.close()
+    # an upstream that accepts but never answers: 504 after the handshake timeout
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    proxy = Proxy("ws://127.0.0.1:%d" % silent.getsockname()[1],
+                  extra=["--handshake-timeout", "300"])
+    try:
+        async with websockets.connect("ws://127.0.0.1:%d/" % proxy.port, open_timeout=5):
+            check(False, "a silent upstream must not complete the upgrade")
+    except websockets.InvalidStatusCode as e:
+        check(e.status_code == 504, "a silent upstream gives a 504: %s" % e)
+    proxy.stop()
+    silent.close()
+    recs = records(proxy.capture)
+    check(any(r["kind"] == "tcp" and r["event"] == "timeout" for r in recs),
+          "the timeout is recorded")
+
+
+TESTS = [test_cli_errors, test_scripted_session, test_python_features, test_byte_exact, test_unreachable, test_upstream_rst,
          test_bad_upgrades, test_concurrent, test_slow_reader, test_sigkill, test_sighup]
 
 
