@@ -13,7 +13,7 @@
 static const char *const kind_names[] = {
     [WSRR_REC_OPEN] = "open",   [WSRR_REC_REQUEST] = "request", [WSRR_REC_RESPONSE] = "response",
     [WSRR_REC_FRAME] = "frame", [WSRR_REC_CLOSE] = "close",     [WSRR_REC_TCP] = "tcp",
-    [WSRR_REC_FAULT] = "fault", [WSRR_REC_NOTE] = "note",
+    [WSRR_REC_FAULT] = "fault", [WSRR_REC_NOTE] = "note",       [WSRR_REC_BODY] = "body",
 };
 
 static const char *const tcp_event_names[] = {
@@ -104,6 +104,7 @@ static uint64_t body_size(const struct wsrr_record *r)
     case WSRR_REC_FAULT:
         return 8 + STR(r->u.fault.rule) + STR(r->u.fault.action) + STR(r->u.fault.detail);
     case WSRR_REC_NOTE: return STR(r->u.note.text);
+    case WSRR_REC_BODY: return 12 + STR(r->u.body.data);
     default: return r->u.raw.body.n;
     }
 }
@@ -211,6 +212,13 @@ size_t wsrr_record_encode(uint8_t *out, const struct wsrr_record *r)
         o = put_str(o, r->u.fault.detail);
         break;
     case WSRR_REC_NOTE: o = put_str(o, r->u.note.text); break;
+    case WSRR_REC_BODY:
+        o[0] = r->u.body.dir;
+        o[1] = r->u.body.bflags;
+        wsrr_put16(o + 2, 0);
+        wsrr_put64(o + 4, r->u.body.len);
+        o = put_str(o + 12, r->u.body.data);
+        break;
     default: o = put_bytes(o, r->u.raw.body.p, r->u.raw.body.n); break;
     }
     o = put_bytes(o, r->extra.p, r->extra.n);
@@ -359,6 +367,17 @@ ssize_t wsrr_record_decode(const uint8_t *buf, size_t len, struct wsrr_record *r
         r->u.fault.detail = get_str(&c, "fault.detail");
         break;
     case WSRR_REC_NOTE: r->u.note.text = get_str(&c, "note.text"); break;
+    case WSRR_REC_BODY:
+        r->u.body.dir = get8(&c, "body.dir");
+        r->u.body.bflags = get8(&c, "body.flags");
+        (void)get16(&c, "body.reserved");
+        r->u.body.len = get64(&c, "body.len");
+        r->u.body.data = get_str(&c, "body.data");
+        if (!c.bad && r->u.body.dir > 1) {
+            c.bad = true;
+            c.field = "body.dir (0 or 1)";
+        }
+        break;
     default: r->u.raw.body = get_bytes(&c, (size_t)(c.end - c.p), "body"); break;
     }
     if (c.bad)

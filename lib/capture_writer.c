@@ -165,7 +165,8 @@ static int write_header(struct wsrr_capture_writer *w, const struct wsrr_capture
     put_skip_hdr(b, WSRR_SKIPPABLE_MAGIC, (uint32_t)psize);
     memcpy(p + FH_TAG, TAG_HEADER, 4);
     wsrr_put16(p + FH_MAJOR, WSRR_CAPTURE_MAJOR);
-    wsrr_put16(p + FH_MINOR, WSRR_CAPTURE_MINOR);
+    wsrr_put16(p + FH_MINOR,
+               o->keep_minor && o->minor < WSRR_CAPTURE_MINOR ? o->minor : WSRR_CAPTURE_MINOR);
     wsrr_put32(p + FH_INCOMPAT, 0);
     wsrr_put32(p + FH_COMPAT, o->compat_flags);
     memcpy(p + FH_FILE_ID, w->file_id, WSRR_FILE_ID_LEN);
@@ -336,6 +337,8 @@ int wsrr_capture_append(struct wsrr_capture_writer *w, struct wsrr_record *r)
     if (r->kind == WSRR_REC_FRAME &&
         (r->u.frame.dir > 1 ||
          (r->u.frame.len_width != 7 && r->u.frame.len_width != 16 && r->u.frame.len_width != 64)))
+        return -EINVAL;
+    if (r->kind == WSRR_REC_BODY && r->u.body.dir > 1)
         return -EINVAL;
 
     uint64_t now = wsrr_now_ns();

@@ -226,6 +226,20 @@ static bool render_frame(cJSON *o, const struct wsrr_record *r)
     return ok;
 }
 
+static bool render_body(cJSON *o, const struct wsrr_rec_body *b)
+{
+    bool ok = add_str(o, "dir", wsrr_dir_name((enum wsrr_dir)b->dir));
+    if (b->bflags & WSRR_BF_COMPLETE)
+        ok = ok && cJSON_AddTrueToObject(o, "complete");
+    if (b->bflags & WSRR_BF_CHUNKED)
+        ok = ok && cJSON_AddTrueToObject(o, "chunked");
+    if (b->bflags & ~(WSRR_BF_COMPLETE | WSRR_BF_CHUNKED))
+        ok = ok && add_u64(o, "body_flags", b->bflags);
+    if (b->len != b->data.n)
+        ok = ok && add_u64(o, "len", b->len);
+    return ok && add_bytes(o, "data", b->data, false);
+}
+
 char *wsrr_jsonl_record(const struct wsrr_record *r)
 {
     cJSON *o = cJSON_CreateObject();
@@ -288,6 +302,7 @@ char *wsrr_jsonl_record(const struct wsrr_record *r)
         ok = ok && add_opt_bytes(o, "detail", r->u.fault.detail);
         break;
     case WSRR_REC_NOTE: ok = ok && add_bytes(o, "text", r->u.note.text, false); break;
+    case WSRR_REC_BODY: ok = ok && render_body(o, &r->u.body); break;
     default: ok = ok && add_bytes(o, "body", r->u.raw.body, true); break;
     }
     if (r->extra.n)
@@ -733,6 +748,30 @@ static int parse_frame(struct pctx *c, const cJSON *o, struct wsrr_record *r)
     return 0;
 }
 
+static int parse_body(struct pctx *c, const cJSON *o, const char *kind_name,
+                      struct wsrr_rec_body *b)
+{
+    static const char *const keys[] = {"seq",        "ts",  "conn", "kind",     "flags",
+                                       "dir",        "complete",    "chunked",  "body_flags",
+                                       "len",        "data", "data_b64", "extra_b64", NULL};
+    const char *dir = NULL;
+    bool complete = false, chunked = false;
+    uint64_t bf = 0;
+    if (check_keys(c, o, keys, kind_name) < 0)
+        return -EINVAL;
+    if (get_str(c, o, "dir", &dir) <= 0 || (strcmp(dir, "client") && strcmp(dir, "server")))
+        return perr(c, "key \"dir\": expected \"client\" or \"server\" (the sender)");
+    if (get_bool(c, o, "complete", &complete) < 0 || get_bool(c, o, "chunked", &chunked) < 0 ||
+        get_u64(c, o, "body_flags", 0xff, &bf, false) < 0 ||
+        get_bytes(c, o, "data", &b->data, false) < 0)
+        return -EINVAL;
+    b->dir = strcmp(dir, "client") == 0 ? WSRR_DIR_C2S : WSRR_DIR_S2C;
+    b->bflags =
+        (uint8_t)(bf | (complete ? WSRR_BF_COMPLETE : 0) | (chunked ? WSRR_BF_CHUNKED : 0));
+    b->len = b->data.n;
+    return get_u64(c, o, "len", UINT64_MAX, &b->len, false) < 0 ? -EINVAL : 0;
+}
+
 int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
                             struct wsrr_record *r, uint8_t **arena, char *err, size_t errlen)
 {
@@ -764,7 +803,7 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
         r->kind = (uint8_t)k->valuedouble;
     else
         rc = perr(&c, "key \"kind\": expected open, request, response, frame, close, tcp, fault, "
-                      "note (or the number of an unknown kind)");
+                      "note, body (or the number of an unknown kind)");
 
     int has_seq = rc == 0 ? get_u64(&c, o, "seq", UINT64_MAX, &r->seq, false) : 0;
     if (has_seq < 0)
@@ -917,6 +956,7 @@ int wsrr_jsonl_parse_record(const char *line, size_t len, uint64_t default_ts,
                 rc = -EINVAL;
             break;
         }
+        case WSRR_REC_BODY: rc = parse_body(&c, o, kind_name, &r->u.body); break;
         default: {
             static const char *const keys[] = {"seq",   "ts",       "conn",      "kind",
                                                "flags", "body_b64", "extra_b64", NULL};

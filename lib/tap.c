@@ -20,9 +20,15 @@
 #define DEFAULT_MAX_INFLATED ((uint64_t)64 << 20)
 #define DEFAULT_MAX_EARLY    ((size_t)64 << 10)
 
+#define METHOD_QUEUE 32
+
 struct tap_dir {
     struct wsrr_http_parser http;
-    bool head_done;
+    /* the body of the HTTP message being received */
+    struct wsrr_http_body body;
+    bool in_body;
+    struct evbuffer *acc_body; /* its content, up to the recording cap */
+    uint64_t body_len;
     struct wsrr_frame_parser fp;
 
     /* the frame being received */
@@ -46,7 +52,12 @@ struct wsrr_tap {
     struct wsrr_tap_state st;
     struct tap_dir d[2];
 
-    struct evbuffer *early; /* client bytes awaiting the response */
+    struct evbuffer *early; /* client bytes awaiting the response to an upgrade */
+    bool hold;              /* an upgrade request was sent: hold client bytes */
+
+    /* methods of requests not answered yet, for the responses' framing */
+    char methods[METHOD_QUEUE][16];
+    int mhead, mcount;
 
     struct evbuffer *scratch; /* redacted heads, payloads and messages */
 
@@ -86,6 +97,8 @@ void wsrr_tap_free(struct wsrr_tap *t)
         return;
     for (int i = 0; i < 2; i++) {
         wsrr_http_parser_finish(&t->d[i].http);
+        if (t->d[i].acc_body)
+            evbuffer_free(t->d[i].acc_body);
         free(t->d[i].acc);
         wsrr_pmd_free(t->d[i].inflater);
         if (t->d[i].msg)
@@ -443,26 +456,23 @@ static int write_head(struct wsrr_tap *t, enum wsrr_dir dir, uint64_t ts)
     return append(t, &r, ts);
 }
 
-/* The response is complete: decide whether frames follow and how. */
-static int upgrade(struct wsrr_tap *t, uint64_t ts)
+/* A 101: frames follow. The response is checked against the upgrade
+ * request (still in the client parser) and permessage-deflate is set up as
+ * the server accepted it. */
+static int upgrade(struct wsrr_tap *t, const struct wsrr_http_head *resp, uint64_t ts)
 {
-    const struct wsrr_http_head *resp = wsrr_http_parser_head(&t->d[WSRR_DIR_S2C].http);
     char err[200];
     int rc = 0;
-    t->st.status = resp->status;
-    if (resp->status != 101) {
-        t->st.phase = WSRR_TAP_HTTP;
-        return 0;
-    }
     t->st.phase = WSRR_TAP_WEBSOCKET;
-    if (t->d[WSRR_DIR_C2S].head_done) {
+    if (t->hold) {
         const struct wsrr_http_head *req = wsrr_http_parser_head(&t->d[WSRR_DIR_C2S].http);
         struct wsrr_ws_info info;
         if (wsrr_handshake_check_response(req, resp, &info, err, sizeof(err)) < 0)
             rc = note(t, ts, "the 101 breaks RFC 6455 4.1 (a client must fail the connection): %s",
                       err);
+    } else {
+        rc = note(t, ts, "a 101 without an upgrade request before it");
     }
-    /* permessage-deflate as the server accepted it */
     const struct wsrr_http_field *ext = wsrr_http_find(resp, "Sec-WebSocket-Extensions", NULL);
     if (ext && rc == 0) {
         int k = wsrr_pmd_from_response(ext->value, ext->value_len, &t->st.pmd, err, sizeof(err));
@@ -477,8 +487,8 @@ static int upgrade(struct wsrr_tap *t, uint64_t ts)
     return rc;
 }
 
-/* Client bytes that arrived before the response: held until it says
- * whether they are frames and which extension applies. */
+/* Client bytes that arrived after an upgrade request, before its response:
+ * held until the response says whether they are frames. */
 static int hold_early(struct wsrr_tap *t, const uint8_t *data, size_t len, uint64_t ts)
 {
     if (!len)
@@ -494,71 +504,185 @@ static int hold_early(struct wsrr_tap *t, const uint8_t *data, size_t len, uint6
     return evbuffer_add(t->early, data, len) < 0 ? -ENOMEM : 0;
 }
 
-/* The response came: the held bytes are parsed now, and their records carry
- * this moment's time, so that timestamps never go back in record order. */
+static int feed_http(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, size_t len,
+                     uint64_t ts);
+
+/* The response came: the held bytes are parsed now, as frames or as HTTP,
+ * and their records carry this moment's time, so that timestamps never go
+ * back in record order. */
 static int release_early(struct wsrr_tap *t, uint64_t ts)
 {
     size_t n = t->early ? evbuffer_get_length(t->early) : 0;
-    if (!n)
+    if (!n || t->st.broken[WSRR_DIR_C2S])
         return 0;
-    int rc = 0;
-    if (t->st.phase == WSRR_TAP_WEBSOCKET && !t->st.broken[WSRR_DIR_C2S]) {
-        const uint8_t *p = evbuffer_pullup(t->early, -1);
-        rc = p ? feed_frames(t, WSRR_DIR_C2S, p, n, ts) : -ENOMEM;
-    }
-    evbuffer_drain(t->early, n);
+    /* take the bytes out first: parsing them may hold new ones */
+    uint8_t *copy = malloc(n);
+    if (!copy)
+        return -ENOMEM;
+    evbuffer_remove(t->early, copy, n);
+    int rc = t->st.phase == WSRR_TAP_WEBSOCKET ? feed_frames(t, WSRR_DIR_C2S, copy, n, ts)
+                                               : feed_http(t, WSRR_DIR_C2S, copy, n, ts);
+    free(copy);
     return rc;
 }
 
-int wsrr_tap_feed(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, size_t len,
-                  uint64_t ts)
+/* ---- HTTP exchanges ---- */
+
+static int write_body(struct wsrr_tap *t, enum wsrr_dir dir, bool complete, uint64_t ts)
+{
+    struct tap_dir *d = &t->d[dir];
+    size_t n = d->acc_body ? evbuffer_get_length(d->acc_body) : 0;
+    struct wsrr_record r = {.kind = WSRR_REC_BODY};
+    r.u.body.dir = (uint8_t)dir;
+    r.u.body.bflags = (uint8_t)((complete ? WSRR_BF_COMPLETE : 0) |
+                                (d->body.kind == WSRR_BODY_CHUNKED ? WSRR_BF_CHUNKED : 0));
+    r.u.body.len = d->body_len;
+    r.u.body.data = (struct wsrr_span){n ? evbuffer_pullup(d->acc_body, -1) : NULL, n};
+    if (n < d->body_len)
+        r.flags |= WSRR_RF_TRUNCATED;
+    int rc = 0;
+    if (wsrr_utf8_valid(r.u.body.data.p, n) && redacted(t, &r, &r.u.body.data, NULL) < 0)
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = append(t, &r, ts);
+    if (d->acc_body)
+        evbuffer_drain(d->acc_body, n);
+    d->in_body = false;
+    d->body_len = 0;
+    return rc;
+}
+
+static bool is_upgrade_request(const struct wsrr_http_head *h)
+{
+    return wsrr_http_has_token(h, "Upgrade", "websocket");
+}
+
+/* A request or response head is complete in dir's parser. */
+static int http_head(struct wsrr_tap *t, enum wsrr_dir dir, uint64_t ts)
+{
+    struct tap_dir *d = &t->d[dir];
+    const struct wsrr_http_head *h = wsrr_http_parser_head(&d->http);
+    char err[200];
+    int rc = write_head(t, dir, ts);
+    if (rc < 0)
+        return rc;
+    if (dir == WSRR_DIR_C2S) {
+        if (t->mcount < METHOD_QUEUE) {
+            int k = (t->mhead + t->mcount++) % METHOD_QUEUE;
+            snprintf(t->methods[k], sizeof(t->methods[k]), "%.*s",
+                     (int)(h->method_len < 15 ? h->method_len : 15), h->method);
+        }
+        if (is_upgrade_request(h)) {
+            struct wsrr_ws_info info;
+            if (wsrr_handshake_check_request(h, &info, err, sizeof(err)) != 0 &&
+                (rc = note(t, ts, "not a valid WebSocket upgrade request: %s", err)) < 0)
+                return rc;
+            t->hold = true; /* what follows depends on the response */
+            return 0;       /* the parser keeps the head for checking the 101 */
+        }
+        if (wsrr_http_body_request(&d->body, h, err, sizeof(err)) < 0) {
+            t->st.broken[dir] = true;
+            return note(t, ts, "request body framing not followed: %s", err);
+        }
+    } else {
+        t->st.status = h->status;
+        if (h->status == 101) {
+            rc = upgrade(t, h, ts);
+            t->hold = false;
+            wsrr_http_parser_reset(&t->d[WSRR_DIR_C2S].http);
+            wsrr_http_parser_reset(&d->http);
+            return rc < 0 ? rc : release_early(t, ts);
+        }
+        t->st.phase = WSRR_TAP_HTTP;
+        char method[16] = "GET";
+        if (h->status >= 200 && t->mcount) { /* 1xx are interim: the request waits on */
+            snprintf(method, sizeof(method), "%s", t->methods[t->mhead]);
+            t->mhead = (t->mhead + 1) % METHOD_QUEUE;
+            t->mcount--;
+        }
+        if (wsrr_http_body_response(&d->body, h, method, strlen(method), err, sizeof(err)) < 0) {
+            t->st.broken[dir] = true;
+            return note(t, ts, "response body framing not followed: %s", err);
+        }
+        if (t->hold && h->status >= 200) { /* the upgrade was refused: HTTP goes on */
+            t->hold = false;
+            wsrr_http_parser_reset(&t->d[WSRR_DIR_C2S].http);
+            wsrr_http_parser_reset(&d->http);
+            d->in_body = !d->body.done;
+            if ((rc = release_early(t, ts)) < 0)
+                return rc;
+            return 0;
+        }
+    }
+    wsrr_http_parser_reset(&d->http);
+    d->in_body = !d->body.done;
+    return 0;
+}
+
+static int feed_http(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, size_t len,
+                     uint64_t ts)
 {
     struct tap_dir *d = &t->d[dir];
     int rc;
-    if (ts == WSRR_TS_NOW)
-        ts = wsrr_capture_writer_now(t->w);
-    t->st.bytes[dir] += len;
-    if (t->st.broken[dir])
-        return 0;
-
-    if (t->st.phase == WSRR_TAP_HANDSHAKE && !d->head_done) {
+    while (len && !t->st.broken[dir]) {
+        if (t->st.phase == WSRR_TAP_WEBSOCKET)
+            return feed_frames(t, dir, data, len, ts);
+        if (dir == WSRR_DIR_C2S && t->hold)
+            return hold_early(t, data, len, ts);
+        if (d->in_body) {
+            struct wsrr_span piece;
+            ssize_t n = wsrr_http_body_feed(&d->body, data, len, &piece);
+            if (n < 0) {
+                t->st.broken[dir] = true;
+                if ((rc = write_body(t, dir, false, ts)) < 0)
+                    return rc;
+                return note(t, ts, "%s body: broken chunked framing; not followed",
+                            wsrr_dir_name(dir));
+            }
+            if (piece.n) {
+                if (!d->acc_body && !(d->acc_body = evbuffer_new()))
+                    return -ENOMEM;
+                size_t have = evbuffer_get_length(d->acc_body);
+                size_t room = have < t->o.max_recorded_payload
+                                  ? (size_t)(t->o.max_recorded_payload - have)
+                                  : 0;
+                evbuffer_add(d->acc_body, piece.p, piece.n < room ? piece.n : room);
+                d->body_len += piece.n;
+            }
+            data += n;
+            len -= (size_t)n;
+            if (d->body.done && (rc = write_body(t, dir, true, ts)) < 0)
+                return rc;
+            continue;
+        }
         ssize_t n = wsrr_http_parse(&d->http, data, len);
         if (n == WSRR_AGAIN)
             return 0;
         if (n < 0) {
             t->st.broken[dir] = true;
-            if (dir == WSRR_DIR_S2C)
-                t->st.phase = WSRR_TAP_HTTP;
             return note(t, ts, "%s head not parsed: %s",
                         dir == WSRR_DIR_C2S ? "request" : "response",
                         wsrr_http_parser_error(&d->http));
         }
-        d->head_done = true;
-        if ((rc = write_head(t, dir, ts)) < 0)
-            return rc;
         data += n;
         len -= (size_t)n;
-        if (dir == WSRR_DIR_C2S) {
-            const struct wsrr_http_head *req = wsrr_http_parser_head(&d->http);
-            struct wsrr_ws_info info;
-            char err[200];
-            if (wsrr_handshake_check_request(req, &info, err, sizeof(err)) != 0 &&
-                (rc = note(t, ts, "not a valid WebSocket upgrade request: %s", err)) < 0)
-                return rc;
-        } else {
-            if ((rc = upgrade(t, ts)) < 0 || (rc = release_early(t, ts)) < 0)
-                return rc;
-        }
-    }
-
-    switch (t->st.phase) {
-    case WSRR_TAP_HANDSHAKE:
-        /* only client bytes can be here: the response decides what they are */
-        return hold_early(t, data, len, ts);
-    case WSRR_TAP_WEBSOCKET: return len ? feed_frames(t, dir, data, len, ts) : 0;
-    case WSRR_TAP_HTTP: return 0; /* bodies of plain HTTP exchanges are not recorded (format 1.0) */
+        if ((rc = http_head(t, dir, ts)) < 0)
+            return rc;
     }
     return 0;
+}
+
+int wsrr_tap_feed(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, size_t len,
+                  uint64_t ts)
+{
+    if (ts == WSRR_TS_NOW)
+        ts = wsrr_capture_writer_now(t->w);
+    t->st.bytes[dir] += len;
+    if (t->st.broken[dir] || !len)
+        return 0;
+    if (t->st.phase == WSRR_TAP_WEBSOCKET)
+        return feed_frames(t, dir, data, len, ts);
+    return feed_http(t, dir, data, len, ts);
 }
 
 int wsrr_tap_end(struct wsrr_tap *t, uint64_t ts)
@@ -568,6 +692,14 @@ int wsrr_tap_end(struct wsrr_tap *t, uint64_t ts)
     t->ended = true;
     if (ts == WSRR_TS_NOW)
         ts = wsrr_capture_writer_now(t->w);
+    for (int dir = 0; dir < 2; dir++) {
+        struct tap_dir *d = &t->d[dir];
+        if (d->in_body) { /* the connection's end ends a body without length */
+            int rc = write_body(t, (enum wsrr_dir)dir, d->body.kind == WSRR_BODY_UNTIL_CLOSE, ts);
+            if (rc < 0)
+                return rc;
+        }
+    }
     struct wsrr_record r = {.kind = WSRR_REC_CLOSE};
     struct wsrr_rec_close *c = &r.u.close;
     if (t->st.first_closer < 0) {

@@ -105,12 +105,17 @@ struct conn {
     struct wsrr_http_parser head[2];
     size_t head_seen[2]; /* bytes of the input already given to the head parser */
     struct wsrr_tap *tap;
-    bool websocket; /* the request asks for an upgrade */
-    bool tls[2];    /* that leg is TLS */
-    bool opened;    /* the OPEN record is written */
-    bool eof[2];    /* the source of that direction sent FIN */
-    bool paused[2]; /* reading that direction's source is paused (backpressure) */
-    bool shut[2];   /* we shut down writing towards that direction's destination */
+    bool websocket;             /* the request asks for an upgrade */
+    bool tls[2];                /* that leg is TLS */
+    bool http;                  /* plain HTTP requests: client bytes follow request framing */
+    bool flush_close;           /* CLOSING: one leg failed; close once the other is flushed */
+    bool reset_after_flush;     /* ... with an RST (the failed leg was reset) */
+    bool in_body;               /* ... inside a request body */
+    struct wsrr_http_body body; /* the framing of that body */
+    bool opened;                /* the OPEN record is written */
+    bool eof[2];                /* the source of that direction sent FIN */
+    bool paused[2];             /* reading that direction's source is paused (backpressure) */
+    bool shut[2];               /* we shut down writing towards that direction's destination */
     uint64_t bytes[2];
     uint64_t t_start;
     int status; /* the response status */
@@ -568,6 +573,18 @@ static void request_complete(struct conn *c, size_t head_len)
             return;
         }
     }
+    if (!c->websocket) {
+        /* plain HTTP: every request of the connection gets its head
+         * rewritten, so bodies must be followed to find the next head */
+        char why[200];
+        if (wsrr_http_body_request(&c->body, h, why, sizeof(why)) < 0) {
+            evbuffer_drain(in, evbuffer_get_length(in));
+            respond(c, 400, "%s", why);
+            return;
+        }
+        c->http = true;
+        c->in_body = !c->body.done;
+    }
     evbuffer_drain(in, head_len);
     bufferevent_disable(c->bev[WSRR_DIR_C2S], EV_READ); /* until the upstream is there */
     set_timeouts(c->bev[WSRR_DIR_C2S], 0); /* the upstream's handshake timeout rules now */
@@ -682,6 +699,10 @@ static void upstream_event(struct bufferevent *bev, short what, void *arg)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         struct evbuffer *out = bufferevent_get_output(bev);
         upstream_request(c, out);
+        if (c->http) { /* the parser follows the next requests now */
+            wsrr_http_parser_reset(&c->head[WSRR_DIR_C2S]);
+            c->head_seen[WSRR_DIR_C2S] = 0;
+        }
         c->state = CS_RESPONSE;
         /* client bytes that followed the head travel now; later ones as they come */
         struct bufferevent *cl = c->bev[WSRR_DIR_C2S];
@@ -735,6 +756,61 @@ static void upstream_event(struct bufferevent *bev, short what, void *arg)
 
 /* ---- relay ---- */
 
+/* Client bytes of a plain HTTP connection: bodies go as they are, each
+ * further request head is rewritten like the first. A request that asks for
+ * an upgrade ends this: what follows it is relayed as it is. Returns false
+ * when the connection was answered and is closing. */
+static bool relay_http_requests(struct conn *c, struct evbuffer *in, struct evbuffer *out)
+{
+    while (c->http && evbuffer_get_length(in)) {
+        if (c->in_body) {
+            struct evbuffer_iovec v;
+            if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+                break;
+            struct wsrr_span piece;
+            ssize_t n = wsrr_http_body_feed(&c->body, v.iov_base, v.iov_len, &piece);
+            if (n < 0) { /* broken chunk framing: from here on, bytes as they are */
+                c->http = false;
+                break;
+            }
+            feed_tap_buffer(c, WSRR_DIR_C2S, in, (size_t)n);
+            c->bytes[WSRR_DIR_C2S] += (size_t)n;
+            c->p->st.bytes[WSRR_DIR_C2S] += (size_t)n;
+            evbuffer_remove_buffer(in, out, (size_t)n);
+            c->in_body = !c->body.done;
+            continue;
+        }
+        ssize_t head_len = parse_head(c, WSRR_DIR_C2S);
+        if (head_len == 0)
+            return true; /* the head is not complete yet */
+        if (head_len < 0) {
+            const char *why = wsrr_http_parser_error(&c->head[WSRR_DIR_C2S]);
+            feed_tap_buffer(c, WSRR_DIR_C2S, in, evbuffer_get_length(in));
+            evbuffer_drain(in, evbuffer_get_length(in));
+            respond(c, 400, "malformed request head: %s", why);
+            return false;
+        }
+        const struct wsrr_http_head *h = wsrr_http_parser_head(&c->head[WSRR_DIR_C2S]);
+        feed_tap_buffer(c, WSRR_DIR_C2S, in, (size_t)head_len);
+        c->bytes[WSRR_DIR_C2S] += (size_t)head_len;
+        c->p->st.bytes[WSRR_DIR_C2S] += (size_t)head_len;
+        upstream_request(c, out);
+        evbuffer_drain(in, (size_t)head_len);
+        char why[200];
+        if (wsrr_http_has_token(h, "Upgrade", "websocket")) {
+            c->http = false; /* frames may follow: bytes as they are */
+        } else if (wsrr_http_body_request(&c->body, h, why, sizeof(why)) < 0) {
+            wsrr_log(WSRR_LOG_INFO, c->id, "request body framing not followed: %s", why);
+            c->http = false;
+        } else {
+            c->in_body = !c->body.done;
+        }
+        wsrr_http_parser_reset(&c->head[WSRR_DIR_C2S]);
+        c->head_seen[WSRR_DIR_C2S] = 0;
+    }
+    return true;
+}
+
 static void relay(struct conn *c, enum wsrr_dir dir)
 {
     struct bufferevent *src = c->bev[dir], *dst = c->bev[other(dir)];
@@ -749,11 +825,19 @@ static void relay(struct conn *c, enum wsrr_dir dir)
     }
     if (!n)
         return;
-    feed_tap_buffer(c, dir, in, n);
-    c->bytes[dir] += n;
-    c->p->st.bytes[dir] += n;
     struct evbuffer *out = bufferevent_get_output(dst);
-    evbuffer_add_buffer(out, in);
+    if (dir == WSRR_DIR_C2S && c->http) {
+        if (!relay_http_requests(c, in, out))
+            return;
+        /* still following requests: what is left is an incomplete head */
+        n = c->http ? 0 : evbuffer_get_length(in);
+    }
+    if (n) {
+        feed_tap_buffer(c, dir, in, n);
+        c->bytes[dir] += n;
+        c->p->st.bytes[dir] += n;
+        evbuffer_add_buffer(out, in);
+    }
     if (evbuffer_get_length(out) >= c->p->cfg.max_buffer) {
         /* the destination does not keep up: stop reading the source until
          * its output drains to half */
@@ -775,6 +859,11 @@ static void relay_read(struct bufferevent *bev, void *arg)
 static void relay_write(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
+    if (c->state == CS_CLOSING && c->flush_close) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            conn_close(c, c->reset_after_flush, NULL);
+        return;
+    }
     if (c->state == CS_CLOSING) {
         /* the answer is out: end our side, and keep discarding until the
          * client closes or the linger time is over (relay_event) */
@@ -879,15 +968,31 @@ static void relay_event(struct bufferevent *bev, short what, void *arg)
     int err = 0;
     char why[200];
     bool tls = failure_reason(c, dir, why, sizeof(why), &err);
-    bool rst = !tls && (err == ECONNRESET || err == EPIPE);
+    /* EPIPE: our write found the peer gone (it closed after answering);
+     * ECONNRESET: the peer reset */
+    bool rst = !tls && err == ECONNRESET;
     snprintf(detail, sizeof(detail), "%s leg: %s", leg_name(dir), why);
     record_tcp(c, dir,
                rst   ? WSRR_TCP_RST
                : tls ? WSRR_TCP_TLS_ERROR
                      : WSRR_TCP_ERROR,
                tls ? 0 : err, detail);
-    /* an abrupt end on one leg is passed on abruptly */
-    conn_close(c, true, detail);
+    /* What that leg sent before it failed still goes to the other side
+     * (a 400 the upstream answered before closing, say); then an abrupt end
+     * is passed on abruptly. */
+    struct bufferevent *to = c->bev[other(dir)];
+    if (to && evbuffer_get_length(bufferevent_get_output(to))) {
+        bufferevent_free(c->bev[dir]);
+        c->bev[dir] = NULL;
+        c->state = CS_CLOSING;
+        c->flush_close = true;
+        c->reset_after_flush = rst;
+        bufferevent_disable(to, EV_READ);
+        bufferevent_setwatermark(to, EV_WRITE, 0, 0);
+        set_timeouts(to, LINGER_MS);
+        return;
+    }
+    conn_close(c, rst, detail);
 }
 
 /* ---- accepting ---- */

@@ -208,6 +208,16 @@ static void print_text(FILE *out, const struct wsrr_record *r)
         break;
     }
     case WSRR_REC_NOTE: preview(out, r->u.note.text, true, 200); break;
+    case WSRR_REC_BODY: {
+        const struct wsrr_rec_body *b = &r->u.body;
+        fprintf(out, "%s %" PRIu64 "B%s%s ", b->dir == WSRR_DIR_C2S ? "C>S" : "S>C", b->len,
+                (b->bflags & WSRR_BF_CHUNKED) ? " chunked" : "",
+                (b->bflags & WSRR_BF_COMPLETE) ? "" : " (cut short)");
+        preview(out, b->data, is_text(b->data), 100);
+        if (r->flags & WSRR_RF_TRUNCATED)
+            fprintf(out, " (recorded %zu of %" PRIu64 " bytes)", b->data.n, b->len);
+        break;
+    }
     default: fprintf(out, "(%zu-byte body of an unknown kind)", r->u.raw.body.n); break;
     }
     if (r->flags & WSRR_RF_REDACTED)

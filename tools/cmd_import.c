@@ -96,6 +96,8 @@ static int run(int argc, char **argv)
                 .start_wall_ns = h.start_wall_ns,
                 .start_mono_ns = h.start_mono_ns,
                 .keep_start = true,
+                .keep_minor = true,
+                .minor = h.minor,
             };
             if ((status = tool_output_open("import", &output, out, force, in, &o)) != EXIT_OK)
                 break;

@@ -277,6 +277,8 @@ static int run_recover(int argc, char **argv)
         .start_wall_ns = info->start_wall_ns,
         .start_mono_ns = info->start_mono_ns,
         .keep_start = true,
+        .keep_minor = true,
+        .minor = info->minor,
         .mode = st.st_mode & 0777, /* a raw (0600) capture stays private */
     };
     size_t nd;

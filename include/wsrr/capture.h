@@ -25,7 +25,7 @@
 #include <sys/uio.h>
 
 #define WSRR_CAPTURE_MAJOR 1
-#define WSRR_CAPTURE_MINOR 0
+#define WSRR_CAPTURE_MINOR 1
 
 /* Skippable-frame magics (little-endian on disk). */
 #define WSRR_SKIPPABLE_MAGIC 0x184D2A50u /* header, batch header, trailer */
@@ -44,6 +44,7 @@ enum wsrr_rec_kind {
     WSRR_REC_TCP = 6,      /* transport event */
     WSRR_REC_FAULT = 7,    /* a fault was applied */
     WSRR_REC_NOTE = 8,     /* free text */
+    WSRR_REC_BODY = 9,     /* the body of a plain HTTP request or response (format 1.1) */
 };
 
 /* Flags common to all records. */
@@ -82,13 +83,6 @@ enum wsrr_tcp_event {
     WSRR_TCP_CONNECT_FAILED = 6, /* upstream connect failed (err holds errno) */
     WSRR_TCP_TLS_ERROR = 7,      /* TLS handshake or record error */
     WSRR_TCP_CLOSED = 8,         /* wsrr closed this leg */
-};
-
-/* A byte string pointing elsewhere (the reader's batch buffer, the caller's
- * memory). Not NUL-terminated. */
-struct wsrr_span {
-    const uint8_t *p;
-    size_t n;
 };
 
 /* Record bodies, one struct per kind. */
@@ -144,6 +138,16 @@ struct wsrr_rec_note {
     struct wsrr_span text;
 };
 
+#define WSRR_BF_COMPLETE 0x01 /* the whole body (the message ended); otherwise cut short */
+#define WSRR_BF_CHUNKED  0x02 /* it travelled with chunked transfer coding (data is decoded) */
+
+struct wsrr_rec_body {
+    uint8_t dir;    /* enum wsrr_dir: request (client) or response (server) body */
+    uint8_t bflags; /* WSRR_BF_* */
+    uint64_t len;   /* body length as sent (decoded); more than data.n when truncated */
+    struct wsrr_span data;
+};
+
 struct wsrr_rec_raw {
     struct wsrr_span body; /* an unknown kind's body, kept as is */
 };
@@ -165,6 +169,7 @@ struct wsrr_record {
         struct wsrr_rec_tcp tcp;
         struct wsrr_rec_fault fault;
         struct wsrr_rec_note note;
+        struct wsrr_rec_body body;
         struct wsrr_rec_raw raw;
     } u;
     /* Bytes after the fields this version knows (a newer minor version
@@ -214,6 +219,9 @@ struct wsrr_capture_opts {
     uint64_t start_mono_ns; /* 0: now (unless keep_start) */
     bool keep_start;        /* use start_wall_ns and start_mono_ns as given, 0 included
                                (import and recover reproduce a file's header) */
+    bool keep_minor;        /* write `minor` as the format's minor version (import and recover
+                               reproduce a file written by an older 1.x) */
+    uint16_t minor;
 };
 
 struct wsrr_capture_stats {

@@ -23,6 +23,13 @@ enum wsrr_dir {
     WSRR_DIR_S2C = 1, /* server to client (frames must not be masked) */
 };
 
+/* A byte string pointing elsewhere (a parser's input, a reader's batch,
+ * the caller's memory). Not NUL-terminated. */
+struct wsrr_span {
+    const uint8_t *p;
+    size_t n;
+};
+
 /* Short names for diagnostics: "client" / "server" (the sender). */
 const char *wsrr_dir_name(enum wsrr_dir d);
 

@@ -228,6 +228,47 @@ int wsrr_handshake_build_response(struct evbuffer *out, const char *key, size_t 
  * newline. Returns 0, -EINVAL (status not 100..999) or -ENOMEM. */
 int wsrr_http_build_error(struct evbuffer *out, int status, const char *body);
 
+/* ---- message bodies (RFC 9112 section 6) ---- */
+
+enum wsrr_body_kind {
+    WSRR_BODY_NONE = 0,    /* no body */
+    WSRR_BODY_LENGTH,      /* Content-Length bytes */
+    WSRR_BODY_CHUNKED,     /* Transfer-Encoding: chunked */
+    WSRR_BODY_UNTIL_CLOSE, /* a response without length: until the connection closes */
+};
+
+/* Where a message's body ends, fed incrementally. For chunked bodies the
+ * chunk framing is followed and the data pieces are handed out (pointing
+ * into the input), so a recorder gets the body without the framing. */
+struct wsrr_http_body {
+    enum wsrr_body_kind kind;
+    uint64_t remaining; /* LENGTH: bytes left; CHUNKED: of the current chunk */
+    int state;          /* private: chunked decoder state */
+    uint64_t size;      /* private: chunk size being read */
+    int digits;         /* private */
+    bool done;
+};
+
+/* The body framing of a request. Returns 0, or -EBADMSG for a head a proxy
+ * must refuse (Content-Length not a number, two different lengths, both
+ * Transfer-Encoding and Content-Length, a transfer coding other than
+ * chunked last), with err. */
+int wsrr_http_body_request(struct wsrr_http_body *b, const struct wsrr_http_head *req, char *err,
+                           size_t errlen);
+
+/* The body framing of a response to a request with method `method` (HEAD
+ * responses and 1xx/204/304 have none). Returns 0 or -EBADMSG with err. */
+int wsrr_http_body_response(struct wsrr_http_body *b, const struct wsrr_http_head *resp,
+                            const char *method, size_t method_len, char *err, size_t errlen);
+
+/* Feed bytes of the body. Returns how many of them belong to the body
+ * (less than len when the body ends inside the input), or -EBADMSG for
+ * broken chunk framing. *data is set to the body content among the
+ * consumed bytes, if any (one piece per call: call again with the rest).
+ * b->done turns true when the body is complete. */
+ssize_t wsrr_http_body_feed(struct wsrr_http_body *b, const uint8_t *p, size_t len,
+                            struct wsrr_span *data);
+
 /* Reason phrase for a status code ("Bad Request"), "Unknown" otherwise. */
 const char *wsrr_http_reason(int status);
 

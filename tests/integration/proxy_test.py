@@ -630,7 +630,114 @@ async def test_cli_errors():
           "the timeout is recorded")
 
 
-TESTS = [test_cli_errors, test_scripted_session, test_python_features, test_byte_exact, test_unreachable, test_upstream_rst,
+class HTTPBackend:
+    """A small HTTP/1.1 backend on a thread (http.server): answers with the
+    Host it saw and the request body; chunked responses on /chunked."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def body(self):
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return data
+                        data += self.rfile.read(size)
+                        self.rfile.readline()
+                n = int(self.headers.get("Content-Length", 0))
+                return self.rfile.read(n) if n else b""
+
+            def answer(self):
+                data = b"host=" + self.headers.get("Host", "").encode() + b" body=" + self.body()
+                self.send_response(200)
+                if self.path == "/chunked":
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        for part in (data[:5], data[5:]):
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                        self.wfile.write(b"0\r\n\r\n")
+                    return
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_HEAD = answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_http_exchanges():
+    """Plain HTTP on the proxy's listener: keep-alive with the Host rewritten
+    on every request, bodies by length and chunked both ways, HEAD; the
+    capture holds each exchange with its bodies."""
+    import http.client
+    backend = HTTPBackend()
+    proxy = Proxy("http://127.0.0.1:%d" % backend.port)
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        out = []
+        for method, path, body, chunked in [("GET", "/a", None, False),
+                                            ("POST", "/b", b"posted body", False),
+                                            ("PUT", "/chunked", iter([b"in ", b"chunks"]), True),
+                                            ("HEAD", "/chunked", None, False),
+                                            ("GET", "/chunked", None, False)]:
+            conn.request(method, path, body=body, encode_chunked=chunked,
+                         headers={"Host": "client-side-name"})
+            r = conn.getresponse()
+            out.append((r.status, r.read()))
+        sock_reused = conn.sock is not None
+        conn.close()
+        return out, sock_reused
+
+    out, reused = await asyncio.get_running_loop().run_in_executor(None, client)
+    proxy.stop()
+    backend.close()
+    up = "127.0.0.1:%d" % backend.port
+    check(out == [(200, b"host=%s body=" % up.encode()),
+                  (200, b"host=%s body=posted body" % up.encode()),
+                  (200, b"host=%s body=in chunks" % up.encode()),
+                  (200, b""),
+                  (200, b"host=%s body=" % up.encode())],
+          "every request of the keep-alive connection reached the upstream with its Host "
+          "rewritten and its body: %s" % out)
+    check(reused, "one connection for all five requests")
+    recs = records(proxy.capture)
+    check(len({r["conn"] for r in recs if r["kind"] != "note"}) == 1, "one connection recorded")
+    heads = [(r["kind"], r["head"].split("\r\n")[0]) for r in recs
+             if r["kind"] in ("request", "response")]
+    check([h[1].split(" ")[0] for h in heads if h[0] == "request"] ==
+          ["GET", "POST", "PUT", "HEAD", "GET"], "five requests recorded: %s" % heads)
+    check(len([h for h in heads if h[0] == "response"]) == 5, "five responses recorded")
+    bodies = [(r["dir"], r.get("data"), r.get("chunked", False)) for r in recs
+              if r["kind"] == "body"]
+    check(("client", "posted body", False) in bodies and ("client", "in chunks", True) in bodies
+          and ("server", "host=%s body=in chunks" % up, True) in bodies,
+          "bodies recorded, chunked ones decoded: %s" % bodies)
+    check(not [r for r in recs if r["kind"] == "note"], "nothing went unparsed: %s" %
+          [r["text"] for r in recs if r["kind"] == "note"])
+
+
+TESTS = [test_cli_errors, test_http_exchanges, test_scripted_session, test_python_features, test_byte_exact, test_unreachable, test_upstream_rst,
          test_bad_upgrades, test_concurrent, test_slow_reader, test_sigkill, test_sighup]
 
 

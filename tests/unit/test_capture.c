@@ -132,6 +132,16 @@ static int make_records(struct wsrr_record *rs)
 
     r = &rs[n++];
     memset(r, 0, sizeof(*r));
+    r->kind = WSRR_REC_BODY;
+    r->conn = 5;
+    r->ts = 95;
+    r->u.body.dir = WSRR_DIR_C2S;
+    r->u.body.bflags = WSRR_BF_COMPLETE;
+    r->u.body.len = 13;
+    r->u.body.data = SPAN("{\"query\":\"x\"}");
+
+    r = &rs[n++];
+    memset(r, 0, sizeof(*r));
     r->kind = 200; /* unknown kind: body kept as is */
     r->conn = 3;
     r->ts = 100;
@@ -198,6 +208,12 @@ static void check_same(const struct wsrr_record *a, const struct wsrr_record *b)
         CHECK(span_eq(a->u.fault.detail, b->u.fault.detail));
         break;
     case WSRR_REC_NOTE: CHECK(span_eq(a->u.note.text, b->u.note.text)); break;
+    case WSRR_REC_BODY:
+        CHECK_INT(a->u.body.dir, b->u.body.dir);
+        CHECK_INT(a->u.body.bflags, b->u.body.bflags);
+        CHECK_U64(a->u.body.len, b->u.body.len);
+        CHECK(span_eq(a->u.body.data, b->u.body.data));
+        break;
     default: CHECK(span_eq(a->u.raw.body, b->u.raw.body));
     }
 }

@@ -345,7 +345,7 @@ static void test_versions(const struct layout *L)
     set_header_u16(f, 4, 2); /* major 2 */
     struct result r = read_mem(f, L->size);
     CHECK(!r.opened);
-    CHECK_MSG(strstr(r.open_err, "version 2.0") != NULL && strstr(r.open_err, "offset 12"), "%s",
+    CHECK_MSG(strstr(r.open_err, "version 2.") != NULL && strstr(r.open_err, "offset 12"), "%s",
               r.open_err);
 
     memcpy(f, L->file, L->size);

@@ -164,6 +164,18 @@ static void test_other_kinds(void)
     r.u.note.text = SPAN("");
     round_trip(&r, "\"text\":\"\"");
 
+    r = (struct wsrr_record){.kind = WSRR_REC_BODY, .seq = 8, .conn = 4};
+    r.u.body.dir = WSRR_DIR_S2C;
+    r.u.body.bflags = WSRR_BF_COMPLETE | WSRR_BF_CHUNKED;
+    r.u.body.data = SPAN("{\"ok\":true}");
+    r.u.body.len = 11;
+    round_trip(&r, "\"kind\":\"body\",\"dir\":\"server\",\"complete\":true,\"chunked\":true,"
+                   "\"data\":\"{\\\"ok\\\":true}\"");
+    r.u.body.bflags = 0;
+    r.u.body.len = 1000;
+    r.flags = WSRR_RF_TRUNCATED;
+    round_trip(&r, "\"len\":1000");
+
     r = (struct wsrr_record){.kind = 99, .seq = 7};
     r.u.raw.body = SPAN("\x01\x02");
     r.extra = SPAN("zz");

@@ -330,6 +330,7 @@ static void test_rejected(void)
     struct session s;
     session_start(&s, "rejected", NULL);
     handshake(&s, NULL, NULL, 403, NULL, 0);
+    s.exp[s.nexp++] = (struct expect){.kind = WSRR_REC_BODY}; /* the 403's body */
     /* bytes after a rejection are not frames */
     feed_split(&s, WSRR_DIR_S2C, (const uint8_t *)"\x81\x02hi", 4);
     CHECK_INT(wsrr_tap_state(s.tap)->phase, WSRR_TAP_HTTP);
@@ -603,6 +604,82 @@ static void test_redaction(void)
     wsrr_redactor_free(red);
 }
 
+/* Plain HTTP on a keep-alive connection: requests with and without bodies
+ * (length, chunked), pipelined, a HEAD whose response carries a length but
+ * no body, a 204, then an upgrade on the same connection and frames. */
+static void test_http_exchanges(void)
+{
+    struct session s;
+    session_start(&s, "http", NULL);
+    const char *c2s[] = {
+        "GET /health HTTP/1.1\r\nHost: h\r\n\r\n",
+        "POST /api HTTP/1.1\r\nHost: h\r\nContent-Length: 13\r\n\r\n{\"query\":\"x\"}"
+        "HEAD /api HTTP/1.1\r\nHost: h\r\n\r\n", /* pipelined behind the POST */
+        "PUT /chunks HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n",
+        "DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n",
+    };
+    const char *s2c[] = {
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nmade!\r\n0\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", /* HEAD: no body follows */
+        "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nchunked",
+        "HTTP/1.1 204 No Content\r\n\r\n",
+    };
+    for (int i = 0; i < 4; i++) {
+        feed_split(&s, WSRR_DIR_C2S, (const uint8_t *)c2s[i], strlen(c2s[i]));
+        feed_split(&s, WSRR_DIR_S2C, (const uint8_t *)s2c[i], strlen(s2c[i]));
+    }
+    CHECK_INT(wsrr_tap_state(s.tap)->phase, WSRR_TAP_HTTP);
+    /* then an upgrade on the same connection, and frames */
+    handshake(&s, NULL, NULL, 101, NULL, 0);
+    CHECK_INT(wsrr_tap_state(s.tap)->phase, WSRR_TAP_WEBSOCKET);
+    send_message(&s, WSRR_DIR_C2S, WSRR_OP_TEXT, "after the upgrade", 1);
+    wsrr_tap_end(s.tap, s.ts);
+    wsrr_tap_free(s.tap);
+    char path[512], err[256];
+    snprintf(path, sizeof(path), "%s/http.wsrr", dir);
+    REQUIRE(wsrr_capture_writer_close(s.w, err, sizeof(err)) == 0);
+    struct wsrr_capture_reader *r = wsrr_capture_reader_open(path, err, sizeof(err));
+    REQUIRE(r);
+    struct wsrr_record rec;
+    char kinds[64] = "";
+    int k = 0;
+    const char *bodies[] = {"ok", "{\"query\":\"x\"}", "made!", "abcd" "efg", "chunked"};
+    int nb = 0, frames = 0;
+    while (wsrr_capture_reader_next(r, &rec) == 1 && k < 60) {
+        if (rec.kind == WSRR_REC_NOTE) {
+            printf("http: note: %.*s\n", (int)rec.u.note.text.n, rec.u.note.text.p);
+            kinds[k++] = 'N';
+            continue;
+        }
+        kinds[k++] = rec.kind == WSRR_REC_REQUEST    ? 'Q'
+                     : rec.kind == WSRR_REC_RESPONSE ? 'R'
+                     : rec.kind == WSRR_REC_BODY     ? 'B'
+                     : rec.kind == WSRR_REC_FRAME    ? 'F'
+                     : rec.kind == WSRR_REC_CLOSE    ? 'C'
+                                                     : '?';
+        if (rec.kind == WSRR_REC_BODY && nb < 5) {
+            CHECK_MEM(rec.u.body.data.p, rec.u.body.data.n, bodies[nb], strlen(bodies[nb]));
+            CHECK(rec.u.body.bflags & WSRR_BF_COMPLETE);
+            nb++;
+        }
+        if (rec.kind == WSRR_REC_FRAME)
+            frames++;
+    }
+    kinds[k] = '\0';
+    /* GET/200+body, POST+body, HEAD, 201+chunked body, 200 (HEAD: no body),
+     * PUT+chunked body, 200+body, DELETE, 204, upgrade, 101, a frame, close */
+    CHECK_STR(kinds, "QRBQBQRBRQBRBQRQRFC");
+    CHECK_INT(nb, 5);
+    CHECK_INT(frames, 1);
+    wsrr_capture_reader_close(r);
+    for (int i = 0; i < s.nexp; i++) {
+        free(s.exp[i].payload);
+        free(s.exp[i].message);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1)
@@ -624,6 +701,7 @@ int main(int argc, char **argv)
         test_truncated_compressed(false, false);
         test_truncated_compressed(false, true);
         test_redaction();
+        test_http_exchanges();
     }
     char cmd[600];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
