@@ -589,8 +589,12 @@ static int http_head(struct wsrr_tap *t, enum wsrr_dir dir, uint64_t ts)
         if (h->status == 101) {
             rc = upgrade(t, h, ts);
             t->hold = false;
-            wsrr_http_parser_reset(&t->d[WSRR_DIR_C2S].http);
-            wsrr_http_parser_reset(&d->http);
+            /* no more heads on this connection: give their memory back (an
+             * idle connection should cost little) */
+            for (int i = 0; i < 2; i++) {
+                wsrr_http_parser_finish(&t->d[i].http);
+                wsrr_http_parser_init(&t->d[i].http, i == WSRR_DIR_S2C, 0, 0);
+            }
             return rc < 0 ? rc : release_early(t, ts);
         }
         t->st.phase = WSRR_TAP_HTTP;

@@ -639,6 +639,12 @@ static void client_read_head(struct bufferevent *bev, void *arg)
 static void start_relay(struct conn *c)
 {
     c->state = CS_RELAY;
+    if (c->websocket) { /* no more heads: give their memory back */
+        for (int i = 0; i < 2; i++) {
+            wsrr_http_parser_finish(&c->head[i]);
+            wsrr_http_parser_init(&c->head[i], i == WSRR_DIR_S2C, 0, 0);
+        }
+    }
     for (int d = 0; d < 2; d++) {
         struct bufferevent *b = c->bev[d];
         bufferevent_setcb(b, relay_read, relay_write, relay_event, c);
