@@ -63,6 +63,24 @@ static void free_ctx_data(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, 
     OPENSSL_free(ptr);
 }
 
+/* A certificate chain and its key from PEM files (the key may sit in the
+ * certificate's file). */
+static int use_cert(SSL_CTX *ctx, const char *cert_file, const char *key_file, char *err,
+                    size_t errlen)
+{
+    const char *key = key_file ? key_file : cert_file;
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+        set_err(err, errlen, cert_file);
+        return -EINVAL;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        set_err(err, errlen, key);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static SSL_CTX *base_ctx(const SSL_METHOD *m)
 {
     SSL_CTX *ctx = SSL_CTX_new(m);
@@ -83,16 +101,8 @@ SSL_CTX *wsrr_tls_server_ctx(const char *cert_file, const char *key_file, struct
     }
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
     if (cert_file) {
-        if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
-            set_err(err, errlen, cert_file);
+        if (use_cert(ctx, cert_file, key_file, err, errlen) < 0)
             goto fail;
-        }
-        if (SSL_CTX_use_PrivateKey_file(ctx, key_file ? key_file : cert_file, SSL_FILETYPE_PEM) !=
-                1 ||
-            SSL_CTX_check_private_key(ctx) != 1) {
-            set_err(err, errlen, key_file ? key_file : cert_file);
-            goto fail;
-        }
         return ctx;
     }
     if (!ca) {
@@ -110,8 +120,7 @@ SSL_CTX *wsrr_tls_server_ctx(const char *cert_file, const char *key_file, struct
     d->ca = ca;
     X509 *cert;
     EVP_PKEY *key;
-    if (wsrr_ca_leaf(ca, default_name ? default_name : "localhost", &cert, &key, err, errlen) <
-        0)
+    if (wsrr_ca_leaf(ca, default_name ? default_name : "localhost", &cert, &key, err, errlen) < 0)
         goto fail;
     if (SSL_CTX_use_certificate(ctx, cert) != 1 || SSL_CTX_use_PrivateKey(ctx, key) != 1) {
         set_err(err, errlen, "cannot use the minted certificate");
@@ -144,18 +153,8 @@ SSL_CTX *wsrr_tls_client_ctx(const char *ca_file, bool insecure, const char *cer
             goto fail;
         }
     }
-    if (cert_file) {
-        if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
-            set_err(err, errlen, cert_file);
-            goto fail;
-        }
-        if (SSL_CTX_use_PrivateKey_file(ctx, key_file ? key_file : cert_file, SSL_FILETYPE_PEM) !=
-                1 ||
-            SSL_CTX_check_private_key(ctx) != 1) {
-            set_err(err, errlen, key_file ? key_file : cert_file);
-            goto fail;
-        }
-    }
+    if (cert_file && use_cert(ctx, cert_file, key_file, err, errlen) < 0)
+        goto fail;
     return ctx;
 fail:
     SSL_CTX_free(ctx);
