@@ -21,6 +21,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+import wstest  # noqa: E402
 from wsrelay import Relay  # noqa: E402
 
 import websockets  # noqa: E402
@@ -47,19 +48,7 @@ async def record_agent(log):
 # ---- violations: malformed client frames against a real server ----
 
 def frame(b0, payload, masked=True, key=b"\x01\x02\x03\x04", length=None):
-    n = len(payload) if length is None else length
-    head = bytes([b0])
-    mbit = 0x80 if masked else 0
-    if n <= 125:
-        head += bytes([mbit | n])
-    elif n <= 0xFFFF:
-        head += bytes([mbit | 126]) + n.to_bytes(2, "big")
-    else:
-        head += bytes([mbit | 127]) + n.to_bytes(8, "big")
-    if masked:
-        head += key
-        payload = bytes(c ^ key[i % 4] for i, c in enumerate(payload))
-    return head + payload
+    return wstest.frame(b0, payload, mask=key if masked else None, length=length)
 
 
 BAD_CLIENTS = [

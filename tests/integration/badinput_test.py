@@ -36,32 +36,14 @@ import zlib
 import websockets
 
 WSRR = None
-failures = []
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wstest import accept_for, check, failures  # noqa: E402
+from wstest import frame as raw_frame  # noqa: E402
 
 
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("  FAIL:", what, flush=True)
-    return cond
-
-
-def frame(b0, data, mask=b"\x01\x02\x03\x04", width=None, length=None, b1_extra=0):
-    """Any frame: b0 as given, a chosen length encoding, a declared length
-    that may disagree with the data."""
-    n = len(data) if length is None else length
-    w = width or (7 if n <= 125 else 16 if n <= 0xFFFF else 64)
-    mbit = 0x80 if mask else 0
-    if w == 7:
-        head = bytes([b0, mbit | n])
-    elif w == 16:
-        head = bytes([b0, mbit | 126]) + struct.pack(">H", n)
-    else:
-        head = bytes([b0, mbit | 127]) + struct.pack(">Q", n)
-    if mask:
-        data = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
-        head += mask
-    return head + data
+def frame(b0, data, mask=b"\x01\x02\x03\x04", width=None, length=None):
+    """A client frame (masked unless mask=None)."""
+    return raw_frame(b0, data, mask=mask, width=width, length=length)
 
 
 def srv(b0, data, **kw):
@@ -163,8 +145,6 @@ DEFLATE_CASES = [
     ("deflate-missing-tail-ok", srv(0xC1, deflate_raw(b"hello")), "hello"),
 ]
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
 # (name, raw request, expected status line prefix)
 HANDSHAKE_CASES = [
     ("missing-key", b"GET /sink HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: "
@@ -235,7 +215,7 @@ async def raw_deflate_server():
         head = await reader.readuntil(b"\r\n\r\n")
         name = re.search(rb"GET /deflate/(\S+)", head).group(1).decode()
         key = re.search(rb"Sec-WebSocket-Key: *(\S+)", head).group(1)
-        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        accept = accept_for(key)
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: "
                      b"Upgrade\r\nSec-WebSocket-Extensions: permessage-deflate; "
                      b"server_no_context_takeover\r\nSec-WebSocket-Accept: " + accept +

@@ -17,14 +17,8 @@ import sys
 import tempfile
 import zlib
 
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what)
-    return cond
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wstest import check, failures  # noqa: E402
 
 
 def run(*args, stdin=None):

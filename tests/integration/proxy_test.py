@@ -38,15 +38,8 @@ import websockets
 
 WSRR = None
 TMP = None
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("  FAIL:", what, flush=True)
-    return cond
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wstest import accept_for, check, failures, frame  # noqa: E402
 
 
 # ---- processes ----
@@ -177,22 +170,6 @@ def port_of(server):
     return server.sockets[0].getsockname()[1]
 
 
-def frame(b0, data, mask=None, width=None):
-    n = len(data)
-    w = width or (7 if n <= 125 else 16 if n <= 0xFFFF else 64)
-    mbit = 0x80 if mask else 0
-    if w == 7:
-        head = bytes([b0, mbit | n])
-    elif w == 16:
-        head = bytes([b0, mbit | 126]) + struct.pack(">H", n)
-    else:
-        head = bytes([b0, mbit | 127]) + struct.pack(">Q", n)
-    if mask:
-        data = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
-        head += mask
-    return head + data
-
-
 class RawServer:
     """Answers the upgrade with a 101 (or what `answer` returns), records
     every byte after it, and sends `script` bytes."""
@@ -208,7 +185,7 @@ class RawServer:
         head = await reader.readuntil(b"\r\n\r\n")
         self.head = head
         key = re.search(rb"Sec-WebSocket-Key: *(\S+)", head).group(1)
-        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        accept = accept_for(key)
         resp = self.answer(accept) if self.answer else (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")

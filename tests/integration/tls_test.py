@@ -32,14 +32,8 @@ import websockets
 
 WSRR = None
 TMP = None
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("  FAIL:", what, flush=True)
-    return cond
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wstest import check, failures  # noqa: E402
 
 
 def sh(*args):
