@@ -67,6 +67,9 @@ def make_certs(d):
     leaf("client", "clientca", "DNS:wsrr-proxy", "clientAuth")
 
 
+PROXIES = []
+
+
 class Proxy:
     def __init__(self, upstream, *extra):
         self.capture = os.path.join(TMP, "cap-%d.wsrr" % len(os.listdir(TMP)))
@@ -82,6 +85,7 @@ class Proxy:
         if not m:
             raise RuntimeError("proxy did not start: %r %s" % (line, self.proc.stderr.read()))
         self.port = int(m.group(1))
+        PROXIES.append(self)
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
@@ -286,6 +290,10 @@ def main():
             except Exception as e:
                 check(False, "%s raised %r" % (t.__name__, e))
     finally:
+        for p in PROXIES:  # those a failed test left running
+            if p.proc.poll() is None:
+                p.proc.kill()
+                p.proc.wait()
         shutil.rmtree(TMP)
     print("%d failures" % len(failures))
     return 1 if failures else 0
