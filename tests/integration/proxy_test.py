@@ -714,7 +714,27 @@ async def test_http_exchanges():
           [r["text"] for r in recs if r["kind"] == "note"])
 
 
-TESTS = [test_cli_errors, test_http_exchanges, test_scripted_session, test_python_features, test_byte_exact, test_unreachable, test_upstream_rst,
+async def test_record_dir():
+    """--record DIR: a new timestamped capture per run, never over another."""
+    server = await echo_server()
+    d = os.path.join(TMP, "dir-captures")
+    os.mkdir(d)
+    for run in range(2):
+        proxy = Proxy("ws://127.0.0.1:%d" % port_of(server), record=False,
+                      extra=["--record", d])
+        async with websockets.connect("ws://127.0.0.1:%d/" % proxy.port) as ws:
+            await ws.send("run %d" % run)
+            await ws.recv()
+        proxy.stop()
+    server.close()
+    files = sorted(os.listdir(d))
+    check(len(files) == 2 and all(re.match(r"wsrr-\d{8}-\d{6}(-\d+)?\.wsrr$", f) for f in files),
+          "two timestamped captures: %s" % files)
+    got = sorted(m for f in files for _, _, m in messages(records(os.path.join(d, f))))
+    check(got == ["run 0", "run 0", "run 1", "run 1"], "each run in its own file: %s" % got)
+
+
+TESTS = [test_cli_errors, test_record_dir, test_http_exchanges, test_scripted_session, test_python_features, test_byte_exact, test_unreachable, test_upstream_rst,
          test_bad_upgrades, test_concurrent, test_slow_reader, test_sigkill, test_sighup]
 
 
