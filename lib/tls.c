@@ -181,7 +181,13 @@ int wsrr_tls_client_prepare(SSL *ssl, const char *host)
     bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
     if (is_ip)
         return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) == 1 ? 0 : -EINVAL;
-    if (SSL_set_tlsext_host_name(ssl, host) != 1 || SSL_set1_host(ssl, host) != 1)
+    /* SSL_set_tlsext_host_name() is a macro that casts away const. */
+    char sni[256];
+    size_t len = strlen(host);
+    if (len == 0 || len >= sizeof(sni))
+        return -EINVAL;
+    memcpy(sni, host, len + 1);
+    if (SSL_set_tlsext_host_name(ssl, sni) != 1 || SSL_set1_host(ssl, host) != 1)
         return -EINVAL;
     return 0;
 }

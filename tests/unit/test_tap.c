@@ -621,8 +621,9 @@ static void test_http_exchanges(void)
     };
     const char *s2c[] = {
         "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-        "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nmade!\r\n0\r\n\r\n"
-        "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", /* HEAD: no body follows */
+        /* a chunked 201, then the answer to HEAD (no body follows) */
+        ("HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nmade!\r\n0\r\n\r\n"
+         "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"),
         "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nchunked",
         "HTTP/1.1 204 No Content\r\n\r\n",
     };
@@ -645,7 +646,10 @@ static void test_http_exchanges(void)
     struct wsrr_record rec;
     char kinds[64] = "";
     int k = 0;
-    const char *bodies[] = {"ok", "{\"query\":\"x\"}", "made!", "abcd" "efg", "chunked"};
+    const char *bodies[] = {"ok", "{\"query\":\"x\"}", "made!",
+                            ("abcd"
+                             "efg"),
+                            "chunked"};
     int nb = 0, frames = 0;
     while (wsrr_capture_reader_next(r, &rec) == 1 && k < 60) {
         if (rec.kind == WSRR_REC_NOTE) {
