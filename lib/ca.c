@@ -21,8 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define CA_DAYS   365
-#define LEAF_DAYS 7
+#define CA_DAYS    365
+#define LEAF_DAYS  7
 #define MAX_LEAVES 4096
 
 struct leaf {
@@ -117,15 +117,15 @@ static X509 *make_cert(EVP_PKEY *key, const char *cn, const char *san, X509 *iss
     ASN1_INTEGER *sn = bn ? BN_to_ASN1_INTEGER(bn, NULL) : NULL;
     bool ok = sn && X509_set_version(x, 2) && X509_set_serialNumber(x, sn) &&
               X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
-              X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400) &&
-              X509_set_pubkey(x, key);
+              X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400) && X509_set_pubkey(x, key);
     ASN1_INTEGER_free(sn);
     BN_free(bn);
     X509_NAME *name = X509_get_subject_name(x);
-    ok = ok && X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"wsrr",
-                                          -1, -1, 0) &&
-         X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1,
-                                    -1, 0);
+    ok =
+        ok &&
+        X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"wsrr", -1, -1,
+                                   0) &&
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0);
     ok = ok && X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
     X509 *signer = issuer ? issuer : x;
     if (ok && !issuer) {
@@ -158,8 +158,8 @@ static int write_pem(const char *path, mode_t mode, X509 *cert, EVP_PKEY *key, c
         close(fd);
         return wsrr_seterr(err, errlen, errno, "cannot write %s: %s", path, strerror(errno));
     }
-    bool ok = cert ? PEM_write_X509(f, cert) : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL,
-                                                                    NULL);
+    bool ok =
+        cert ? PEM_write_X509(f, cert) : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
     if (fclose(f) != 0 || !ok) {
         unlink(path);
         return wsrr_seterr(err, errlen, EIO, "cannot write %s", path);
@@ -207,8 +207,8 @@ static int load_ca(struct wsrr_ca *ca, char *err, size_t errlen)
     if (!ca->cert)
         return wsrr_seterr(err, errlen, EINVAL, "%s: not a PEM certificate", ca->cert_path);
     if (X509_check_private_key(ca->cert, ca->key) != 1)
-        return wsrr_seterr(err, errlen, EINVAL, "%s and %s do not belong together",
-                           ca->cert_path, ca->key_path);
+        return wsrr_seterr(err, errlen, EINVAL, "%s and %s do not belong together", ca->cert_path,
+                           ca->key_path);
     if (X509_cmp_current_time(X509_get0_notAfter(ca->cert)) < 0)
         return wsrr_seterr(err, errlen, EINVAL,
                            "%s has expired: remove %s to have a new CA made (clients must then "

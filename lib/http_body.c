@@ -15,13 +15,13 @@
 #include <strings.h>
 
 enum {
-    C_SIZE,     /* hex digits of the chunk size */
-    C_EXT,      /* chunk extension, to the end of the line */
-    C_SIZE_LF,  /* LF after the size line's CR */
-    C_DATA,     /* chunk data */
-    C_DATA_CR,  /* CR after the data */
-    C_DATA_LF,  /* LF after the data */
-    C_TRAILER,  /* at the start of a trailer line (or the final empty line) */
+    C_SIZE,         /* hex digits of the chunk size */
+    C_EXT,          /* chunk extension, to the end of the line */
+    C_SIZE_LF,      /* LF after the size line's CR */
+    C_DATA,         /* chunk data */
+    C_DATA_CR,      /* CR after the data */
+    C_DATA_LF,      /* LF after the data */
+    C_TRAILER,      /* at the start of a trailer line (or the final empty line) */
     C_TRAILER_LINE, /* inside a trailer line */
     C_TRAILER_LF,   /* LF ending a trailer line */
     C_LAST_LF,      /* LF of the final empty line */
@@ -31,8 +31,8 @@ enum {
 
 /* Content-Length over all fields: one value, or several equal ones
  * (RFC 9110 8.6). */
-static int content_length(const struct wsrr_http_head *h, uint64_t *len, bool *present,
-                          char *err, size_t errlen)
+static int content_length(const struct wsrr_http_head *h, uint64_t *len, bool *present, char *err,
+                          size_t errlen)
 {
     *present = false;
     for (size_t i = 0; i < h->nfields; i++) {
@@ -57,8 +57,7 @@ static int content_length(const struct wsrr_http_head *h, uint64_t *len, bool *p
             while (v < end && *v == ' ')
                 v++;
             if (!digits || (v < end && *v != ','))
-                return wsrr_seterr(err, errlen, EBADMSG,
-                                   "Content-Length \"%.*s\" is not a number",
+                return wsrr_seterr(err, errlen, EBADMSG, "Content-Length \"%.*s\" is not a number",
                                    (int)(f->value_len < 40 ? f->value_len : 40), f->value);
             if (*present && n != *len)
                 return wsrr_seterr(err, errlen, EBADMSG,
@@ -127,8 +126,7 @@ int wsrr_http_body_response(struct wsrr_http_body *b, const struct wsrr_http_hea
 {
     memset(b, 0, sizeof(*b));
     if ((method_len == 4 && memcmp(method, "HEAD", 4) == 0) ||
-        (resp->status >= 100 && resp->status < 200) || resp->status == 204 ||
-        resp->status == 304) {
+        (resp->status >= 100 && resp->status < 200) || resp->status == 204 || resp->status == 304) {
         b->done = true;
         return 0;
     }
@@ -172,12 +170,8 @@ ssize_t wsrr_http_body_feed(struct wsrr_http_body *b, const uint8_t *p, size_t l
     if (b->done)
         return 0;
     switch (b->kind) {
-    case WSRR_BODY_NONE:
-        b->done = true;
-        return 0;
-    case WSRR_BODY_UNTIL_CLOSE:
-        *data = (struct wsrr_span){p, len};
-        return (ssize_t)len;
+    case WSRR_BODY_NONE: b->done = true; return 0;
+    case WSRR_BODY_UNTIL_CLOSE: *data = (struct wsrr_span){p, len}; return (ssize_t)len;
     case WSRR_BODY_LENGTH: {
         size_t n = len < b->remaining ? len : (size_t)b->remaining;
         *data = (struct wsrr_span){p, n};
@@ -185,8 +179,7 @@ ssize_t wsrr_http_body_feed(struct wsrr_http_body *b, const uint8_t *p, size_t l
         b->done = b->remaining == 0;
         return (ssize_t)n;
     }
-    case WSRR_BODY_CHUNKED:
-        break;
+    case WSRR_BODY_CHUNKED: break;
     }
     size_t i = 0;
     while (i < len && !b->done) {

@@ -751,9 +751,9 @@ static int parse_frame(struct pctx *c, const cJSON *o, struct wsrr_record *r)
 static int parse_body(struct pctx *c, const cJSON *o, const char *kind_name,
                       struct wsrr_rec_body *b)
 {
-    static const char *const keys[] = {"seq",        "ts",  "conn", "kind",     "flags",
-                                       "dir",        "complete",    "chunked",  "body_flags",
-                                       "len",        "data", "data_b64", "extra_b64", NULL};
+    static const char *const keys[] = {"seq",  "ts",       "conn",      "kind",       "flags",
+                                       "dir",  "complete", "chunked",   "body_flags", "len",
+                                       "data", "data_b64", "extra_b64", NULL};
     const char *dir = NULL;
     bool complete = false, chunked = false;
     uint64_t bf = 0;
@@ -766,8 +766,7 @@ static int parse_body(struct pctx *c, const cJSON *o, const char *kind_name,
         get_bytes(c, o, "data", &b->data, false) < 0)
         return -EINVAL;
     b->dir = strcmp(dir, "client") == 0 ? WSRR_DIR_C2S : WSRR_DIR_S2C;
-    b->bflags =
-        (uint8_t)(bf | (complete ? WSRR_BF_COMPLETE : 0) | (chunked ? WSRR_BF_CHUNKED : 0));
+    b->bflags = (uint8_t)(bf | (complete ? WSRR_BF_COMPLETE : 0) | (chunked ? WSRR_BF_CHUNKED : 0));
     b->len = b->data.n;
     return get_u64(c, o, "len", UINT64_MAX, &b->len, false) < 0 ? -EINVAL : 0;
 }

@@ -39,10 +39,10 @@ struct wsrr_proxy_config {
     const char *tls_cert, *tls_key;
     const char *ca_dir; /* NULL: wsrr_ca_default_dir() */
     /* TLS towards the upstream (wss:// or https:// upstream URL) */
-    const char *upstream_ca;  /* trust this CA file instead of the system store */
-    bool insecure_upstream;   /* do not verify the upstream's certificate (logged) */
+    const char *upstream_ca; /* trust this CA file instead of the system store */
+    bool insecure_upstream;  /* do not verify the upstream's certificate (logged) */
     const char *upstream_cert, *upstream_key; /* client certificate (mutual TLS) */
-    const char *keylog;       /* append TLS secrets here (NSS key log format) */
+    const char *keylog;                       /* append TLS secrets here (NSS key log format) */
 };
 
 struct wsrr_proxy_stats {

@@ -65,8 +65,8 @@ static void test_length(void)
 
     CHECK_INT(wsrr_http_body_request(&b, head("GET / HTTP/1.1\r\n\r\n"), err, sizeof(err)), 0);
     CHECK(b.done);
-    CHECK_INT(wsrr_http_body_request(&b, head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
-                                     err, sizeof(err)),
+    CHECK_INT(wsrr_http_body_request(&b, head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"), err,
+                                     sizeof(err)),
               0);
     CHECK(b.done);
     /* equal duplicates are one length; different ones, or junk, are refused */
@@ -109,8 +109,8 @@ static void test_chunked(void)
         CHECK_MEM(body, bl, "hello world", 11);
     }
     /* hostile framing: errors, never memory */
-    const char *bad[] = {"z\r\n", "\r\n", "5\r\nhelloXY", "5\n", "fffffffffffffffff\r\n",
-                         "1;", "0\r\nX\n"};
+    const char *bad[] = {"z\r\n", "\r\n",    "5\r\nhelloXY", "5\n", "fffffffffffffffff\r\n",
+                         "1;",    "0\r\nX\n"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         struct wsrr_http_body b;
         char err[160];
@@ -129,7 +129,8 @@ static void test_chunked(void)
     /* an endless extension stops at the line limit */
     struct wsrr_http_body b;
     char err[160];
-    REQUIRE(wsrr_http_body_request(&b, head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    REQUIRE(wsrr_http_body_request(&b,
+                                   head("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
                                    err, sizeof(err)) == 0);
     char *ext = malloc(20000);
     memset(ext, 'x', 20000);
@@ -158,17 +159,18 @@ static void test_responses(void)
         CHECK_INT(wsrr_http_body_response(&b, head(none[i]), "GET", 3, err, sizeof(err)), 0);
         CHECK_MSG(b.done, "%s", none[i]);
     }
-    CHECK_INT(wsrr_http_body_response(&b, head("HTTP/1.1 200 OK\r\n\r\n"), "GET", 3, err,
-                                      sizeof(err)),
-              0);
+    CHECK_INT(
+        wsrr_http_body_response(&b, head("HTTP/1.1 200 OK\r\n\r\n"), "GET", 3, err, sizeof(err)),
+        0);
     CHECK_INT(b.kind, WSRR_BODY_UNTIL_CLOSE);
-    CHECK_INT(wsrr_http_body_response(&b, head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
+    CHECK_INT(wsrr_http_body_response(&b,
+                                      head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
                                       "GET", 3, err, sizeof(err)),
               0);
     CHECK_INT(b.kind, WSRR_BODY_UNTIL_CLOSE);
-    CHECK_INT(wsrr_http_body_response(
-                  &b, head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), "POST", 4,
-                  err, sizeof(err)),
+    CHECK_INT(wsrr_http_body_response(&b,
+                                      head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+                                      "POST", 4, err, sizeof(err)),
               0);
     CHECK_INT(b.kind, WSRR_BODY_CHUNKED);
 }
