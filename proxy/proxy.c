@@ -41,8 +41,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -95,6 +97,9 @@ struct wsrr_proxy {
     struct event *grace_ev;
     struct wsrr_proxy_stats st;
 };
+
+/* the most one read or write moves on a plain socket (topup_read) */
+#define TOPUP_MAX (256 * 1024)
 
 struct conn {
     struct wsrr_proxy *p;
@@ -602,6 +607,8 @@ static void request_complete(struct conn *c, size_t head_len)
         c->tls[WSRR_DIR_S2C] = true;
     } else {
         up = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+        if (up)
+            bufferevent_set_max_single_write(up, TOPUP_MAX);
     }
     if (!up) {
         respond(c, 502, "cannot create a socket for the upstream");
@@ -817,6 +824,64 @@ static bool relay_http_requests(struct conn *c, struct evbuffer *in, struct evbu
     return true;
 }
 
+/* libevent 2.1 reads at most 4096 bytes per readiness event on a socket
+ * bufferevent (evbuffer_set_max_read() arrived in 2.2): a 64 KiB frame then
+ * costs 16 trips through epoll, each with its readv, FIONREAD, and epoll_ctl
+ * for the destination's write event. Take what the kernel already holds in
+ * one read. Never more than FIONREAD reports, so this read cannot consume an
+ * end of stream or a reset: those stay for the bufferevent to report.
+ * (Harmless with 2.2, whose reads are larger: FIONREAD then reports less.) */
+static void topup_read(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, size_t queued)
+{
+    if (c->tls[dir] || queued >= c->p->cfg.max_buffer)
+        return;
+    evutil_socket_t fd = bufferevent_getfd(c->bev[dir]);
+    int avail = 0;
+    if (fd < 0 || ioctl(fd, FIONREAD, &avail) < 0 || avail <= 0)
+        return;
+    size_t want = (size_t)avail;
+    size_t room = c->p->cfg.max_buffer - queued;
+    if (want > room)
+        want = room;
+    if (want > TOPUP_MAX)
+        want = TOPUP_MAX;
+    /* the bufferevent keeps the end of its input frozen between its own
+     * reads (so that only it adds there); thaw it for this one */
+    evbuffer_unfreeze(in, 0);
+    struct evbuffer_iovec vec[2];
+    int nv = evbuffer_reserve_space(in, (ev_ssize_t)want, vec, 2);
+    if (nv <= 0) {
+        evbuffer_freeze(in, 0);
+        return;
+    }
+    size_t cap = 0;
+    for (int i = 0; i < nv; i++)
+        cap += vec[i].iov_len;
+    if (cap > want) {
+        /* read no more than the kernel holds (see above) */
+        size_t left = want;
+        for (int i = 0; i < nv; i++) {
+            if (vec[i].iov_len > left)
+                vec[i].iov_len = left;
+            left -= vec[i].iov_len;
+        }
+    }
+    ssize_t got = readv(fd, (struct iovec *)vec, nv);
+    if (got <= 0) {
+        evbuffer_commit_space(in, vec, 0);
+        evbuffer_freeze(in, 0);
+        return;
+    }
+    size_t left = (size_t)got;
+    for (int i = 0; i < nv; i++) {
+        if (vec[i].iov_len > left)
+            vec[i].iov_len = left;
+        left -= vec[i].iov_len;
+    }
+    evbuffer_commit_space(in, vec, nv);
+    evbuffer_freeze(in, 0);
+}
+
 static void relay(struct conn *c, enum wsrr_dir dir)
 {
     struct bufferevent *src = c->bev[dir], *dst = c->bev[other(dir)];
@@ -832,6 +897,11 @@ static void relay(struct conn *c, enum wsrr_dir dir)
     if (!n)
         return;
     struct evbuffer *out = bufferevent_get_output(dst);
+    if (!c->paused[dir] && n >= 4096) {
+        /* a full 4 KiB read: more is probably waiting */
+        topup_read(c, dir, in, n + evbuffer_get_length(out));
+        n = evbuffer_get_length(in);
+    }
     if (dir == WSRR_DIR_C2S && c->http) {
         if (!relay_http_requests(c, in, out))
             return;
@@ -1041,6 +1111,8 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
         }
     } else if (c) {
         cl = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        if (cl)
+            bufferevent_set_max_single_write(cl, TOPUP_MAX);
     }
     if (!cl) {
         free(c);
