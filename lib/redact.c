@@ -69,31 +69,59 @@ static size_t normalise(const char *name, size_t len, char *out, size_t cap)
     return n;
 }
 
-static bool ends_with(const char *s, size_t n, const char *suffix)
+/* Names with their lengths: the check runs on every JSON key of every
+ * recorded text message, so no strlen or strcmp. */
+struct word {
+    const char *s;
+    size_t n;
+};
+#define W(lit)                                                                                     \
+    {                                                                                              \
+        lit, sizeof(lit) - 1                                                                       \
+    }
+
+static bool ends_with(const char *s, size_t n, const struct word *w)
 {
-    size_t k = strlen(suffix);
-    return n >= k && memcmp(s + n - k, suffix, k) == 0;
+    return n >= w->n && memcmp(s + n - w->n, w->s, w->n) == 0;
 }
 
-static bool in_list(const char *s, const char *const *list)
+static bool any_suffix(const char *s, size_t n, const struct word *list, size_t count)
 {
-    for (; *list; list++)
-        if (strcmp(s, *list) == 0)
+    for (size_t i = 0; i < count; i++)
+        if (ends_with(s, n, &list[i]))
             return true;
     return false;
 }
 
+static bool in_list(const char *s, size_t n, const struct word *list, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if (list[i].n == n && memcmp(s, list[i].s, n) == 0)
+            return true;
+    return false;
+}
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
 bool wsrr_redact_name(const char *name, size_t len, char kind)
 {
     char n[64];
-    if (len >= sizeof(n))
-        len = sizeof(n) - 1;
-    size_t k = normalise(name, len, n, sizeof(n));
-    static const char *const suffixes[] = {"token",  "secret",    "password", "passwd",
-                                           "apikey", "signature", NULL};
-    for (const char *const *s = suffixes; *s; s++)
-        if (ends_with(n, k, *s))
+    size_t k;
+    if (len >= sizeof(n)) {
+        /* too long to be one of the exact names: what counts is how it ends
+         * (and, for headers, the words in it, looked for at both ends) */
+        k = normalise(name + len - (sizeof(n) - 1), sizeof(n) - 1, n, sizeof(n));
+        if (kind == 'h' && wsrr_redact_name(name, sizeof(n) - 1, kind))
             return true;
+    } else {
+        k = normalise(name, len, n, sizeof(n));
+    }
+    if (k < 3) /* the shortest name below is three letters */
+        return false;
+    static const struct word suffixes[] = {W("token"),  W("secret"), W("password"),
+                                           W("passwd"), W("apikey"), W("signature")};
+    if (any_suffix(n, k, suffixes, COUNT(suffixes)))
+        return true;
     switch (kind) {
     case 'h': {
         if (strncmp(n, "secwebsocket", 12) == 0)
@@ -106,15 +134,16 @@ bool wsrr_redact_name(const char *name, size_t len, char kind)
         return false;
     }
     case 'q': {
-        static const char *const exact[] = {"key",  "sig",     "signature", "auth",      "jwt",
-                                            "code", "session", "sessionid", "accesskey", NULL};
-        return in_list(n, exact);
+        static const struct word exact[] = {W("key"),     W("sig"),       W("signature"),
+                                            W("auth"),    W("jwt"),       W("code"),
+                                            W("session"), W("sessionid"), W("accesskey")};
+        return in_list(n, k, exact, COUNT(exact));
     }
     default: {
-        static const char *const exact[] = {
-            "jwt",        "auth",        "authorization", "session", "sessionid", "cookie",
-            "credential", "credentials", "privatekey",    "pwd",     NULL};
-        return in_list(n, exact);
+        static const struct word exact[] = {
+            W("jwt"),    W("auth"),       W("authorization"), W("session"),    W("sessionid"),
+            W("cookie"), W("credential"), W("credentials"),   W("privatekey"), W("pwd")};
+        return in_list(n, k, exact, COUNT(exact));
     }
     }
 }
@@ -351,15 +380,31 @@ int wsrr_redact_head(const struct wsrr_redactor *r, const struct wsrr_http_head 
 
 /* ---- text ---- */
 
+/* The first '"' in p[i, n), or n. JSON literals are short: look at a few
+ * bytes before paying for a memchr call. */
+static size_t find_quote(const uint8_t *p, size_t i, size_t n)
+{
+    for (size_t end = n - i > 16 ? i + 16 : n; i < end; i++)
+        if (p[i] == '"')
+            return i;
+    const uint8_t *q = i < n ? memchr(p + i, '"', n - i) : NULL;
+    return q ? (size_t)(q - p) : n;
+}
+
 /* End of the JSON string literal whose opening quote is at p[i] (index of
- * the closing quote), or n when it does not close. */
+ * the closing quote), or n when it does not close. memchr finds the quotes;
+ * a quote preceded by an odd run of backslashes is escaped. */
 static size_t string_end(const uint8_t *p, size_t n, size_t i)
 {
-    for (i++; i < n; i++) {
-        if (p[i] == '\\')
-            i++;
-        else if (p[i] == '"')
-            return i;
+    for (size_t j = i + 1; j < n;) {
+        size_t k = find_quote(p, j, n), b = 0;
+        if (k == n)
+            return n;
+        while (k - b - 1 > i && p[k - b - 1] == '\\')
+            b++;
+        if (b % 2 == 0)
+            return k;
+        j = k + 1;
     }
     return n;
 }
@@ -371,40 +416,63 @@ static size_t skip_ws(const uint8_t *p, size_t n, size_t i)
     return i;
 }
 
-/* Could this text hold anything to redact? A few memmem calls, so that the
- * common message costs next to nothing. */
-static bool worth_a_look(const uint8_t *p, size_t n)
+/* The output buffer, made on the first replacement: most text has nothing
+ * to redact and costs no allocation. */
+struct rewrite {
+    const struct wsrr_redactor *r;
+    const uint8_t *p;
+    struct evbuffer *b;
+    size_t n;
+    size_t eyj; /* where the next "eyJ" at or after eyj_from starts (n: none) */
+    size_t eyj_from;
+    size_t copied; /* p[0, copied) is in b */
+    bool changed;  /* a placeholder went in (a secret that already is one does not count) */
+};
+
+/* Copy p[copied, at) to b, then a placeholder for the len bytes at `at`. */
+static int replace(struct rewrite *w, size_t at, size_t len, const char *name, size_t nlen)
 {
-    if (!n)
-        return false;
-    static const char *const hints[] = {"eyJ",   "oken",  "OKEN",   "ecret",  "ECRET",     "assw",
-                                        "ASSW",  "wt\"",  "WT\"",   "pi_key", "piKey",     "pikey",
-                                        "uth\"", "UTH\"", "ession", "ookie",  "redential", "rivate",
-                                        "wd\"",  "ey\"",  NULL};
-    for (const char *const *h = hints; *h; h++)
-        if (memmem(p, n, *h, strlen(*h)))
-            return true;
-    return false;
+    if (!w->b && !(w->b = evbuffer_new()))
+        return -ENOMEM;
+    if (evbuffer_add(w->b, w->p + w->copied, at - w->copied) < 0)
+        return -ENOMEM;
+    w->copied = at + len;
+    return put_secret(w->r, name, nlen, w->p + at, len, w->b, &w->changed);
 }
 
-/* Copy p[*copied, at) to b, then a placeholder for the len bytes at `at`. */
-static int replace(const struct wsrr_redactor *r, struct evbuffer *b, const uint8_t *p,
-                   size_t *copied, size_t at, size_t len, const char *name, size_t nlen,
-                   bool *changed)
+/* The first "eyJ" at or after `from`. One search over the text, not one per
+ * literal: JSON has many short literals. */
+static size_t next_eyj(struct rewrite *w, size_t from)
 {
-    evbuffer_add(b, p + *copied, at - *copied);
-    *copied = at + len;
-    return put_secret(r, name, nlen, p + at, len, b, changed);
+    if (from < w->eyj_from || (w->eyj < w->n && w->eyj < from)) {
+        /* 'J' is rare in text, and memchr is several times faster than memmem */
+        const uint8_t *p = w->p;
+        size_t j = from + 2;
+        w->eyj = w->n;
+        while (j < w->n) {
+            const uint8_t *q = memchr(p + j, 'J', w->n - j);
+            if (!q)
+                break;
+            j = (size_t)(q - p);
+            if (p[j - 1] == 'y' && p[j - 2] == 'e') {
+                w->eyj = j - 2;
+                break;
+            }
+            j++;
+        }
+        w->eyj_from = from;
+    }
+    return w->eyj;
 }
 
-/* JWTs inside p[from, to). */
-static int scan_jwts(const struct wsrr_redactor *r, struct evbuffer *b, const uint8_t *p,
-                     size_t from, size_t to, size_t *copied, bool *changed)
+/* JWTs inside p[from, to): each starts "eyJ" after a non-base64url byte. */
+static int scan_jwts_slow(struct rewrite *w, size_t from, size_t to)
 {
-    for (size_t j = from; j < to;) {
+    const uint8_t *p = w->p;
+    for (size_t j = next_eyj(w, from); j + 3 <= to; j = next_eyj(w, j)) {
         size_t jl;
-        if (p[j] == 'e' && (j == from || !b64url(p[j - 1])) && (jl = jwt_at(p + j, to - j))) {
-            int rc = replace(r, b, p, copied, j, jl, "jwt", 3, changed);
+        if ((j == from || !b64url(p[j - 1])) && (jl = jwt_at(p + j, to - j))) {
+            int rc = replace(w, j, jl, "jwt", 3);
             if (rc < 0)
                 return rc;
             j += jl;
@@ -415,54 +483,77 @@ static int scan_jwts(const struct wsrr_redactor *r, struct evbuffer *b, const ui
     return 0;
 }
 
+static inline int scan_jwts(struct rewrite *w, size_t from, size_t to)
+{
+    if (w->eyj_from <= from && w->eyj >= to) /* no "eyJ" there: the common case */
+        return 0;
+    return scan_jwts_slow(w, from, to);
+}
+
+/* A cheap first look at a JSON key before wsrr_redact_name(): the last two
+ * letters of every JSON credential name, '-' and '_' skipped and case
+ * folded as normalise() does. "type", "step", "tool", "id" stop here. */
+static bool maybe_credential_key(const uint8_t *k, size_t n)
+{
+    static const char *const ends[] = {"en", "et", "rd", "wd", "ey", "re", "wt",
+                                       "th", "on", "id", "ie", "al", "ls"};
+    int c[2], got = 0;
+    for (size_t i = n; i-- > 0 && got < 2;) {
+        int ch = k[i];
+        if (ch == '-' || ch == '_')
+            continue;
+        c[got++] = ch >= 'A' && ch <= 'Z' ? ch + 32 : ch;
+    }
+    if (got < 2)
+        return false;
+    for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++)
+        if (ends[i][0] == c[1] && ends[i][1] == c[0])
+            return true;
+    return false;
+}
+
 int wsrr_redact_text(const struct wsrr_redactor *r, const uint8_t *p, size_t n,
                      struct evbuffer *out)
 {
-    if (!worth_a_look(p, n))
-        return 0;
-    struct evbuffer *b = evbuffer_new();
-    if (!b)
-        return -ENOMEM;
-    bool changed = false;
+    struct rewrite w = {r, p, NULL, n, n, SIZE_MAX, 0, false}; /* eyj: not looked for yet */
     int rc = 0;
-    size_t copied = 0, i = 0;
+    size_t i = 0;
     while (i < n && rc == 0) {
         if (p[i] != '"') {
             /* outside string literals (or not JSON at all): JWTs only */
-            size_t k = i;
-            while (k < n && p[k] != '"')
-                k++;
-            rc = scan_jwts(r, b, p, i, k, &copied, &changed);
+            size_t k = find_quote(p, i, n);
+            rc = scan_jwts(&w, i, k);
             i = k;
             continue;
         }
         size_t kend = string_end(p, n, i);
         if (kend >= n) { /* an unterminated literal: scan the rest as text */
-            rc = scan_jwts(r, b, p, i + 1, n, &copied, &changed);
+            rc = scan_jwts(&w, i + 1, n);
             break;
         }
         /* a key literal with a credential name, and a string value after ':' */
         size_t j = skip_ws(p, n, kend + 1);
-        if (j < n && p[j] == ':' && wsrr_redact_name((const char *)p + i + 1, kend - i - 1, 'j')) {
+        if (j < n && p[j] == ':' && maybe_credential_key(p + i + 1, kend - i - 1) &&
+            wsrr_redact_name((const char *)p + i + 1, kend - i - 1, 'j')) {
             size_t v = skip_ws(p, n, j + 1);
             size_t vend = v < n && p[v] == '"' ? string_end(p, n, v) : n;
             if (vend < n && vend > v + 1 && !is_placeholder(p + v + 1, vend - v - 1)) {
                 /* the key itself is scanned as any literal is (idempotence) */
-                rc = scan_jwts(r, b, p, i + 1, kend, &copied, &changed);
+                rc = scan_jwts(&w, i + 1, kend);
                 if (rc == 0)
-                    rc = replace(r, b, p, &copied, v + 1, vend - v - 1, (const char *)p + i + 1,
-                                 kend - i - 1, &changed);
+                    rc = replace(&w, v + 1, vend - v - 1, (const char *)p + i + 1, kend - i - 1);
                 i = vend + 1;
                 continue;
             }
         }
-        rc = scan_jwts(r, b, p, i + 1, kend, &copied, &changed);
+        rc = scan_jwts(&w, i + 1, kend);
         i = kend + 1;
     }
-    if (rc == 0 && changed) {
-        evbuffer_add(b, p + copied, n - copied);
-        rc = evbuffer_add_buffer(out, b) < 0 ? -ENOMEM : 1;
+    if (rc == 0 && w.changed) {
+        evbuffer_add(w.b, p + w.copied, n - w.copied);
+        rc = evbuffer_add_buffer(out, w.b) < 0 ? -ENOMEM : 1;
     }
-    evbuffer_free(b);
+    if (w.b)
+        evbuffer_free(w.b);
     return rc;
 }

@@ -1,7 +1,8 @@
 /* fuzz_redact.c — the redactor over arbitrary text and heads.
  *
- * No crash or read outside the input on any bytes; on JSON, redacting the
- * output again changes nothing. Heads are parsed first and redacted when
+ * No crash or read outside the input on any bytes; on JSON, every string
+ * value under a credential name is replaced, and redacting the output again
+ * changes nothing. Heads are parsed first and redacted when
  * they parse. */
 #include "wsrr/handshake.h"
 #include "wsrr/redact.h"
@@ -14,6 +15,32 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct wsrr_redactor *red;
+
+/* cJSON takes any control byte for whitespace and decodes escapes; the
+ * redactor reads raw JSON (RFC 8259 whitespace only). Compare them only where
+ * they read the same. */
+static bool plain_json_bytes(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == '\\' || (p[i] < 0x20 && p[i] != '\t' && p[i] != '\r' && p[i] != '\n'))
+            return false;
+    return true;
+}
+
+/* Does the tree hold a member with a credential name and a non-empty string
+ * value that is not a placeholder yet? Then the text must come out changed. */
+static bool holds_secret(const cJSON *j)
+{
+    for (const cJSON *c = j ? j->child : NULL; c; c = c->next) {
+        if (c->string && cJSON_IsString(c) && c->valuestring[0] &&
+            strncmp(c->valuestring, "<redacted:", 10) != 0 &&
+            wsrr_redact_name(c->string, strlen(c->string), 'j'))
+            return true;
+        if (holds_secret(c))
+            return true;
+    }
+    return false;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -31,6 +58,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *end = NULL;
     cJSON *json = cJSON_ParseWithLengthOpts((const char *)data, size, &end, false);
     bool is_json = json && end == (const char *)data + size; /* all of it */
+    /* nothing under a credential name escapes */
+    if (is_json && plain_json_bytes(data, size) && holds_secret(json) && rc != 1)
+        abort();
     cJSON_Delete(json);
     if (rc == 1 && is_json) {
         size_t n = evbuffer_get_length(out);

@@ -153,6 +153,21 @@ static void test_text(void)
     CHECK_INT(rc, 1);
     CHECK_MSG(like(s, "Bearer <redacted:jwt:########>"), "%s", s);
     free(s);
+    /* every credential name, not only the ones a quick pre-scan would spot:
+     * these three went through unredacted before the scanner became exact */
+    const char *names[][2] = {
+        {"{\"Authorization\":\"Bearer abc\"}",
+         "{\"Authorization\":\"<redacted:authorization:########>\"}"},
+        {"{\"signature\":\"c2ln\"}", "{\"signature\":\"<redacted:signature:########>\"}"},
+        {"{\"x-api-key\":\"k\"}", "{\"x-api-key\":\"<redacted:x-api-key:########>\"}"},
+        {"[{\"a\":{\"b\":[\"pwd\",{\"pwd\":\"p\\\\\"}]}}]",
+         "[{\"a\":{\"b\":[\"pwd\",{\"pwd\":\"<redacted:pwd:########>\"}]}}]"},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        s = text(names[i][0], &rc);
+        CHECK_MSG(rc == 1 && like(s, names[i][1]), "%s -> %d %s", names[i][0], rc, s);
+        free(s);
+    }
     /* look-alikes are left alone */
     const char *keep[] = {
         "{\"author\":\"Jane\",\"tokens\":187}",     /* a count, not a token */
@@ -193,6 +208,47 @@ static void test_names(void)
     CHECK(wsrr_redact_name("API-KEY", 7, 'j'));
     CHECK(!wsrr_redact_name("author", 6, 'j'));
     CHECK(!wsrr_redact_name("tokens", 6, 'j'));
+    /* a long name counts by how it ends, not by its first 63 characters */
+    const char *lng =
+        "a_very_long_field_name_that_goes_on_and_on_for_more_than_sixty_four_refresh_token";
+    CHECK(wsrr_redact_name(lng, strlen(lng), 'j'));
+    const char *lng2 =
+        "refresh_token_a_very_long_field_name_that_goes_on_for_more_than_sixty_four_bytes";
+    CHECK(!wsrr_redact_name(lng2, strlen(lng2), 'j'));
+    CHECK(wsrr_redact_name(lng2, strlen(lng2), 'h'));
+
+    /* every JSON credential name, in the spellings normalise() folds, is
+     * redacted in text (the text scanner looks at a key's last letters
+     * before asking wsrr_redact_name) */
+    const char *json_names[] = {"token",
+                                "secret",
+                                "password",
+                                "passwd",
+                                "apikey",
+                                "signature",
+                                "jwt",
+                                "auth",
+                                "authorization",
+                                "session",
+                                "sessionid",
+                                "cookie",
+                                "credential",
+                                "credentials",
+                                "privatekey",
+                                "pwd",
+                                "Access-Token",
+                                "CLIENT_SECRET",
+                                "s_e_s_s_i_o_n_i_d",
+                                "PrivateKey--",
+                                "JWT_"};
+    for (size_t i = 0; i < sizeof(json_names) / sizeof(json_names[0]); i++) {
+        char in[128];
+        snprintf(in, sizeof(in), "{\"%s\":\"v\"}", json_names[i]);
+        int rc;
+        char *s = text(in, &rc);
+        CHECK_MSG(rc == 1 && strstr(s, "<redacted:"), "%s -> %d %s", in, rc, s);
+        free(s);
+    }
 }
 
 int main(void)
