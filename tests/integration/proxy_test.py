@@ -428,6 +428,81 @@ async def test_upstream_rst():
     check(cl and cl[0]["side"] == "none", "no close frame: the close record says so: %s" % cl)
 
 
+async def test_upstream_reset_after_data():
+    """The upstream sends a frame and resets the connection (SO_LINGER 0):
+    the client gets the frame, then a reset; the capture says "rst"."""
+    async def handle(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = re.search(rb"Sec-WebSocket-Key: *(\S+)", head).group(1)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_for(key) +
+                     b"\r\n\r\n" + frame(0x81, b"last words"))
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    proxy = Proxy("ws://127.0.0.1:%d" % port_of(server))
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    got, how = bytearray(), "nothing"
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 3)
+            if not data:
+                how = "fin"
+                break
+            got += data
+    except ConnectionResetError:
+        how = "rst"
+    except asyncio.TimeoutError:
+        how = "still open"
+    writer.close()
+    proxy.stop()
+    server.close()
+    check(bytes(got) == frame(0x81, b"last words"), "the client got the frame first: %r" % got)
+    check(how == "rst", "then the reset is passed on to the client: %s" % how)
+    tcp = [r for r in records(proxy.capture) if r["kind"] == "tcp"]
+    check(any(r["leg"] == "upstream" and r["event"] == "rst" for r in tcp),
+          "the capture records the upstream's reset as rst: %s" % tcp)
+
+
+async def test_idle_timeout():
+    """--idle-timeout closes a relayed connection that stays silent, and the
+    capture says so; one that keeps talking is left alone."""
+    server = await echo_server()
+    proxy = Proxy("ws://127.0.0.1:%d" % port_of(server), extra=("--idle-timeout", "1"))
+    t0 = time.monotonic()
+    code = None
+    async with websockets.connect("ws://127.0.0.1:%d/idle" % proxy.port, ping_interval=None) as ws:
+        await ws.send("before")
+        check(await ws.recv() == "before", "an echo before the silence")
+        try:
+            await asyncio.wait_for(ws.recv(), 6)
+        except websockets.ConnectionClosed as e:
+            code = e.code
+        except asyncio.TimeoutError:
+            pass
+    waited = time.monotonic() - t0
+    busy_ok = True
+    async with websockets.connect("ws://127.0.0.1:%d/busy" % proxy.port, ping_interval=None) as ws:
+        for i in range(6):  # 1.8 s of traffic every 0.3 s
+            await ws.send("m%d" % i)
+            busy_ok = busy_ok and await ws.recv() == "m%d" % i
+            await asyncio.sleep(0.3)
+    proxy.stop()
+    server.close()
+    check(code == 1006 and 0.9 < waited < 4, "the silent connection was closed after about 1 s "
+          "(code %s after %.2f s)" % (code, waited))
+    check(busy_ok, "a connection that keeps talking is not timed out")
+    tcp = [r for r in records(proxy.capture) if r["kind"] == "tcp"]
+    check(any(r["event"] == "timeout" for r in tcp), "the capture records the timeout: %s" % tcp)
+
+
 async def test_bad_upgrades():
     srv = RawServer(answer=lambda accept: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: "
                     b"websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAA\r\n\r\n")
@@ -735,6 +810,7 @@ async def test_record_dir():
 
 
 TESTS = [test_cli_errors, test_record_dir, test_http_exchanges, test_scripted_session, test_python_features, test_byte_exact, test_unreachable, test_upstream_rst,
+         test_upstream_reset_after_data, test_idle_timeout,
          test_bad_upgrades, test_concurrent, test_slow_reader, test_sigkill, test_sighup]
 
 
