@@ -565,6 +565,7 @@ static void upstream_read(struct bufferevent *bev, void *arg);
 static void relay_read(struct bufferevent *bev, void *arg);
 static void set_reading(struct conn *c, enum wsrr_dir d, bool on);
 static void fast_read(evutil_socket_t fd, short what, void *arg);
+static void check_backpressure(struct conn *c, enum wsrr_dir dir);
 static void request_complete(struct conn *c, size_t head_len)
 {
     struct wsrr_proxy *p = c->p;
@@ -680,10 +681,42 @@ static void set_reading(struct conn *c, enum wsrr_dir d, bool on)
  * instead and append what came (exact-size chains, as evbuffer_read makes);
  * the bufferevent still does all the writing. End of stream, errors and the
  * idle timeout go to relay_event() as the bufferevent would report them. */
+/* Bytes just read, with nothing of that direction waiting on either side:
+ * record them and send them on from the scratch buffer; only what the
+ * destination does not take goes into its output buffer. Returns false when
+ * the bytes must take the buffered way (relay()). */
+static bool pass_through(struct conn *c, enum wsrr_dir d, struct evbuffer *in, const uint8_t *p,
+                         size_t n)
+{
+    enum wsrr_dir leg = other(d);
+    struct bufferevent *dst = c->bev[leg];
+    if (c->state != CS_RELAY || !dst || c->tls[leg] || c->shut[d] || c->io_err[leg] ||
+        evbuffer_get_length(in))
+        return false;
+    struct evbuffer *out = bufferevent_get_output(dst);
+    if (evbuffer_get_length(out))
+        return false;
+    feed_tap(c, d, p, n);
+    c->bytes[d] += n;
+    c->p->st.bytes[d] += n;
+    ssize_t w = send(bufferevent_getfd(dst), p, n, MSG_NOSIGNAL);
+    if (w < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            c->io_err[leg] = errno; /* the bufferevent's write reports it */
+        w = 0;
+    }
+    if ((size_t)w < n) {
+        evbuffer_add(out, p + w, n - (size_t)w);
+        check_backpressure(c, d);
+    }
+    return true;
+}
+
 static void fast_read(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
-    enum wsrr_dir d = fd == bufferevent_getfd(c->bev[WSRR_DIR_C2S]) ? WSRR_DIR_C2S : WSRR_DIR_S2C;
+    enum wsrr_dir d = c->rd[WSRR_DIR_C2S] && fd == event_get_fd(c->rd[WSRR_DIR_C2S]) ? WSRR_DIR_C2S
+                                                                                     : WSRR_DIR_S2C;
     struct bufferevent *bev = c->bev[d];
     if (what & EV_TIMEOUT) {
         relay_event(bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, c);
@@ -697,6 +730,8 @@ static void fast_read(evutil_socket_t fd, short what, void *arg)
         got = read(fd, buf, cap);
         if (got <= 0)
             break;
+        if (total == 0 && (size_t)got < cap && pass_through(c, d, in, buf, (size_t)got))
+            return; /* the common case: one read, one write, no buffer */
         evbuffer_unfreeze(in, 0);
         int rc = evbuffer_add(in, buf, (size_t)got);
         evbuffer_freeze(in, 0);
@@ -991,6 +1026,18 @@ static void direct_write(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
         c->io_err[leg] = errno; /* the bufferevent's write will fail too, and report it */
 }
 
+/* The destination of dir does not keep up: stop reading the source until
+ * its output drains to half. */
+static void check_backpressure(struct conn *c, enum wsrr_dir dir)
+{
+    struct bufferevent *dst = c->bev[other(dir)];
+    if (dst && evbuffer_get_length(bufferevent_get_output(dst)) >= c->p->cfg.max_buffer) {
+        set_reading(c, dir, false);
+        c->paused[dir] = true;
+        bufferevent_setwatermark(dst, EV_WRITE, c->p->cfg.max_buffer / 2, 0);
+    }
+}
+
 static void relay(struct conn *c, enum wsrr_dir dir)
 {
     struct bufferevent *src = c->bev[dir], *dst = c->bev[other(dir)];
@@ -1026,13 +1073,7 @@ static void relay(struct conn *c, enum wsrr_dir dir)
         if (evbuffer_get_length(in))
             evbuffer_add_buffer(out, in);
     }
-    if (evbuffer_get_length(out) >= c->p->cfg.max_buffer) {
-        /* the destination does not keep up: stop reading the source until
-         * its output drains to half */
-        set_reading(c, dir, false);
-        c->paused[dir] = true;
-        bufferevent_setwatermark(dst, EV_WRITE, c->p->cfg.max_buffer / 2, 0);
-    }
+    check_backpressure(c, dir);
 }
 
 static void relay_read(struct bufferevent *bev, void *arg)
