@@ -22,12 +22,12 @@ ROOT=$(dirname "$HERE")
 BUILD=${BUILD:-/tmp/b-bench}
 SCENARIOS="direct wsrr wsrr-record wsrr-record-pmd haproxy mitmproxy"
 OUT=""
-WARM=2 ECHO_S=5 RATE_S=10 ROUNDS=3 BIG_S=4 IDLE_CONNS=9900 IDLE_HOLD=3 MAX_TOTAL=1200
+WARM=2 ECHO_S=3 RATE_S=10 ROUNDS=5 RATE_ROUNDS=3 BIG_S=3 IDLE_CONNS=9900 IDLE_HOLD=3 MAX_TOTAL=1200
 while [ $# -gt 0 ]; do
     case "$1" in
-    --quick) WARM=1 ECHO_S=3 RATE_S=4 ROUNDS=1 BIG_S=3 IDLE_CONNS=2000 IDLE_HOLD=1 ;;
+    --quick) WARM=1 ECHO_S=3 RATE_S=4 ROUNDS=1 RATE_ROUNDS=1 BIG_S=3 IDLE_CONNS=2000 IDLE_HOLD=1 ;;
     --only) SCENARIOS=$2; shift ;;
-    --rounds) ROUNDS=$2; shift ;;
+    --rounds) ROUNDS=$2 RATE_ROUNDS=$2; shift ;;
     --out) OUT=$2; shift ;;
     -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
@@ -255,6 +255,7 @@ run_test() {
         local who=${PX_PID:-$ECHO_PID}
         rss0=$(rss_kb "$who")
         wl=$WORK/idle-$sc.err
+        : >"$wl"
         "$WSLOAD" --json --url "$url" --mode idle --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" \
             --connect-timeout $ct $deflate >"$WORK/idle.out" 2>"$wl" &
         local lp=$!
@@ -291,11 +292,17 @@ run_test() {
 echo "wsrr proxy benchmark: backend wsecho on 127.0.0.1:$ECHO_PORT, open-file limit $NOFILE" >&2
 T0=$(date +%s)
 # This VM's speed drifts by up to 2x within a minute (other tenants): every
-# timed test runs in ROUNDS rounds, each round through every scenario in
-# turn, so a slow spell hits all of them; the table takes the medians.
+# timed test runs in rounds, each round through every scenario in turn (in
+# reverse order every other round, so no scenario always comes first), so a
+# slow spell hits all of them; the table takes the medians.
+REVERSED=$(echo "$SCENARIOS" | tr ' ' '\n' | tac | tr '\n' ' ')
 for test in echo64 big rate; do
-    for ROUND in $(seq "$ROUNDS"); do
-        for sc in $SCENARIOS; do
+    n=$ROUNDS
+    [ "$test" = rate ] && n=$RATE_ROUNDS
+    for ROUND in $(seq "$n"); do
+        order=$SCENARIOS
+        [ $((ROUND % 2)) -eq 0 ] && order=$REVERSED
+        for sc in $order; do
             # a 64 KiB message of repeated JSON compresses to almost nothing:
             # the permessage-deflate row measures the 64-byte load only
             [ "$sc" = wsrr-record-pmd ] && [ "$test" = big ] && continue
@@ -329,7 +336,7 @@ if [ -z "$OUT" ]; then
 fi
 python3 - "$RESULTS" "$OUT" "$((T1 - T0))" "$HAPROXY_VERSION" "$MITM_VERSION" \
     "$IDLE_CONNS" "$WARM" "$ECHO_S" "$RATE_S" "$BIG_S" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
-    "$(uname -r)" "$(nproc)" "$ROUNDS" <<'EOF'
+    "$(uname -r)" "$(nproc)" "$ROUNDS/$RATE_ROUNDS" <<'EOF'
 import json, sys
 (res, out, secs, hav, mitv, idle_n, warm, echo_s, rate_s, big_s, rev, kernel,
  ncpu, rounds) = sys.argv[1:15]
@@ -517,8 +524,9 @@ doc = ["# wsrr proxy benchmark, %s" % __import__("datetime").date.today().isofor
        "bench/run.sh at %s, %s cores, Linux %s, %s s in all. Loads: 64 B text echo over 50 "
        "connections (closed loop, %s s warmup + %s s); 1,000 msgs/s open loop over 50 "
        "connections (%s s, latency from each message's due time); 64 KiB text echo over 10 "
-       "connections (%s s); %s idle connections. Each timed load ran in %s rounds, every "
-       "round through all scenarios in turn (this VM's speed drifts); the table shows the "
+       "connections (%s s); %s idle connections. Each timed load ran in rounds (echo and "
+       "64 KiB / rate: %s), every round through all scenarios in turn, every other round "
+       "in reverse order (this VM's speed drifts); the table shows the "
        "round with the median msgs/s, the median over the rounds of the proxy's CPU per "
        "message, and the median of each latency percentile. A message is one round trip "
        "(sent, echoed). Added latency is the scenario's percentile minus the direct one's. "
