@@ -1,0 +1,129 @@
+/* rules.h — fault rules: a rules file parsed and checked (docs/rules.md).
+ *
+ * A rules file is JSON: {"seed": N, "rules": [RULE, ...]}, each rule a name,
+ * a match and one action. Parsing checks everything a rule could get wrong
+ * (unknown keys, wrong types, out-of-range values, a regex that does not
+ * compile, a reference to a rule that does not exist) and names the rule,
+ * the JSON path and what was expected. The engine that applies the rules to
+ * traffic builds on this (issue 4); nothing here touches a connection.
+ */
+#ifndef WSRR_RULES_H
+#define WSRR_RULES_H
+
+#include "wsrr/common.h"
+
+#include <cjson/cJSON.h>
+#include <regex.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* What an action applies to: one message, the whole connection, or the
+ * opening handshake (before any frame). */
+enum wsrr_action_scope { WSRR_SCOPE_MESSAGE, WSRR_SCOPE_CONNECTION, WSRR_SCOPE_HANDSHAKE };
+
+enum wsrr_action_kind {
+    /* message */
+    WSRR_ACT_DROP,
+    WSRR_ACT_DELAY,
+    WSRR_ACT_DUPLICATE,
+    WSRR_ACT_REORDER,
+    WSRR_ACT_CORRUPT,
+    WSRR_ACT_TRUNCATE,
+    WSRR_ACT_FRAGMENT,
+    WSRR_ACT_REPLACE,
+    WSRR_ACT_INJECT,
+    WSRR_ACT_CLOSE,
+    WSRR_ACT_PING_STORM,
+    /* connection */
+    WSRR_ACT_RESET,
+    WSRR_ACT_HALF_CLOSE,
+    WSRR_ACT_STALL,
+    WSRR_ACT_BANDWIDTH,
+    WSRR_ACT_LATENCY,
+    WSRR_ACT_SLICER,
+    WSRR_ACT_TIMEOUT,
+    WSRR_ACT_KILL_AFTER,
+    /* handshake */
+    WSRR_ACT_REJECT,
+    WSRR_ACT_DELAY_UPGRADE,
+    WSRR_ACT_HEADERS,
+    WSRR_ACT_REFUSE_CONNECT,
+    WSRR_ACT_DELAY_CONNECT,
+    WSRR_ACT_COUNT
+};
+
+/* Whom an action is aimed at (close, reset, half_close, inject). */
+enum wsrr_target { WSRR_TO_DEFAULT, WSRR_TO_CLIENT, WSRR_TO_SERVER, WSRR_TO_BOTH };
+
+struct wsrr_action {
+    enum wsrr_action_kind kind;
+    uint64_t ms;        /* delay, stall (0: forever), latency, timeout, delay_*, storm interval */
+    uint64_t jitter_ms; /* delay, latency */
+    uint64_t count;     /* duplicate, reorder, corrupt, truncate, fragment, ping_storm, slicer,
+                           kill_after (bytes), bandwidth (bytes per second) */
+    int code;           /* close: the close code; reject: the HTTP status */
+    char *text;         /* close reason, reject body, replace/inject payload (bytes, text_len) */
+    size_t text_len;
+    bool binary; /* replace/inject: the payload came as base64 */
+    bool flag;   /* corrupt: keep the frame valid; inject: after (not before) */
+    int opcode;  /* inject: 0-15 */
+    enum wsrr_target to;
+    cJSON *json; /* replace: {"set": {...}, "remove": [...]}; headers: the edits;
+                    reject: extra response headers */
+};
+
+/* A message or connection property a rule requires; absent ones match all. */
+struct wsrr_match {
+    int direction;    /* -1 either, else WSRR_DIR_C2S (sent by the client) / WSRR_DIR_S2C */
+    uint32_t opcodes; /* bit per opcode 0-15 that matches; 0 = any */
+    uint64_t *conns;  /* connection ordinals (1-based), nconns of them; none = any */
+    size_t nconns;
+    uint64_t nth;   /* the message's ordinal in its direction on its connection; 0 = any */
+    uint64_t skip;  /* let this many matching messages of a connection pass first */
+    char *path;     /* glob (fnmatch) over the request path */
+    char *client;   /* glob over the client address "IP:port" */
+    cJSON *headers; /* {"Name": "glob", ...} over the request head */
+    char *contains; /* payload substring */
+    size_t contains_len;
+    char *regex_src;
+    regex_t regex;      /* valid when regex_src */
+    cJSON *json;        /* {"dotted.path": value | {"exists": bool}, ...} */
+    uint64_t after_ms;  /* time since the connection opened */
+    int after_rule;     /* index of a rule that must have fired on the connection; -1 none */
+    double probability; /* 1 = always */
+};
+
+struct wsrr_rule {
+    char *name;
+    bool enabled;
+    uint64_t limit; /* at most this many times in all; 0 = no limit */
+    uint64_t limit_per_conn;
+    struct wsrr_match match;
+    struct wsrr_action action;
+};
+
+struct wsrr_rules {
+    uint64_t seed;
+    bool seed_given; /* otherwise a random one, to be recorded so a run can be repeated */
+    struct wsrr_rule *rules;
+    size_t count;
+};
+
+/* Parse and check a rules document. On error returns NULL with a one-line
+ * message in err: the rule (by name, or by index before its name is known),
+ * the JSON path and what was expected. */
+struct wsrr_rules *wsrr_rules_parse(const char *json, size_t len, char *err, size_t errlen);
+
+/* The same, from a file (the message starts with the file name). */
+struct wsrr_rules *wsrr_rules_load(const char *path, char *err, size_t errlen);
+
+void wsrr_rules_free(struct wsrr_rules *r);
+
+/* Index of the rule with that name, or -1. */
+int wsrr_rules_find(const struct wsrr_rules *r, const char *name);
+
+const char *wsrr_action_name(enum wsrr_action_kind k);
+enum wsrr_action_scope wsrr_action_scope(enum wsrr_action_kind k);
+
+#endif

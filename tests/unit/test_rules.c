@@ -1,0 +1,264 @@
+/* test_rules.c — rules files: what parses into what, and what is refused
+ * with which message (rule, JSON path, what was expected). */
+#include "check.h"
+#include "wsrr/rules.h"
+
+static char err[512];
+
+static struct wsrr_rules *parse(const char *json)
+{
+    err[0] = '\0';
+    return wsrr_rules_parse(json, strlen(json), err, sizeof(err));
+}
+
+/* The document must be refused with a message containing every fragment. */
+#define REFUSED(json, ...)                                                                         \
+    do {                                                                                           \
+        struct wsrr_rules *rs_ = parse(json);                                                      \
+        CHECK_MSG(rs_ == NULL, "accepted: %s", json);                                              \
+        wsrr_rules_free(rs_);                                                                      \
+        const char *frags_[] = {__VA_ARGS__, NULL};                                                \
+        for (const char **f_ = frags_; *f_; f_++)                                                  \
+            CHECK_MSG(strstr(err, *f_), "%s\n    message: %s\n    lacks: %s", json, err, *f_);     \
+    } while (0)
+
+/* The doc's worked example: the backend appears to crash with 1011 after
+ * the second tool_executing event. */
+static const char *const crash_after_second =
+    "{\"seed\": 7, \"rules\": [{\n"
+    "  \"name\": \"crash-after-second-tool\",\n"
+    "  \"match\": {\"direction\": \"server\", \"opcode\": \"text\",\n"
+    "            \"json\": {\"type\": \"tool_executing\"}, \"skip\": 1},\n"
+    "  \"limit_per_conn\": 1,\n"
+    "  \"action\": {\"close\": {\"code\": 1011, \"reason\": \"Internal error\", \"to\": "
+    "\"client\"}}\n"
+    "}]}";
+
+static void test_example(void)
+{
+    struct wsrr_rules *rs = parse(crash_after_second);
+    REQUIRE(rs);
+    CHECK(rs->seed_given && rs->seed == 7);
+    CHECK_INT(rs->count, 1);
+    const struct wsrr_rule *r = &rs->rules[0];
+    CHECK(strcmp(r->name, "crash-after-second-tool") == 0);
+    CHECK(r->enabled);
+    CHECK_INT(r->match.direction, WSRR_DIR_S2C);
+    CHECK_INT(r->match.opcodes, 1u << 1);
+    CHECK_INT(r->match.skip, 1);
+    CHECK_INT(r->limit_per_conn, 1);
+    CHECK(r->match.json && cJSON_IsString(cJSON_GetObjectItem(r->match.json, "type")));
+    CHECK_INT(r->action.kind, WSRR_ACT_CLOSE);
+    CHECK_INT(r->action.code, 1011);
+    CHECK(r->action.text && strcmp(r->action.text, "Internal error") == 0);
+    CHECK_INT(r->action.to, WSRR_TO_CLIENT);
+    CHECK_INT(wsrr_action_scope(r->action.kind), WSRR_SCOPE_MESSAGE);
+    wsrr_rules_free(rs);
+}
+
+static void test_every_action(void)
+{
+    /* one rule per action with typical parameters: all parse */
+    const char *doc =
+        "{\"rules\": ["
+        "{\"name\": \"a1\", \"action\": {\"drop\": {}}},"
+        "{\"name\": \"a2\", \"action\": {\"delay\": {\"ms\": 250, \"jitter_ms\": 50}}},"
+        "{\"name\": \"a3\", \"action\": {\"duplicate\": {\"times\": 2}}},"
+        "{\"name\": \"a4\", \"action\": {\"reorder\": {\"after\": 3}}},"
+        "{\"name\": \"a5\", \"action\": {\"corrupt\": {\"bytes\": 4, \"keep_valid\": false}}},"
+        "{\"name\": \"a6\", \"action\": {\"truncate\": {\"bytes\": 10}}},"
+        "{\"name\": \"a7\", \"action\": {\"fragment\": {\"frames\": 3}}},"
+        "{\"name\": \"a8\", \"action\": {\"replace\": {\"json\": {\"set\": {\"data.ok\": false}, "
+        "\"remove\": [\"trace\"]}}}},"
+        "{\"name\": \"a9\", \"action\": {\"inject\": {\"when\": \"after\", \"opcode\": \"binary\", "
+        "\"payload_b64\": \"AAEC\", \"to\": \"server\"}}},"
+        "{\"name\": \"a10\", \"action\": {\"close\": {\"code\": 4000}}},"
+        "{\"name\": \"a11\", \"action\": {\"ping_storm\": {\"count\": 100, \"interval_ms\": 1}}},"
+        "{\"name\": \"c1\", \"action\": {\"reset\": {\"to\": \"both\"}}},"
+        "{\"name\": \"c2\", \"action\": {\"half_close\": {\"to\": \"server\"}}},"
+        "{\"name\": \"c3\", \"action\": {\"stall\": {}}},"
+        "{\"name\": \"c4\", \"action\": {\"bandwidth\": {\"bytes_per_s\": 1000}}},"
+        "{\"name\": \"c5\", \"action\": {\"latency\": {\"ms\": 100}}},"
+        "{\"name\": \"c6\", \"action\": {\"slicer\": {\"bytes\": 1, \"delay_ms\": 2}}},"
+        "{\"name\": \"c7\", \"action\": {\"timeout\": {\"ms\": 5000}}},"
+        "{\"name\": \"c8\", \"action\": {\"kill_after\": {\"bytes\": 1024}}},"
+        "{\"name\": \"h1\", \"match\": {\"path\": \"/v1/*\", \"header\": {\"Authorization\": "
+        "\"Bearer *\"}}, \"action\": {\"reject\": {\"status\": 429, \"body\": \"slow down\", "
+        "\"headers\": {\"Retry-After\": \"1\"}}}},"
+        "{\"name\": \"h2\", \"action\": {\"delay_upgrade\": {\"ms\": 300}}},"
+        "{\"name\": \"h3\", \"action\": {\"headers\": {\"request\": {\"remove\": "
+        "[\"Sec-WebSocket-Extensions\"]}, \"response\": {\"set\": {\"X-Fault\": \"1\"}}}}},"
+        "{\"name\": \"h4\", \"action\": {\"refuse_connect\": {}}},"
+        "{\"name\": \"h5\", \"action\": {\"delay_connect\": {\"ms\": 2000}}}"
+        "]}";
+    struct wsrr_rules *rs = parse(doc);
+    CHECK_MSG(rs, "%s", err);
+    if (!rs)
+        return;
+    CHECK_INT(rs->count, WSRR_ACT_COUNT);
+    CHECK(!rs->seed_given);
+    for (size_t i = 0; i < rs->count; i++)
+        CHECK_INT(rs->rules[i].action.kind, (enum wsrr_action_kind)i); /* the order above */
+    const struct wsrr_action *inj = &rs->rules[WSRR_ACT_INJECT].action;
+    CHECK(inj->binary && inj->text_len == 3 && memcmp(inj->text, "\0\1\2", 3) == 0);
+    CHECK(inj->flag && inj->opcode == 2 && inj->to == WSRR_TO_SERVER);
+    CHECK(rs->rules[WSRR_ACT_CORRUPT].action.flag == false);
+    CHECK_INT(rs->rules[WSRR_ACT_STALL].action.ms, 0); /* forever */
+    CHECK_INT(rs->rules[WSRR_ACT_REJECT].action.code, 429);
+    CHECK_INT(wsrr_action_scope(WSRR_ACT_RESET), WSRR_SCOPE_CONNECTION);
+    CHECK_INT(wsrr_action_scope(WSRR_ACT_REJECT), WSRR_SCOPE_HANDSHAKE);
+    CHECK(strcmp(wsrr_action_name(WSRR_ACT_PING_STORM), "ping_storm") == 0);
+    wsrr_rules_free(rs);
+}
+
+static void test_match(void)
+{
+    struct wsrr_rules *rs = parse(
+        "{\"seed\": \"18446744073709551615\", \"rules\": [{\"name\": \"m\", \"match\": {"
+        "\"conn\": [1, 3], \"nth\": 2, \"opcode\": [\"data\", \"ping\"], \"client\": "
+        "\"127.0.0.*\", \"contains\": \"agent\", \"regex\": \"^\\\\{.*step\\\": [0-9]+\", "
+        "\"json\": {\"data.step\": 2, \"error\": {\"exists\": false}}, \"after_ms\": 100, "
+        "\"after_rule\": \"first\", \"probability\": 0.25}, \"limit\": 5, \"enabled\": false, "
+        "\"action\": {\"drop\": {}}},"
+        "{\"name\": \"first\", \"action\": {\"delay\": {\"ms\": 1}}}]}");
+    CHECK_MSG(rs, "%s", err);
+    if (!rs)
+        return;
+    CHECK(rs->seed == UINT64_MAX);
+    const struct wsrr_match *m = &rs->rules[0].match;
+    CHECK_INT(m->nconns, 2);
+    CHECK(m->conns[0] == 1 && m->conns[1] == 3);
+    CHECK_INT(m->nth, 2);
+    CHECK_INT(m->opcodes, 1u << 0 | 1u << 1 | 1u << 2 | 1u << 9);
+    CHECK_INT(m->after_rule, 1);
+    CHECK(m->probability == 0.25);
+    CHECK(m->regex_src && regexec(&m->regex, "{\"type\":\"x\",\"step\": 12}", 0, NULL, 0) == 0);
+    CHECK(regexec(&m->regex, "step 12", 0, NULL, 0) != 0);
+    CHECK(!rs->rules[0].enabled && rs->rules[0].limit == 5);
+    CHECK_INT(m->direction, -1);
+    CHECK_INT(wsrr_rules_find(rs, "first"), 1);
+    CHECK_INT(wsrr_rules_find(rs, "nope"), -1);
+    wsrr_rules_free(rs);
+
+    rs = parse("{\"rules\": []}");
+    CHECK(rs && rs->count == 0);
+    wsrr_rules_free(rs);
+}
+
+static void test_refused(void)
+{
+    REFUSED("{\"rules\": [", "not JSON", "line 1");
+    REFUSED("{\"rules\": []} x", "more text after");
+    REFUSED("[]", "expected an object");
+    REFUSED("{}", "rules: missing");
+    REFUSED("{\"rule\": []}", "unknown key 'rule'", "known: seed, rules");
+    REFUSED("{\"seed\": -1, \"rules\": []}", "seed", "whole number");
+    REFUSED("{\"seed\": \"12x\", \"rules\": []}", "seed", "whole number");
+    REFUSED("{\"rules\": [{\"action\": {\"drop\": {}}}]}", "rules[0]", "name: missing");
+    REFUSED("{\"rules\": [{\"name\": \"a b\", \"action\": {\"drop\": {}}}]}", "rules[0]",
+            "name: expected 1-64 letters");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"drop\": {}}}, {\"name\": \"x\", "
+            "\"action\": {\"drop\": {}}}]}",
+            "rule 'x' (rules[1])", "names must be unique");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"mtach\": {}, \"action\": {\"drop\": {}}}]}",
+            "rule 'x' (rules[0])", "unknown key 'mtach'");
+    REFUSED("{\"rules\": [{\"name\": \"x\"}]}", "rule 'x'", "action: missing");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"json\": {\"a\": 1}, \"json\": {\"b\": "
+            "2}}, \"action\": {\"drop\": {}}}]}",
+            "match: 'json' given twice");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"explode\": {}}}]}",
+            "action: unknown action 'explode'");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"drop\": {}, \"delay\": {\"ms\": 1}}}]}",
+            "action: expected an object with exactly one action");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"delay\": {}}}]}",
+            "action.delay: missing 'ms'");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"delay\": {\"ms\": -5}}}]}",
+            "action.delay.ms: expected a whole number from 0 to 86400000, got -5");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"delay\": {\"ms\": 1.5}}}]}",
+            "action.delay.ms", "got 1.5");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"delay\": {\"ms\": 1, \"jiter\": 2}}}]}",
+            "action.delay: unknown key 'jiter'", "known: ms, jitter_ms");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"close\": {\"code\": 70000}}}]}",
+            "action.close.code", "0 to 65535");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"close\": {\"code\": 1000, \"to\": "
+            "\"upstream\"}}}]}",
+            "action.close.to: expected client, server or both");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"fragment\": {\"frames\": 1}}}]}",
+            "action.fragment.frames", "from 2");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"replace\": {}}}]}",
+            "action.replace: expected payload, payload_b64 or json");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"replace\": {\"payload\": \"a\", "
+            "\"payload_b64\": \"YQ==\"}}}]}",
+            "payload and payload_b64 together");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"inject\": {\"payload_b64\": \"A\"}}}]}",
+            "action.inject.payload_b64", "base64");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"inject\": {\"opcode\": \"data\"}}}]}",
+            "action.inject.opcode", "expected text, binary");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"reject\": {\"status\": 99}}}]}",
+            "action.reject.status", "from 100 to 599");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"headers\": {\"request\": {\"set\": "
+            "{\"X\": 1}}}}}]}",
+            "action.headers.request.set.X: expected a string");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"direction\": \"up\"}, \"action\": "
+            "{\"drop\": {}}}]}",
+            "match.direction: expected client (sent by the client) or server");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"opcode\": \"txt\"}, \"action\": "
+            "{\"drop\": {}}}]}",
+            "match.opcode: expected text, binary, continuation, close, ping, pong, data, control");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"regex\": \"(a\"}, \"action\": "
+            "{\"drop\": {}}}]}",
+            "match.regex: not a POSIX extended regular expression");
+    /* regular expressions glibc would compile into gigabytes */
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"regex\": \"^x[0-9]++++\"}, \"action\": "
+            "{\"drop\": {}}}]}",
+            "match.regex: refused: two repetition operators in a row");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"regex\": \"((a{99}){99}){99}\"}, "
+            "\"action\": {\"drop\": {}}}]}",
+            "match.regex: refused: too much repetition");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"regex\": \"a{1000}\"}, \"action\": "
+            "{\"drop\": {}}}]}",
+            "repeat count over 255");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"json\": {\"a..b\": 1}}, \"action\": "
+            "{\"drop\": {}}}]}",
+            "match.json.a..b: expected a dotted path");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"json\": {\"a\": {\"exist\": true}}}, "
+            "\"action\": {\"drop\": {}}}]}",
+            "match.json.a");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"probability\": 1.5}, \"action\": "
+            "{\"drop\": {}}}]}",
+            "match.probability: expected a number from 0 to 1");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"after_rule\": \"y\"}, \"action\": "
+            "{\"drop\": {}}}]}",
+            "rule 'x' (rules[0]): match.after_rule: no rule is named 'y'");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"after_rule\": \"x\"}, \"action\": "
+            "{\"drop\": {}}}]}",
+            "cannot wait for itself");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"conn\": []}, \"action\": {\"drop\": "
+            "{}}}]}",
+            "match.conn");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"match\": {\"opcode\": \"text\"}, \"action\": "
+            "{\"reject\": {\"status\": 401}}}]}",
+            "reject acts on the handshake");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"close\": {\"code\": 1000, \"reason\": "
+            "\"0123456789012345678901234567890123456789012345678901234567890123456789012345678901"
+            "234567890123456789012345678901234567890123\"}}}]}",
+            "at most 123");
+}
+
+static void test_load(void)
+{
+    char err2[512];
+    struct wsrr_rules *rs = wsrr_rules_load("/nonexistent/rules.json", err2, sizeof(err2));
+    CHECK(!rs);
+    CHECK_MSG(strstr(err2, "/nonexistent/rules.json: No such file"), "%s", err2);
+}
+
+int main(void)
+{
+    test_example();
+    test_every_action();
+    test_match();
+    test_refused();
+    test_load();
+    return check_finish("test_rules");
+}
