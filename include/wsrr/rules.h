@@ -97,6 +97,7 @@ struct wsrr_match {
 struct wsrr_rule {
     char *name;
     bool enabled;
+    uint64_t fired; /* times it fired in all (kept by wsrr_rules_on_*) */
     uint64_t limit; /* at most this many times in all; 0 = no limit */
     uint64_t limit_per_conn;
     struct wsrr_match match;
@@ -125,5 +126,51 @@ int wsrr_rules_find(const struct wsrr_rules *r, const char *name);
 
 const char *wsrr_action_name(enum wsrr_action_kind k);
 enum wsrr_action_scope wsrr_action_scope(enum wsrr_action_kind k);
+
+/* ---- deciding ---- */
+
+struct wsrr_http_head;
+
+/* A connection as the rules see it when it opens. */
+struct wsrr_conn_info {
+    uint64_t ordinal;                     /* 1 = the first connection accepted */
+    const char *path;                     /* the request target */
+    const char *client;                   /* "IP:port" */
+    const struct wsrr_http_head *request; /* the upgrade request (only read here) */
+};
+
+/* A message as the rules see it. */
+struct wsrr_msg_info {
+    int dir;                /* WSRR_DIR_C2S: sent by the client */
+    uint8_t opcode;         /* of its first frame */
+    uint64_t nth;           /* 1-based, per direction on the connection */
+    const uint8_t *payload; /* what the application sees (inflated) */
+    size_t len;
+    uint64_t since_open_ms;
+};
+
+/* Per connection: which rules its open-time conditions let through, and
+ * per rule the matches seen and the times fired. */
+struct wsrr_rules_conn;
+
+struct wsrr_rules_conn *wsrr_rules_conn_new(const struct wsrr_rules *rs,
+                                            const struct wsrr_conn_info *ci);
+void wsrr_rules_conn_free(struct wsrr_rules_conn *rc);
+
+/* The first rule, in file order, with a handshake action that fires for
+ * this connection; -1 for none. Counts the firing. */
+int wsrr_rules_on_handshake(struct wsrr_rules *rs, struct wsrr_rules_conn *rc);
+
+/* The first rule, in file order, with a message or connection action that
+ * fires for this message; -1 for none. Rules after it do not see the
+ * message. Counts matches (for skip) and firings (for the limits and
+ * after_rule). */
+int wsrr_rules_on_message(struct wsrr_rules *rs, struct wsrr_rules_conn *rc,
+                          const struct wsrr_msg_info *m);
+
+/* A number in [0, 1) that depends only on the seed, the rule's name, the
+ * connection's ordinal, the direction and the message's ordinal: the same
+ * traffic with the same seed draws the same numbers, whatever else flows. */
+double wsrr_rules_draw(uint64_t seed, const char *rule, uint64_t conn, int dir, uint64_t nth);
 
 #endif

@@ -33,6 +33,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (r->action.kind == WSRR_ACT_CLOSE && r->action.text_len > 123)
             abort();
     }
+    /* and decide over the input itself as a message, both ways, a few
+     * ordinals: the regex, JSON and glob paths see arbitrary payloads */
+    struct wsrr_conn_info ci = {1, "/fuzz", "127.0.0.1:1", NULL};
+    struct wsrr_rules_conn *rc = wsrr_rules_conn_new(rs, &ci);
+    for (uint64_t n = 1; rc && n <= 3; n++)
+        for (int dir = 0; dir < 2; dir++) {
+            struct wsrr_msg_info m = {dir, (uint8_t)(n == 3 ? 9 : 1), n, data, size, 1000 * n};
+            int k = wsrr_rules_on_message(rs, rc, &m);
+            if (k >= (int)rs->count ||
+                (k >= 0 && wsrr_action_scope(rs->rules[k].action.kind) == WSRR_SCOPE_HANDSHAKE))
+                abort();
+        }
+    if (rc && wsrr_rules_on_handshake(rs, rc) >= (int)rs->count)
+        abort();
+    wsrr_rules_conn_free(rc);
     wsrr_rules_free(rs);
     return 0;
 }

@@ -1,6 +1,7 @@
 /* test_rules.c — rules files: what parses into what, and what is refused
  * with which message (rule, JSON path, what was expected). */
 #include "check.h"
+#include "wsrr/handshake.h"
 #include "wsrr/rules.h"
 
 static char err[512];
@@ -253,6 +254,156 @@ static void test_load(void)
     CHECK_MSG(strstr(err2, "/nonexistent/rules.json: No such file"), "%s", err2);
 }
 
+/* ---- deciding ---- */
+
+static struct wsrr_msg_info msg(int dir, uint8_t opcode, uint64_t nth, const char *payload)
+{
+    return (struct wsrr_msg_info){dir, opcode, nth, (const uint8_t *)payload, strlen(payload), 0};
+}
+
+static void test_decide_example(void)
+{
+    struct wsrr_rules *rs = parse(crash_after_second);
+    REQUIRE(rs);
+    /* two connections interleaved: each gets its own second tool_executing */
+    struct wsrr_conn_info ci1 = {1, "/v1/agent", "127.0.0.1:5000", NULL};
+    struct wsrr_conn_info ci2 = {2, "/v1/agent", "127.0.0.1:5001", NULL};
+    struct wsrr_rules_conn *a = wsrr_rules_conn_new(rs, &ci1), *b = wsrr_rules_conn_new(rs, &ci2);
+    REQUIRE(a && b);
+    const char *ev[] = {"{\"type\":\"agent_started\"}", "{\"type\":\"tool_executing\",\"step\":1}",
+                        "{\"type\":\"tool_executing\",\"step\":2}",
+                        "{\"type\":\"tool_executing\",\"step\":3}"};
+    int fired_a[4], fired_b[4];
+    for (int i = 0; i < 4; i++) {
+        struct wsrr_msg_info m = msg(WSRR_DIR_S2C, 1, (uint64_t)i + 1, ev[i]);
+        fired_a[i] = wsrr_rules_on_message(rs, a, &m);
+        /* the client's messages never match (direction) */
+        struct wsrr_msg_info up = msg(WSRR_DIR_C2S, 1, (uint64_t)i + 1, ev[i]);
+        CHECK_INT(wsrr_rules_on_message(rs, b, &up), -1);
+        fired_b[i] = wsrr_rules_on_message(rs, b, &m);
+    }
+    for (int i = 0; i < 4; i++) {
+        CHECK_INT(fired_a[i], i == 2 ? 0 : -1); /* the second tool_executing, once */
+        CHECK_INT(fired_b[i], i == 2 ? 0 : -1);
+    }
+    CHECK_INT(rs->rules[0].fired, 2);
+    struct wsrr_msg_info bin = msg(WSRR_DIR_S2C, 2, 9, ev[1]); /* binary: not "text" */
+    struct wsrr_rules_conn *c3 = wsrr_rules_conn_new(rs, &ci1);
+    CHECK_INT(wsrr_rules_on_message(rs, c3, &bin), -1);
+    CHECK_INT(wsrr_rules_on_message(rs, c3, &bin), -1);
+    wsrr_rules_conn_free(a);
+    wsrr_rules_conn_free(b);
+    wsrr_rules_conn_free(c3);
+    wsrr_rules_free(rs);
+}
+
+static void test_decide_conditions(void)
+{
+    struct wsrr_rules *rs = parse(
+        "{\"seed\": 1, \"rules\": ["
+        "{\"name\": \"hs\", \"match\": {\"path\": \"/admin/*\"}, \"action\": {\"reject\": "
+        "{\"status\": 403}}},"
+        "{\"name\": \"auth\", \"match\": {\"header\": {\"Authorization\": \"Bearer bad*\"}}, "
+        "\"action\": {\"reject\": {\"status\": 401}}},"
+        "{\"name\": \"nth3\", \"match\": {\"nth\": 3, \"direction\": \"client\"}, \"action\": "
+        "{\"drop\": {}}},"
+        "{\"name\": \"grep\", \"match\": {\"contains\": \"boom\"}, \"limit\": 1, \"action\": "
+        "{\"drop\": {}}},"
+        "{\"name\": \"re\", \"match\": {\"regex\": \"^step [0-9]+$\"}, \"action\": {\"drop\": "
+        "{}}},"
+        "{\"name\": \"js\", \"match\": {\"json\": {\"a.b.0\": true, \"err\": {\"exists\": "
+        "false}}}, \"action\": {\"drop\": {}}},"
+        "{\"name\": \"then\", \"match\": {\"after_rule\": \"js\", \"opcode\": \"control\"}, "
+        "\"action\": {\"drop\": {}}}"
+        "]}");
+    CHECK_MSG(rs, "%s", err);
+    if (!rs)
+        return;
+    /* handshake rules see the path and the request's headers */
+    struct wsrr_http_parser hp;
+    const char *req = "GET /v1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer bad-token\r\n\r\n";
+    wsrr_http_parser_init(&hp, false, 0, 0);
+    REQUIRE(wsrr_http_parse(&hp, (const uint8_t *)req, strlen(req)) > 0);
+    struct wsrr_conn_info admin = {1, "/admin/users", "127.0.0.1:1", NULL};
+    struct wsrr_conn_info bad = {2, "/v1", "127.0.0.1:2", wsrr_http_parser_head(&hp)};
+    struct wsrr_conn_info good = {3, "/v1", "127.0.0.1:3", NULL};
+    struct wsrr_rules_conn *ca = wsrr_rules_conn_new(rs, &admin);
+    struct wsrr_rules_conn *cb = wsrr_rules_conn_new(rs, &bad);
+    struct wsrr_rules_conn *cg = wsrr_rules_conn_new(rs, &good);
+    wsrr_http_parser_finish(&hp); /* the rules keep nothing of the head */
+    CHECK_INT(wsrr_rules_on_handshake(rs, ca), 0);
+    CHECK_INT(wsrr_rules_on_handshake(rs, cb), 1);
+    CHECK_INT(wsrr_rules_on_handshake(rs, cg), -1);
+
+    struct wsrr_msg_info m = msg(WSRR_DIR_C2S, 1, 3, "hello");
+    CHECK_INT(wsrr_rules_on_message(rs, cg, &m), 2); /* nth 3 from the client */
+    m = msg(WSRR_DIR_S2C, 1, 3, "hello");
+    CHECK_INT(wsrr_rules_on_message(rs, cg, &m), -1);
+    m = msg(WSRR_DIR_S2C, 1, 4, "a boom here");
+    CHECK_INT(wsrr_rules_on_message(rs, cg, &m), 3);
+    CHECK_INT(wsrr_rules_on_message(rs, cb, &m), -1); /* limit 1, in all */
+    m = msg(WSRR_DIR_S2C, 1, 5, "step 12");
+    CHECK_INT(wsrr_rules_on_message(rs, cg, &m), 4);
+    m = msg(WSRR_DIR_S2C, 1, 6, "step 12 and more");
+    CHECK_INT(wsrr_rules_on_message(rs, cg, &m), -1);
+    m = msg(WSRR_DIR_S2C, 9, 7, "{}");
+    CHECK_INT(wsrr_rules_on_message(rs, cg, &m), -1); /* 'then' waits for 'js' */
+    m = msg(WSRR_DIR_S2C, 1, 8, "{\"a\": {\"b\": [true]}, \"err\": 1}");
+    CHECK_INT(wsrr_rules_on_message(rs, cg, &m), -1); /* err exists */
+    m = msg(WSRR_DIR_S2C, 1, 9, "{\"a\": {\"b\": [true, false]}}");
+    CHECK_INT(wsrr_rules_on_message(rs, cg, &m), 5);
+    m = msg(WSRR_DIR_S2C, 9, 10, "");
+    CHECK_INT(wsrr_rules_on_message(rs, cg, &m), 6);
+    CHECK_INT(wsrr_rules_on_message(rs, cb, &m), -1); /* js never fired on that one */
+    wsrr_rules_conn_free(ca);
+    wsrr_rules_conn_free(cb);
+    wsrr_rules_conn_free(cg);
+    wsrr_rules_free(rs);
+}
+
+/* The same seed over the same traffic fires the same messages, whatever
+ * other connections do in between; another seed fires others. */
+static void test_decide_seeded(void)
+{
+    char buf[256];
+    uint64_t pattern[3] = {0};
+    for (int run = 0; run < 3; run++) {
+        snprintf(buf, sizeof(buf),
+                 "{\"seed\": %d, \"rules\": [{\"name\": \"coin\", \"match\": "
+                 "{\"probability\": 0.3}, \"action\": {\"drop\": {}}}]}",
+                 run == 2 ? 8 : 7);
+        struct wsrr_rules *rs = parse(buf);
+        REQUIRE(rs);
+        struct wsrr_conn_info ci = {5, "/", "c", NULL}, other = {6, "/", "d", NULL};
+        struct wsrr_rules_conn *c = wsrr_rules_conn_new(rs, &ci);
+        struct wsrr_rules_conn *o = wsrr_rules_conn_new(rs, &other);
+        int hits = 0;
+        for (uint64_t n = 1; n <= 64; n++) {
+            /* run 1 interleaves another connection's traffic */
+            if (run == 1)
+                for (int k = 0; k < 3; k++) {
+                    struct wsrr_msg_info om = msg(WSRR_DIR_C2S, 1, n * 3 + (uint64_t)k, "x");
+                    wsrr_rules_on_message(rs, o, &om);
+                }
+            struct wsrr_msg_info m = msg(WSRR_DIR_S2C, 1, n, "x");
+            if (wsrr_rules_on_message(rs, c, &m) == 0) {
+                pattern[run] |= 1ull << (n - 1);
+                hits++;
+            }
+        }
+        CHECK_MSG(hits > 8 && hits < 32, "about 30%% of 64 fire: %d", hits);
+        wsrr_rules_conn_free(c);
+        wsrr_rules_conn_free(o);
+        wsrr_rules_free(rs);
+    }
+    CHECK(pattern[0] == pattern[1]);
+    CHECK(pattern[0] != pattern[2]);
+    CHECK(wsrr_rules_draw(7, "coin", 5, WSRR_DIR_S2C, 1) ==
+          wsrr_rules_draw(7, "coin", 5, WSRR_DIR_S2C, 1));
+    CHECK(wsrr_rules_draw(7, "coin", 5, WSRR_DIR_S2C, 1) !=
+          wsrr_rules_draw(7, "coin2", 5, WSRR_DIR_S2C, 1));
+}
+
 int main(void)
 {
     test_example();
@@ -260,5 +411,8 @@ int main(void)
     test_match();
     test_refused();
     test_load();
+    test_decide_example();
+    test_decide_conditions();
+    test_decide_seeded();
     return check_finish("test_rules");
 }

@@ -1,0 +1,269 @@
+/* rules_match.c — deciding which rule fires for a connection or a message.
+ *
+ * Conditions are tried cheapest first; the payload is parsed as JSON only
+ * when every other condition of the rule holds. Randomness is a hash of the
+ * seed, the rule's name and the message's coordinates (connection ordinal,
+ * direction, ordinal), never a generator advanced by traffic, so a decision
+ * does not depend on anything else that flows.
+ */
+#include "wsrr/handshake.h"
+#include "wsrr/rules.h"
+
+#include <fnmatch.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+struct per_rule {
+    bool conn_ok;     /* the open-time conditions (conn, path, client, header) hold */
+    uint64_t matched; /* messages that met the conditions (for skip) */
+    uint64_t fired;
+};
+
+struct wsrr_rules_conn {
+    uint64_t ordinal;
+    size_t count;
+    struct per_rule r[];
+};
+
+/* ---- randomness ---- */
+
+static uint64_t mix(uint64_t z)
+{
+    /* splitmix64's finaliser */
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+double wsrr_rules_draw(uint64_t seed, const char *rule, uint64_t conn, int dir, uint64_t nth)
+{
+    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a of the name */
+    for (const char *p = rule; *p; p++)
+        h = (h ^ (uint8_t)*p) * 0x100000001b3ull;
+    uint64_t z = mix(seed ^ mix(h));
+    z = mix(z ^ conn);
+    z = mix(z ^ (uint64_t)(dir + 1));
+    z = mix(z ^ nth);
+    return (double)(z >> 11) * 0x1.0p-53;
+}
+
+/* ---- the connection ---- */
+
+static bool header_ok(const cJSON *want, const struct wsrr_http_head *h)
+{
+    for (const cJSON *e = want ? want->child : NULL; e; e = e->next) {
+        if (!h)
+            return false;
+        bool any = false;
+        /* every field of that name is a candidate */
+        for (size_t i = 0; i < h->nfields && !any; i++) {
+            const struct wsrr_http_field *g = &h->fields[i];
+            if (g->name_len != strlen(e->string) || strncasecmp(g->name, e->string, g->name_len))
+                continue;
+            char v[1024];
+            size_t k = g->value_len < sizeof(v) - 1 ? g->value_len : sizeof(v) - 1;
+            memcpy(v, g->value, k);
+            v[k] = '\0';
+            any = fnmatch(e->valuestring, v, 0) == 0;
+        }
+        if (!any)
+            return false;
+    }
+    return true;
+}
+
+struct wsrr_rules_conn *wsrr_rules_conn_new(const struct wsrr_rules *rs,
+                                            const struct wsrr_conn_info *ci)
+{
+    struct wsrr_rules_conn *rc = calloc(1, sizeof(*rc) + rs->count * sizeof(rc->r[0]));
+    if (!rc)
+        return NULL;
+    rc->ordinal = ci->ordinal;
+    rc->count = rs->count;
+    for (size_t i = 0; i < rs->count; i++) {
+        const struct wsrr_match *m = &rs->rules[i].match;
+        bool ok = true;
+        if (m->nconns) {
+            ok = false;
+            for (size_t k = 0; k < m->nconns && !ok; k++)
+                ok = m->conns[k] == ci->ordinal;
+        }
+        if (ok && m->path)
+            ok = ci->path && fnmatch(m->path, ci->path, 0) == 0;
+        if (ok && m->client)
+            ok = ci->client && fnmatch(m->client, ci->client, 0) == 0;
+        if (ok && m->headers)
+            ok = header_ok(m->headers, ci->request);
+        rc->r[i].conn_ok = ok;
+    }
+    return rc;
+}
+
+void wsrr_rules_conn_free(struct wsrr_rules_conn *rc)
+{
+    free(rc);
+}
+
+/* ---- messages ---- */
+
+/* The node at a dotted path ("data.items.0.type"); digits index arrays. */
+static const cJSON *at_path(const cJSON *j, const char *path)
+{
+    char seg[256];
+    const char *p = path;
+    while (j && *p) {
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        if (n >= sizeof(seg))
+            return NULL;
+        memcpy(seg, p, n);
+        seg[n] = '\0';
+        if (cJSON_IsObject(j)) {
+            j = cJSON_GetObjectItemCaseSensitive(j, seg);
+        } else if (cJSON_IsArray(j) && n > 0 && strspn(seg, "0123456789") == n && n < 10) {
+            j = cJSON_GetArrayItem(j, atoi(seg));
+        } else {
+            return NULL;
+        }
+        p = dot ? dot + 1 : p + n;
+    }
+    return j;
+}
+
+static bool same_value(const cJSON *want, const cJSON *got)
+{
+    if (!got)
+        return false;
+    if (cJSON_IsString(want))
+        return cJSON_IsString(got) && strcmp(want->valuestring, got->valuestring) == 0;
+    if (cJSON_IsNumber(want))
+        return cJSON_IsNumber(got) && want->valuedouble == got->valuedouble;
+    if (cJSON_IsBool(want))
+        return cJSON_IsBool(got) && cJSON_IsTrue(want) == cJSON_IsTrue(got);
+    if (cJSON_IsNull(want))
+        return cJSON_IsNull(got);
+    return false;
+}
+
+static bool json_ok(const cJSON *want, const struct wsrr_msg_info *m)
+{
+    cJSON *doc = cJSON_ParseWithLength((const char *)m->payload, m->len);
+    if (!doc)
+        return false;
+    bool ok = true;
+    for (const cJSON *e = want->child; e && ok; e = e->next) {
+        const cJSON *got = at_path(doc, e->string);
+        if (cJSON_IsObject(e))
+            ok = (got != NULL) == cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "exists"));
+        else
+            ok = same_value(e, got);
+    }
+    cJSON_Delete(doc);
+    return ok;
+}
+
+/* regexec wants a C string: the payload is copied with a NUL after it
+ * (sanitizers' regexec reads up to a NUL even with REG_STARTEND), and
+ * REG_STARTEND, where the C library has it, lets the expression see bytes
+ * after an embedded NUL too. */
+static bool regex_ok(const regex_t *re, const struct wsrr_msg_info *m)
+{
+    char small[512];
+    char *s = m->len < sizeof(small) ? small : malloc(m->len + 1);
+    if (!s)
+        return false;
+    memcpy(s, m->payload, m->len);
+    s[m->len] = '\0';
+#ifdef REG_STARTEND
+    regmatch_t span = {0, (regoff_t)m->len};
+    bool ok = regexec(re, s, 1, &span, REG_STARTEND) == 0;
+#else
+    bool ok = regexec(re, s, 0, NULL, 0) == 0;
+#endif
+    if (s != small)
+        free(s);
+    return ok;
+}
+
+/* Every condition of the rule on this message, cheapest first. */
+static bool message_ok(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc,
+                       const struct wsrr_rule *r, const struct wsrr_msg_info *m)
+{
+    const struct wsrr_match *c = &r->match;
+    (void)rs;
+    if (c->direction >= 0 && c->direction != m->dir)
+        return false;
+    if (c->opcodes && !(c->opcodes & (1u << (m->opcode & 15))))
+        return false;
+    if (c->nth && c->nth != m->nth)
+        return false;
+    if (c->after_ms && m->since_open_ms < c->after_ms)
+        return false;
+    if (c->after_rule >= 0 && rc->r[c->after_rule].fired == 0)
+        return false;
+    if (c->contains && !memmem(m->payload, m->len, c->contains, c->contains_len))
+        return false;
+    if (c->regex_src && !regex_ok(&c->regex, m))
+        return false;
+    if (c->json && !json_ok(c->json, m))
+        return false;
+    return true;
+}
+
+static bool under_limits(const struct wsrr_rule *r, const struct per_rule *pr)
+{
+    return (!r->limit || r->fired < r->limit) &&
+           (!r->limit_per_conn || pr->fired < r->limit_per_conn);
+}
+
+static void count_firing(struct wsrr_rule *r, struct per_rule *pr)
+{
+    r->fired++;
+    pr->fired++;
+}
+
+int wsrr_rules_on_message(struct wsrr_rules *rs, struct wsrr_rules_conn *rc,
+                          const struct wsrr_msg_info *m)
+{
+    for (size_t i = 0; i < rs->count && i < rc->count; i++) {
+        struct wsrr_rule *r = &rs->rules[i];
+        struct per_rule *pr = &rc->r[i];
+        if (!r->enabled || !pr->conn_ok ||
+            wsrr_action_scope(r->action.kind) == WSRR_SCOPE_HANDSHAKE)
+            continue;
+        if (!under_limits(r, pr) || !message_ok(rs, rc, r, m))
+            continue;
+        if (++pr->matched <= r->match.skip)
+            continue;
+        if (r->match.probability < 1 &&
+            wsrr_rules_draw(rs->seed, r->name, rc->ordinal, m->dir, m->nth) >= r->match.probability)
+            continue;
+        count_firing(r, pr);
+        return (int)i;
+    }
+    return -1;
+}
+
+int wsrr_rules_on_handshake(struct wsrr_rules *rs, struct wsrr_rules_conn *rc)
+{
+    for (size_t i = 0; i < rs->count && i < rc->count; i++) {
+        struct wsrr_rule *r = &rs->rules[i];
+        struct per_rule *pr = &rc->r[i];
+        if (!r->enabled || !pr->conn_ok ||
+            wsrr_action_scope(r->action.kind) != WSRR_SCOPE_HANDSHAKE)
+            continue;
+        if (!under_limits(r, pr))
+            continue;
+        if (r->match.after_rule >= 0 && rc->r[r->match.after_rule].fired == 0)
+            continue;
+        /* the handshake is message 0 of the client's direction */
+        if (r->match.probability < 1 && wsrr_rules_draw(rs->seed, r->name, rc->ordinal,
+                                                        WSRR_DIR_C2S, 0) >= r->match.probability)
+            continue;
+        count_firing(r, pr);
+        return (int)i;
+    }
+    return -1;
+}
