@@ -766,9 +766,6 @@ static bool parse_rule(struct ctx *c, size_t i, const cJSON *v, struct wsrr_rule
                                        "limit_per_conn", "enabled", NULL};
     snprintf(c->where, sizeof(c->where), "rules[%zu]", i);
     r->enabled = true;
-    r->match.direction = -1;
-    r->match.after_rule = -1;
-    r->match.probability = 1;
     if (!cJSON_IsObject(v))
         return expected(c, "", "a rule object", v);
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(v, "name");

@@ -188,11 +188,10 @@ static bool regex_ok(const regex_t *re, const struct wsrr_msg_info *m)
 }
 
 /* Every condition of the rule on this message, cheapest first. */
-static bool message_ok(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc,
-                       const struct wsrr_rule *r, const struct wsrr_msg_info *m)
+static bool message_ok(const struct wsrr_rules_conn *rc, const struct wsrr_rule *r,
+                       const struct wsrr_msg_info *m)
 {
     const struct wsrr_match *c = &r->match;
-    (void)rs;
     if (c->direction >= 0 && c->direction != m->dir)
         return false;
     if (c->opcodes && !(c->opcodes & (1u << (m->opcode & 15))))
@@ -218,10 +217,18 @@ static bool under_limits(const struct wsrr_rule *r, const struct per_rule *pr)
            (!r->limit_per_conn || pr->fired < r->limit_per_conn);
 }
 
-static void count_firing(struct wsrr_rule *r, struct per_rule *pr)
+/* Rule i met its conditions on message (dir, nth): does the seeded draw let
+ * it fire? If so, count the firing. */
+static bool fires(struct wsrr_rules *rs, struct wsrr_rules_conn *rc, size_t i, int dir,
+                  uint64_t nth)
 {
+    struct wsrr_rule *r = &rs->rules[i];
+    if (r->match.probability < 1 &&
+        wsrr_rules_draw(rs->seed, r->name, rc->ordinal, dir, nth) >= r->match.probability)
+        return false;
     r->fired++;
-    pr->fired++;
+    rc->r[i].fired++;
+    return true;
 }
 
 int wsrr_rules_on_message(struct wsrr_rules *rs, struct wsrr_rules_conn *rc,
@@ -233,15 +240,12 @@ int wsrr_rules_on_message(struct wsrr_rules *rs, struct wsrr_rules_conn *rc,
         if (!r->enabled || !pr->conn_ok ||
             wsrr_action_scope(r->action.kind) == WSRR_SCOPE_HANDSHAKE)
             continue;
-        if (!under_limits(r, pr) || !message_ok(rs, rc, r, m))
+        if (!under_limits(r, pr) || !message_ok(rc, r, m))
             continue;
         if (++pr->matched <= r->match.skip)
             continue;
-        if (r->match.probability < 1 &&
-            wsrr_rules_draw(rs->seed, r->name, rc->ordinal, m->dir, m->nth) >= r->match.probability)
-            continue;
-        count_firing(r, pr);
-        return (int)i;
+        if (fires(rs, rc, i, m->dir, m->nth))
+            return (int)i;
     }
     return -1;
 }
@@ -259,11 +263,8 @@ int wsrr_rules_on_handshake(struct wsrr_rules *rs, struct wsrr_rules_conn *rc)
         if (r->match.after_rule >= 0 && rc->r[r->match.after_rule].fired == 0)
             continue;
         /* the handshake is message 0 of the client's direction */
-        if (r->match.probability < 1 && wsrr_rules_draw(rs->seed, r->name, rc->ordinal,
-                                                        WSRR_DIR_C2S, 0) >= r->match.probability)
-            continue;
-        count_firing(r, pr);
-        return (int)i;
+        if (fires(rs, rc, i, WSRR_DIR_C2S, 0))
+            return (int)i;
     }
     return -1;
 }

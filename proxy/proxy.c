@@ -123,7 +123,7 @@ struct conn {
     bool eof[2];                /* the source of that direction sent FIN */
     bool paused[2];             /* reading that direction's source is paused (backpressure) */
     bool shut[2];               /* we shut down writing towards that direction's destination */
-    int io_err[2];              /* errno of our own write to that leg's socket (direct_write) */
+    int io_err[2];              /* errno of our own send to that leg's socket (sent()) */
     uint64_t bytes[2];
     uint64_t t_start;
     int status; /* the response status */
@@ -360,7 +360,7 @@ static bool failure_reason(struct conn *c, enum wsrr_dir leg, char *out, size_t 
 {
     struct bufferevent *b = c->bev[leg];
     unsigned long e = c->tls[leg] ? bufferevent_get_openssl_error(b) : 0;
-    /* a reset our direct_write() met is reported once; the bufferevent's
+    /* a reset our own send met (sent()) is reported once; the bufferevent's
      * next write then only sees EPIPE */
     *err = c->io_err[leg] ? c->io_err[leg] : EVUTIL_SOCKET_ERROR();
     if (e || (c->tls[leg] && !*err)) {
@@ -681,6 +681,31 @@ static void set_reading(struct conn *c, enum wsrr_dir d, bool on)
  * instead and append what came (exact-size chains, as evbuffer_read makes);
  * the bufferevent still does all the writing. End of stream, errors and the
  * idle timeout go to relay_event() as the bufferevent would report them. */
+/* The socket to send dir's bytes to at once, or -1 when they must queue:
+ * a TLS destination, one we shut down or saw fail, or output already
+ * waiting there (order). */
+static evutil_socket_t send_fd(struct conn *c, enum wsrr_dir dir)
+{
+    enum wsrr_dir leg = other(dir);
+    struct bufferevent *dst = c->bev[leg];
+    if (!dst || c->tls[leg] || c->shut[dir] || c->io_err[leg] ||
+        evbuffer_get_length(bufferevent_get_output(dst)))
+        return -1;
+    return bufferevent_getfd(dst);
+}
+
+/* What a send towards dir's destination returned, as bytes taken (0 when it
+ * would block). A failure is kept for the record: the bufferevent's next
+ * write fails too and reports it, and a reset must not become EPIPE. */
+static size_t sent(struct conn *c, enum wsrr_dir dir, ssize_t r)
+{
+    if (r >= 0)
+        return (size_t)r;
+    if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        c->io_err[other(dir)] = errno;
+    return 0;
+}
+
 /* Bytes just read, with nothing of that direction waiting on either side:
  * record them and send them on from the scratch buffer; only what the
  * destination does not take goes into its output buffer. Returns false when
@@ -688,25 +713,15 @@ static void set_reading(struct conn *c, enum wsrr_dir d, bool on)
 static bool pass_through(struct conn *c, enum wsrr_dir d, struct evbuffer *in, const uint8_t *p,
                          size_t n)
 {
-    enum wsrr_dir leg = other(d);
-    struct bufferevent *dst = c->bev[leg];
-    if (c->state != CS_RELAY || !dst || c->tls[leg] || c->shut[d] || c->io_err[leg] ||
-        evbuffer_get_length(in))
-        return false;
-    struct evbuffer *out = bufferevent_get_output(dst);
-    if (evbuffer_get_length(out))
+    evutil_socket_t fd = c->state == CS_RELAY && !evbuffer_get_length(in) ? send_fd(c, d) : -1;
+    if (fd < 0)
         return false;
     feed_tap(c, d, p, n);
     c->bytes[d] += n;
     c->p->st.bytes[d] += n;
-    ssize_t w = send(bufferevent_getfd(dst), p, n, MSG_NOSIGNAL);
-    if (w < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            c->io_err[leg] = errno; /* the bufferevent's write reports it */
-        w = 0;
-    }
+    ssize_t w = sent(c, d, send(fd, p, n, MSG_NOSIGNAL));
     if ((size_t)w < n) {
-        evbuffer_add(out, p + w, n - (size_t)w);
+        evbuffer_add(bufferevent_get_output(c->bev[other(d)]), p + w, n - (size_t)w);
         check_backpressure(c, d);
     }
     return true;
@@ -1015,15 +1030,9 @@ static void topup_read(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, s
  * the socket does not take stays in `in` and goes through the bufferevent. */
 static void direct_write(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
 {
-    enum wsrr_dir leg = other(dir);
-    if (c->tls[leg] || c->shut[dir] || c->io_err[leg])
-        return;
-    evutil_socket_t fd = bufferevent_getfd(c->bev[leg]);
-    if (fd < 0)
-        return;
-    if (evbuffer_write_atmost(in, fd, TOPUP_MAX) < 0 && errno != EAGAIN && errno != EWOULDBLOCK &&
-        errno != EINTR)
-        c->io_err[leg] = errno; /* the bufferevent's write will fail too, and report it */
+    evutil_socket_t fd = send_fd(c, dir);
+    if (fd >= 0)
+        sent(c, dir, evbuffer_write_atmost(in, fd, TOPUP_MAX));
 }
 
 /* The destination of dir does not keep up: stop reading the source until
@@ -1068,8 +1077,7 @@ static void relay(struct conn *c, enum wsrr_dir dir)
         feed_tap_buffer(c, dir, in, n);
         c->bytes[dir] += n;
         c->p->st.bytes[dir] += n;
-        if (evbuffer_get_length(out) == 0)
-            direct_write(c, dir, in);
+        direct_write(c, dir, in);
         if (evbuffer_get_length(in))
             evbuffer_add_buffer(out, in);
     }
