@@ -799,6 +799,8 @@ static bool parse_rule(struct ctx *c, size_t i, const cJSON *v, struct wsrr_rule
         return fail(c, "action", "missing: what should happen when the rule matches");
     if (!parse_action(c, "action", x, &r->action))
         return false;
+    if (!(r->src = cJSON_Duplicate(v, true)))
+        return fail(c, "", "out of memory");
     /* what a handshake or connection rule cannot look at */
     struct wsrr_match *m = &r->match;
     enum wsrr_action_scope sc = specs[r->action.kind].scope;
@@ -848,6 +850,7 @@ void wsrr_rules_free(struct wsrr_rules *rs)
     for (size_t i = 0; i < rs->count; i++) {
         struct wsrr_rule *r = &rs->rules[i];
         free(r->name);
+        cJSON_Delete(r->src);
         match_free(&r->match);
         free(r->action.text);
         cJSON_Delete(r->action.json);
@@ -949,6 +952,26 @@ struct wsrr_rules *wsrr_rules_parse(const char *json, size_t len, char *err, siz
         return NULL;
     }
     return rs;
+}
+
+char *wsrr_rules_to_json(const struct wsrr_rules *rs)
+{
+    cJSON *doc = cJSON_CreateObject();
+    cJSON *list = cJSON_AddArrayToObject(doc, "rules");
+    bool ok = doc && list;
+    if (ok && rs) {
+        char seed[24];
+        snprintf(seed, sizeof(seed), "%llu", (unsigned long long)rs->seed);
+        /* a string: the full 64 bits survive any JSON reader */
+        ok = cJSON_AddStringToObject(doc, "seed", seed) != NULL;
+        for (size_t i = 0; ok && i < rs->count; i++) {
+            cJSON *r = cJSON_Duplicate(rs->rules[i].src, true);
+            ok = r && cJSON_AddItemToArray(list, r);
+        }
+    }
+    char *out = ok ? cJSON_Print(doc) : NULL;
+    cJSON_Delete(doc);
+    return out;
 }
 
 struct wsrr_rules *wsrr_rules_load(const char *path, char *err, size_t errlen)

@@ -19,6 +19,7 @@
 #include "wsrr/handshake.h"
 #include "wsrr/log.h"
 #include "wsrr/redact.h"
+#include "wsrr/rules.h"
 #include "wsrr/tap.h"
 #include "wsrr/tls.h"
 #include "wsrr-config.h"
@@ -1560,4 +1561,68 @@ void wsrr_proxy_free(struct wsrr_proxy *p)
     if (p->keylog)
         fclose(p->keylog);
     free(p);
+}
+
+/* ---- live control ---- */
+
+int wsrr_proxy_set_rules(struct wsrr_proxy *p, struct wsrr_rules *rs)
+{
+    (void)p;
+    wsrr_rules_free(rs); /* the fault engine is not in yet (issue 4) */
+    return -1;
+}
+
+const struct wsrr_rules *wsrr_proxy_rules(const struct wsrr_proxy *p)
+{
+    (void)p;
+    return NULL;
+}
+
+void wsrr_proxy_foreach_conn(const struct wsrr_proxy *p, wsrr_proxy_conn_cb cb, void *arg)
+{
+    uint64_t now = wsrr_now_ns();
+    for (const struct conn *c = p->conns; c; c = c->next) {
+        const struct wsrr_tap_state *ts = c->tap ? wsrr_tap_state(c->tap) : NULL;
+        struct wsrr_proxy_conn_info ci = {
+            .id = c->id,
+            .ordinal = c->id,
+            .client = c->client,
+            .path = "",
+            .state = c->state == CS_RELAY     ? "open"
+                     : c->state == CS_CLOSING ? "closing"
+                                              : "handshake",
+            .websocket = c->websocket && c->state == CS_RELAY,
+            .age_ms = (now - c->t_start) / 1000000,
+            .bytes = {c->bytes[0], c->bytes[1]},
+            .frames = {ts ? ts->frames[0] : 0, ts ? ts->frames[1] : 0},
+        };
+        cb(&ci, arg);
+    }
+}
+
+int wsrr_proxy_close_conn(struct wsrr_proxy *p, uint32_t id, int code, const char *reason,
+                          size_t reason_len, int to, char *err, size_t errlen)
+{
+    (void)p, (void)id, (void)code, (void)reason, (void)reason_len, (void)to;
+    snprintf(err, errlen, "not implemented yet");
+    return -1;
+}
+
+int wsrr_proxy_inject(struct wsrr_proxy *p, uint32_t id, int to, uint8_t opcode,
+                      const uint8_t *payload, size_t len, char *err, size_t errlen)
+{
+    (void)p, (void)id, (void)to, (void)opcode, (void)payload, (void)len;
+    snprintf(err, errlen, "not implemented yet");
+    return -1;
+}
+
+bool wsrr_proxy_set_recording(struct wsrr_proxy *p, bool on)
+{
+    (void)p, (void)on;
+    return true;
+}
+
+bool wsrr_proxy_recording(const struct wsrr_proxy *p)
+{
+    return p->w != NULL;
 }

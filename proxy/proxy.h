@@ -17,6 +17,8 @@
 #include <stdint.h>
 
 struct event_base;
+struct wsrr_proxy;
+struct wsrr_rules;
 
 struct wsrr_proxy_config {
     const char *listen;            /* "host:port" ("[::1]:port" for IPv6) */
@@ -43,6 +45,13 @@ struct wsrr_proxy_config {
     bool insecure_upstream;  /* do not verify the upstream's certificate (logged) */
     const char *upstream_cert, *upstream_key; /* client certificate (mutual TLS) */
     const char *keylog;                       /* append TLS secrets here (NSS key log format) */
+
+    /* Fault injection (docs/rules.md). With fault_engine off the relay only
+     * forwards and records; on, every WebSocket connection's messages go
+     * through the rules (rules may be NULL or empty and be set later with
+     * wsrr_proxy_set_rules, e.g. by the control API). */
+    bool fault_engine;
+    struct wsrr_rules *rules; /* taken over by the proxy (freed by it, even on error) */
 };
 
 struct wsrr_proxy_stats {
@@ -51,7 +60,68 @@ struct wsrr_proxy_stats {
     uint64_t frames[2]; /* recorded per sender */
     uint64_t upstream_failures;
     uint64_t rejected; /* answered by the proxy itself (400, 426, 502, 504) */
+    uint64_t messages[2]; /* seen by the fault engine per sender */
+    uint64_t faults;      /* fault actions applied */
+    uint64_t errors;      /* connections that ended with a transport error or reset */
+    uint64_t capture_bytes; /* written to capture files so far (compressed) */
+    /* close codes seen in close frames (either sender), most frequent first
+     * is not promised; ncloses distinct codes, the rest counted in other_closes */
+    struct {
+        uint16_t code;
+        uint64_t n;
+    } closes[32];
+    size_t ncloses;
+    uint64_t other_closes;
 };
+
+/* ---- live control (the control API, proxy/control.c, drives these) ---- */
+
+/* Replace the rule set: every connection's next message is decided by rs
+ * (per-connection counters start again for the new rules; global "fired"
+ * counts of rules with the same name carry over). Takes rs over. Returns 0,
+ * or -1 when the proxy runs without the fault engine (rs is freed). */
+int wsrr_proxy_set_rules(struct wsrr_proxy *p, struct wsrr_rules *rs);
+
+/* The rules in force (NULL: none). Valid until the next set_rules. */
+const struct wsrr_rules *wsrr_proxy_rules(const struct wsrr_proxy *p);
+
+/* One live connection, for listings. */
+struct wsrr_proxy_conn_info {
+    uint32_t id;          /* as in the capture and the log */
+    uint64_t ordinal;     /* as rules count connections (1 = first accepted) */
+    const char *client;   /* "IP:port" */
+    const char *path;     /* request target ("" before the request head) */
+    const char *state;    /* "handshake", "open" (relaying), "closing" */
+    bool websocket;       /* upgraded */
+    uint64_t age_ms;
+    uint64_t bytes[2];    /* per sender (enum wsrr_dir) */
+    uint64_t frames[2];   /* recorded per sender (0 when not recording) */
+    uint64_t messages[2]; /* seen by the fault engine per sender */
+    uint64_t faults;      /* applied on this connection */
+};
+
+typedef void (*wsrr_proxy_conn_cb)(const struct wsrr_proxy_conn_info *ci, void *arg);
+void wsrr_proxy_foreach_conn(const struct wsrr_proxy *p, wsrr_proxy_conn_cb cb, void *arg);
+
+/* Close connection id: a close frame with code and reason (reason_len <=
+ * 123) towards `to` (enum wsrr_target: WSRR_TO_CLIENT, WSRR_TO_SERVER or
+ * WSRR_TO_BOTH), then the connection ends. code 0: no close frame, a TCP
+ * close only. Returns 0, or -1 with err ("no connection 12", "connection
+ * 12 is not a WebSocket"). */
+int wsrr_proxy_close_conn(struct wsrr_proxy *p, uint32_t id, int code, const char *reason,
+                          size_t reason_len, int to, char *err, size_t errlen);
+
+/* Send one frame (FIN, opcode, payload; masked when it goes to the server)
+ * on connection id, towards `to` (WSRR_TO_CLIENT or WSRR_TO_SERVER or
+ * WSRR_TO_BOTH), between messages of that direction. Recorded as an
+ * injected frame. Returns 0 or -1 with err. Needs the fault engine. */
+int wsrr_proxy_inject(struct wsrr_proxy *p, uint32_t id, int to, uint8_t opcode,
+                      const uint8_t *payload, size_t len, char *err, size_t errlen);
+
+/* Stop or resume writing records (connections keep flowing; a NOTE record
+ * marks each switch). Returns the previous state. */
+bool wsrr_proxy_set_recording(struct wsrr_proxy *p, bool on);
+bool wsrr_proxy_recording(const struct wsrr_proxy *p);
 
 struct wsrr_proxy;
 

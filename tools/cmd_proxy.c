@@ -2,6 +2,7 @@
 #include "proxy.h"
 #include "tool.h"
 #include "wsrr/log.h"
+#include "wsrr/rules.h"
 
 #include <event2/event.h>
 #include <malloc.h>
@@ -48,6 +49,8 @@ static const char usage[] =
     "                          response head (10000)\n"
     "  --idle-timeout SEC      close a connection silent this long (0: never)\n"
     "  --max-buffer BYTES      buffered per direction before reading pauses (1048576)\n"
+    "  --rules FILE            inject faults as the rules in FILE say (docs/rules.md);\n"
+    "                          every fault applied is recorded in the capture\n"
     "  -v, --verbose           log every connection's start too\n"
     "  -q, --quiet             log only errors\n"
     "  -h, --help              this text\n"
@@ -118,12 +121,14 @@ static int run(int argc, char **argv)
         {"handshake-timeout", required_argument, NULL, 'T'},
         {"idle-timeout", required_argument, NULL, 'I'},
         {"max-buffer", required_argument, NULL, 'B'},
+        {"rules", required_argument, NULL, 'j'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     struct wsrr_proxy_config cfg = {.redact = true, .grace_ms = 5000};
+    const char *rules_file = NULL;
     int c;
     while ((c = tool_getopt(&verb_proxy, argc, argv, "vq", longopts)) != -1) {
         uint64_t v;
@@ -170,6 +175,7 @@ static int run(int argc, char **argv)
                                         optarg);
             cfg.max_buffer = (size_t)v;
             break;
+        case 'j': rules_file = optarg; break;
         case 'v': wsrr_log_set_level(WSRR_LOG_DEBUG); break;
         case 'q': wsrr_log_set_level(WSRR_LOG_ERROR); break;
         case '?': return EXIT_BAD_INPUT; /* tool_getopt said why */
@@ -188,6 +194,14 @@ static int run(int argc, char **argv)
         return tool_usage_error("proxy", "--tls-key needs --tls-cert");
     if (cfg.upstream_key && !cfg.upstream_cert)
         return tool_usage_error("proxy", "--upstream-key needs --upstream-cert");
+
+    if (rules_file) {
+        char rerr[600];
+        cfg.rules = wsrr_rules_load(rules_file, rerr, sizeof(rerr));
+        if (!cfg.rules)
+            return tool_fail("proxy", EXIT_BAD_INPUT, "--rules %s", rerr);
+        cfg.fault_engine = true;
+    }
 
     /* the command line, for the capture's metadata */
     char line[2048] = "wsrr";

@@ -102,6 +102,7 @@ struct wsrr_rule {
     uint64_t limit_per_conn;
     struct wsrr_match match;
     struct wsrr_action action;
+    cJSON *src; /* the rule as it was written (for listings) */
 };
 
 struct wsrr_rules {
@@ -120,6 +121,11 @@ struct wsrr_rules *wsrr_rules_parse(const char *json, size_t len, char *err, siz
 struct wsrr_rules *wsrr_rules_load(const char *path, char *err, size_t errlen);
 
 void wsrr_rules_free(struct wsrr_rules *r);
+
+/* The rules as a document wsrr_rules_parse() accepts, with the seed in force
+ * (as a string); rs NULL gives {"rules": []}. malloc'd (cJSON's allocator),
+ * NULL when out of memory. */
+char *wsrr_rules_to_json(const struct wsrr_rules *rs);
 
 /* Index of the rule with that name, or -1. */
 int wsrr_rules_find(const struct wsrr_rules *r, const char *name);
