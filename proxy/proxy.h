@@ -59,10 +59,10 @@ struct wsrr_proxy_stats {
     uint64_t bytes[2];  /* relayed per direction (enum wsrr_dir) */
     uint64_t frames[2]; /* recorded per sender */
     uint64_t upstream_failures;
-    uint64_t rejected; /* answered by the proxy itself (400, 426, 502, 504) */
-    uint64_t messages[2]; /* seen by the fault engine per sender */
-    uint64_t faults;      /* fault actions applied */
-    uint64_t errors;      /* connections that ended with a transport error or reset */
+    uint64_t rejected;      /* answered by the proxy itself (400, 426, 502, 504) */
+    uint64_t messages[2];   /* seen by the fault engine per sender */
+    uint64_t faults;        /* fault actions applied */
+    uint64_t errors;        /* connections that ended with a transport error or reset */
     uint64_t capture_bytes; /* written to capture files so far (compressed) */
     /* close codes seen in close frames (either sender), most frequent first
      * is not promised; ncloses distinct codes, the rest counted in other_closes */
@@ -87,12 +87,12 @@ const struct wsrr_rules *wsrr_proxy_rules(const struct wsrr_proxy *p);
 
 /* One live connection, for listings. */
 struct wsrr_proxy_conn_info {
-    uint32_t id;          /* as in the capture and the log */
-    uint64_t ordinal;     /* as rules count connections (1 = first accepted) */
-    const char *client;   /* "IP:port" */
-    const char *path;     /* request target ("" before the request head) */
-    const char *state;    /* "handshake", "open" (relaying), "closing" */
-    bool websocket;       /* upgraded */
+    uint32_t id;        /* as in the capture and the log */
+    uint64_t ordinal;   /* as rules count connections (1 = first accepted) */
+    const char *client; /* "IP:port" */
+    const char *path;   /* request target ("" before the request head) */
+    const char *state;  /* "handshake", "open" (relaying), "closing" */
+    bool websocket;     /* upgraded */
     uint64_t age_ms;
     uint64_t bytes[2];    /* per sender (enum wsrr_dir) */
     uint64_t frames[2];   /* recorded per sender (0 when not recording) */
