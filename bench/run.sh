@@ -20,7 +20,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 BUILD=${BUILD:-/tmp/b-bench}
-SCENARIOS="direct wsrr wsrr-record wsrr-record-pmd haproxy mitmproxy"
+SCENARIOS="direct wsrr wsrr-rules wsrr-inspect wsrr-record wsrr-record-pmd haproxy mitmproxy"
 OUT=""
 WARM=2 ECHO_S=3 RATE_S=10 ROUNDS=5 RATE_ROUNDS=3 BIG_S=3 IDLE_CONNS=9900 IDLE_HOLD=3 MAX_TOTAL=1200
 while [ $# -gt 0 ]; do
@@ -156,6 +156,20 @@ start_proxy() {
     wsrr)
         "$WSRR" proxy -q --listen "127.0.0.1:$PX_PORT" --upstream "ws://$up" \
             2>>"$WORK/$sc.log" &
+        ;;
+    wsrr-rules | wsrr-inspect)
+        # wsrr-rules: rules loaded, none for these connections (another
+        # path): they cost nothing. wsrr-inspect: a rule that reads every
+        # payload and never matches: the cost of looking at every message.
+        if [ "$sc" = wsrr-rules ]; then
+            echo '{"seed": 1, "rules": [{"name": "other", "match": {"path": "/other/*"},
+                   "action": {"close": {"code": 1011}}}]}' >"$WORK/$sc.json"
+        else
+            echo '{"seed": 1, "rules": [{"name": "never", "match": {"contains": "not-in-load"},
+                   "action": {"drop": {}}}]}' >"$WORK/$sc.json"
+        fi
+        "$WSRR" proxy -q --listen "127.0.0.1:$PX_PORT" --upstream "ws://$up" \
+            --rules "$WORK/$sc.json" 2>>"$WORK/$sc.log" &
         ;;
     wsrr-record | wsrr-record-pmd)
         PX_CAPTURE=$WORK/$sc-$test.wsrr
@@ -392,6 +406,8 @@ for sc, t in rows.items():
 names = {
     "direct": "direct (no proxy)",
     "wsrr": "wsrr proxy",
+    "wsrr-rules": "wsrr proxy --rules (none for these connections)",
+    "wsrr-inspect": "wsrr proxy --rules (reads every message, none matches)",
     "wsrr-record": "wsrr proxy --record",
     "wsrr-record-pmd": "wsrr proxy --record, permessage-deflate",
     "haproxy": "haproxy 2.6 (mode http, tunnel after the upgrade)",

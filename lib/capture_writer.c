@@ -470,3 +470,8 @@ void wsrr_capture_writer_abort(struct wsrr_capture_writer *w)
         close(w->fd);
     writer_free(w);
 }
+
+uint64_t wsrr_capture_writer_next_seq(const struct wsrr_capture_writer *w)
+{
+    return w->next_seq;
+}

@@ -106,6 +106,15 @@ void wsrr_rules_conn_free(struct wsrr_rules_conn *rc)
     free(rc);
 }
 
+bool wsrr_rules_conn_any(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc)
+{
+    for (size_t i = 0; i < rs->count && i < rc->count; i++)
+        if (rs->rules[i].enabled && rc->r[i].conn_ok &&
+            wsrr_action_scope(rs->rules[i].action.kind) != WSRR_SCOPE_HANDSHAKE)
+            return true;
+    return false;
+}
+
 /* ---- messages ---- */
 
 /* The node at a dotted path ("data.items.0.type"); digits index arrays. */
@@ -237,8 +246,12 @@ int wsrr_rules_on_message(struct wsrr_rules *rs, struct wsrr_rules_conn *rc,
     for (size_t i = 0; i < rs->count && i < rc->count; i++) {
         struct wsrr_rule *r = &rs->rules[i];
         struct per_rule *pr = &rc->r[i];
-        if (!r->enabled || !pr->conn_ok ||
-            wsrr_action_scope(r->action.kind) == WSRR_SCOPE_HANDSHAKE)
+        enum wsrr_action_scope sc = wsrr_action_scope(r->action.kind);
+        if (!r->enabled || !pr->conn_ok || sc == WSRR_SCOPE_HANDSHAKE)
+            continue;
+        /* a connection action changes the connection once: later messages
+         * are not its business */
+        if (sc == WSRR_SCOPE_CONNECTION && pr->fired)
             continue;
         if (!under_limits(r, pr) || !message_ok(rc, r, m))
             continue;

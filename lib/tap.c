@@ -64,6 +64,8 @@ struct wsrr_tap {
     uint8_t close_reason[WSRR_FRAME_MAX_CONTROL];
     size_t close_reason_len;
     bool close_has_code;
+    bool proxy_closed;   /* wsrr sent the first close frame (wsrr_tap_injected) */
+    uint16_t proxy_code; /* ... with this code */
     bool ended;
 };
 
@@ -141,6 +143,8 @@ static int redacted(struct wsrr_tap *t, struct wsrr_record *r, struct wsrr_span 
 
 static int append(struct wsrr_tap *t, struct wsrr_record *r, uint64_t ts)
 {
+    if (!t->w) /* recording paused */
+        return 0;
     r->conn = t->conn;
     r->ts = ts;
     r->seq = 0;
@@ -170,9 +174,60 @@ int wsrr_tap_note(struct wsrr_tap *t, uint64_t ts, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    if (!t->w)
+        return 0;
     if (ts == WSRR_TS_NOW)
         ts = wsrr_capture_writer_now(t->w);
     return note(t, ts, "%s", text);
+}
+
+uint64_t wsrr_tap_next_seq(const struct wsrr_tap *t)
+{
+    return t->w ? wsrr_capture_writer_next_seq(t->w) : 0;
+}
+
+int wsrr_tap_fault(struct wsrr_tap *t, uint64_t target, const char *rule, const char *action,
+                   const char *detail, uint64_t ts)
+{
+    struct wsrr_record r = {.kind = WSRR_REC_FAULT};
+    r.u.fault.target = target;
+    r.u.fault.rule = (struct wsrr_span){(const uint8_t *)rule, strlen(rule)};
+    r.u.fault.action = (struct wsrr_span){(const uint8_t *)action, strlen(action)};
+    if (detail)
+        r.u.fault.detail = (struct wsrr_span){(const uint8_t *)detail, strlen(detail)};
+    return append(t, &r, ts);
+}
+
+int wsrr_tap_injected(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_frame *f,
+                      const uint8_t *payload, size_t n, uint64_t ts)
+{
+    struct wsrr_record r = {.kind = WSRR_REC_FRAME, .flags = WSRR_RF_INJECTED};
+    struct wsrr_rec_frame *rf = &r.u.frame;
+    rf->dir = (uint8_t)dir;
+    rf->fin = f->fin;
+    rf->rsv = f->rsv;
+    rf->opcode = f->opcode;
+    rf->len_width = f->len_width ? f->len_width : (n <= 125 ? 7 : n <= 0xffff ? 16 : 64);
+    rf->fflags = f->masked ? WSRR_FF_MASKED : 0;
+    memcpy(rf->mask, f->mask, 4);
+    rf->len = f->len;
+    rf->payload = (struct wsrr_span){payload, n};
+    if (f->opcode == WSRR_OP_CLOSE && t->st.first_closer < 0 && !t->proxy_closed) {
+        /* wsrr started the closing handshake: the CLOSE summary says so */
+        t->proxy_closed = true;
+        t->close_has_code = n >= 2;
+        t->proxy_code = n >= 2 ? (uint16_t)(payload[0] << 8 | payload[1]) : 0;
+        t->close_reason_len = n > 2 ? n - 2 : 0;
+        if (t->close_reason_len > sizeof(t->close_reason))
+            t->close_reason_len = sizeof(t->close_reason);
+        if (t->close_reason_len)
+            memcpy(t->close_reason, payload + 2, t->close_reason_len);
+    }
+    /* what wsrr sends may be an edit of a peer's message: redact it alike */
+    if (f->opcode == WSRR_OP_TEXT && !(f->rsv & WSRR_RSV1) &&
+        redacted(t, &r, &rf->payload, NULL) < 0)
+        return -ENOMEM;
+    return append(t, &r, ts);
 }
 
 void wsrr_tap_set_writer(struct wsrr_tap *t, struct wsrr_capture_writer *w)
@@ -361,7 +416,7 @@ static int emit_frame(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_f
     if (f->opcode == WSRR_OP_CLOSE && !t->st.close_seen[dir]) {
         t->st.close_seen[dir] = true;
         t->st.close_code[dir] = f->close_code;
-        if (t->st.first_closer < 0) {
+        if (t->st.first_closer < 0 && !t->proxy_closed) {
             t->st.first_closer = (int)dir;
             t->close_has_code = ev->len >= 2;
             t->close_reason_len = ev->len >= 2 ? ev->len - 2 : 0;
@@ -680,7 +735,7 @@ int wsrr_tap_feed(struct wsrr_tap *t, enum wsrr_dir dir, const uint8_t *data, si
                   uint64_t ts)
 {
     if (ts == WSRR_TS_NOW)
-        ts = wsrr_capture_writer_now(t->w);
+        ts = t->w ? wsrr_capture_writer_now(t->w) : 0;
     t->st.bytes[dir] += len;
     if (t->st.broken[dir] || !len)
         return 0;
@@ -695,7 +750,7 @@ int wsrr_tap_end(struct wsrr_tap *t, uint64_t ts)
         return 0;
     t->ended = true;
     if (ts == WSRR_TS_NOW)
-        ts = wsrr_capture_writer_now(t->w);
+        ts = t->w ? wsrr_capture_writer_now(t->w) : 0;
     for (int dir = 0; dir < 2; dir++) {
         struct tap_dir *d = &t->d[dir];
         if (d->in_body) { /* the connection's end ends a body without length */
@@ -706,7 +761,14 @@ int wsrr_tap_end(struct wsrr_tap *t, uint64_t ts)
     }
     struct wsrr_record r = {.kind = WSRR_REC_CLOSE};
     struct wsrr_rec_close *c = &r.u.close;
-    if (t->st.first_closer < 0) {
+    if (t->proxy_closed) {
+        c->side = WSRR_SIDE_PROXY;
+        if (t->close_has_code) {
+            c->cflags |= WSRR_CF_HAS_CODE;
+            c->code = t->proxy_code;
+        }
+        c->reason = (struct wsrr_span){t->close_reason, t->close_reason_len};
+    } else if (t->st.first_closer < 0) {
         c->side = WSRR_SIDE_NONE;
     } else {
         c->side = t->st.first_closer == WSRR_DIR_C2S ? WSRR_SIDE_CLIENT : WSRR_SIDE_SERVER;

@@ -14,6 +14,7 @@
  * the order it arrived, so the capture holds what each side sent.
  */
 #include "proxy.h"
+#include "internal.h"
 
 #include "wsrr/capture.h"
 #include "wsrr/handshake.h"
@@ -38,6 +39,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,83 +56,6 @@
 #define DEFAULT_GRACE_MS     5000
 #define DEFAULT_HANDSHAKE_MS 10000
 #define LINGER_MS            2000 /* after answering a client ourselves */
-
-enum conn_state { CS_REQUEST, CS_CONNECTING, CS_RESPONSE, CS_RELAY, CS_CLOSING };
-
-struct upstream {
-    bool tls;
-    char host[256];
-    int port;
-    char prefix[1024];  /* path of the upstream URL without a trailing '/' */
-    char hostport[300]; /* for Host */
-    char origin[320];   /* for Origin */
-    char url[1400];
-};
-
-struct conn;
-
-struct wsrr_proxy {
-    struct event_base *base;
-    struct wsrr_proxy_config cfg;
-    struct upstream up;
-    struct evconnlistener *lis;
-    struct evdns_base *dns;
-    char listen_addr[128];
-
-    /* TLS */
-    SSL_CTX *srv_ctx; /* towards clients, when listen_tls */
-    SSL_CTX *cli_ctx; /* towards the upstream, when it is wss */
-    struct wsrr_ca *ca;
-    FILE *keylog;
-
-    /* recording */
-    char record_arg[4096];
-    bool record_dir;
-    char capture_path[4096];
-    struct wsrr_capture_writer *w;
-    struct wsrr_redactor *red;
-    struct event *flush_ev;
-    bool capture_failed;
-
-    struct conn *conns;
-    uint32_t next_id;
-    bool stopping;
-    struct event *grace_ev;
-    struct wsrr_proxy_stats st;
-    uint8_t scratch[64 * 1024]; /* fast_read(): one loop, one connection at a time */
-};
-
-/* the most one read or write moves on a plain socket (topup_read) */
-#define TOPUP_MAX (256 * 1024)
-
-struct conn {
-    struct wsrr_proxy *p;
-    uint32_t id;
-    enum conn_state state;
-    struct bufferevent *bev[2]; /* [WSRR_DIR_C2S] the client, [WSRR_DIR_S2C] the upstream:
-                                   the source of bytes travelling in that direction */
-    struct event *rd[2];        /* relaying a plain leg: our read event (fast_read) */
-    struct wsrr_http_parser head[2];
-    size_t head_seen[2]; /* bytes of the input already given to the head parser */
-    struct wsrr_tap *tap;
-    bool websocket;             /* the request asks for an upgrade */
-    bool tls[2];                /* that leg is TLS */
-    bool http;                  /* plain HTTP requests: client bytes follow request framing */
-    bool flush_close;           /* CLOSING: one leg failed; close once the other is flushed */
-    bool reset_after_flush;     /* ... with an RST (the failed leg was reset) */
-    bool in_body;               /* ... inside a request body */
-    struct wsrr_http_body body; /* the framing of that body */
-    bool opened;                /* the OPEN record is written */
-    bool eof[2];                /* the source of that direction sent FIN */
-    bool paused[2];             /* reading that direction's source is paused (backpressure) */
-    bool shut[2];               /* we shut down writing towards that direction's destination */
-    int io_err[2];              /* errno of our own send to that leg's socket (sent()) */
-    uint64_t bytes[2];
-    uint64_t t_start;
-    int status; /* the response status */
-    char client[64];
-    struct conn *prev, *next;
-};
 
 static void relay(struct conn *c, enum wsrr_dir dir);
 static void conn_close(struct conn *c, bool reset, const char *why);
@@ -199,6 +124,16 @@ static char *metadata(const struct wsrr_proxy *p)
     cJSON_AddStringToObject(m, "redaction", p->red ? "default" : "none");
     cJSON_AddNumberToObject(m, "flush_interval_ms", (double)p->cfg.flush_interval_ms);
     cJSON_AddBoolToObject(m, "preserve_host", p->cfg.preserve_host);
+    if (p->rules) {
+        char seed[24];
+        snprintf(seed, sizeof(seed), "%llu", (unsigned long long)p->rules->seed);
+        cJSON_AddStringToObject(m, "seed", seed);
+        char *txt = wsrr_rules_to_json(p->rules);
+        cJSON *doc = txt ? cJSON_Parse(txt) : NULL;
+        cJSON_free(txt);
+        if (doc)
+            cJSON_AddItemToObject(m, "rules", doc);
+    }
     cJSON_AddBoolToObject(m, "listen_tls", p->cfg.listen_tls);
     if (p->up.tls)
         cJSON_AddBoolToObject(m, "insecure_upstream", p->cfg.insecure_upstream);
@@ -310,7 +245,7 @@ int wsrr_proxy_reopen(struct wsrr_proxy *p)
     wsrr_log(WSRR_LOG_INFO, 0, "capture continues in %s", p->capture_path);
     for (struct conn *c = p->conns; c; c = c->next)
         if (c->tap) {
-            wsrr_tap_set_writer(c->tap, p->w);
+            wsrr_tap_set_writer(c->tap, p->rec_paused ? NULL : p->w);
             wsrr_tap_note(c->tap, WSRR_TS_NOW,
                           "connection continued from %s (its open and handshake are there)", old);
         }
@@ -374,6 +309,22 @@ static bool failure_reason(struct conn *c, enum wsrr_dir leg, char *out, size_t 
 
 /* ---- connection teardown ---- */
 
+static void count_close(struct wsrr_proxy *p, uint16_t code)
+{
+    for (size_t i = 0; i < p->st.ncloses; i++)
+        if (p->st.closes[i].code == code) {
+            p->st.closes[i].n++;
+            return;
+        }
+    size_t cap = sizeof(p->st.closes) / sizeof(p->st.closes[0]);
+    if (p->st.ncloses < cap) {
+        p->st.closes[p->st.ncloses].code = code;
+        p->st.closes[p->st.ncloses++].n = 1;
+    } else {
+        p->st.other_closes++;
+    }
+}
+
 static void maybe_finished(struct wsrr_proxy *p)
 {
     if (!p->stopping || p->conns)
@@ -412,10 +363,11 @@ static void log_conn_end(struct conn *c, const char *why)
              why ? why : "");
 }
 
-/* Close both legs. With reset, the client leg (and the upstream's) end with
- * a TCP RST instead of a FIN, so that an abrupt end on one side looks
- * abrupt on the other. */
-static void conn_close(struct conn *c, bool reset, const char *why)
+/* Close both legs. Legs whose bit is in reset_legs (1 << the direction of
+ * the bytes that leg sends: WSRR_DIR_C2S is the client's) end with a TCP
+ * RST instead of a FIN, so that an abrupt end on one side looks abrupt on
+ * the other. */
+static void conn_end(struct conn *c, unsigned reset_legs, const char *why)
 {
     struct wsrr_proxy *p = c->p;
     open_record(c);
@@ -423,16 +375,24 @@ static void conn_close(struct conn *c, bool reset, const char *why)
         const struct wsrr_tap_state *ts = wsrr_tap_state(c->tap);
         p->st.frames[0] += ts->frames[0];
         p->st.frames[1] += ts->frames[1];
+        for (int d = 0; d < 2; d++)
+            if (ts->close_seen[d])
+                count_close(p, ts->close_code[d]);
         wsrr_tap_end(c->tap, WSRR_TS_NOW);
     }
     log_conn_end(c, why);
+    faults_free(c);
+    wsrr_rules_conn_free(c->rc);
+    if (c->hs_timer)
+        event_free(c->hs_timer);
+    free(c->path);
     for (int i = 0; i < 2; i++) {
         wsrr_http_parser_finish(&c->head[i]);
         if (c->rd[i])
             event_free(c->rd[i]);
         if (!c->bev[i])
             continue;
-        if (reset) {
+        if (reset_legs & (1u << i)) {
             struct linger lg = {1, 0};
             evutil_socket_t fd = bufferevent_getfd(c->bev[i]);
             if (fd >= 0)
@@ -451,6 +411,21 @@ static void conn_close(struct conn *c, bool reset, const char *why)
     p->st.closed++;
     free(c);
     maybe_finished(p);
+}
+
+static void conn_close(struct conn *c, bool reset, const char *why)
+{
+    conn_end(c, reset ? 3u : 0u, why);
+}
+
+void px_close(struct conn *c, bool reset, const char *why)
+{
+    conn_close(c, reset, why);
+}
+
+void px_reset(struct conn *c, unsigned legs, const char *why)
+{
+    conn_end(c, legs, why);
 }
 
 static void relay_write(struct bufferevent *bev, void *arg);
@@ -475,6 +450,7 @@ static void discard_read(struct bufferevent *bev, void *arg)
 /* Answer the client ourselves and close once the answer is written. */
 static void respond(struct conn *c, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+static void answer(struct conn *c, struct evbuffer *b, int status, const char *body);
 
 static void respond(struct conn *c, int status, const char *fmt, ...)
 {
@@ -485,6 +461,14 @@ static void respond(struct conn *c, int status, const char *fmt, ...)
     va_end(ap);
     struct evbuffer *b = evbuffer_new();
     wsrr_http_build_error(b, status, body);
+    answer(c, b, status, body);
+    evbuffer_free(b);
+}
+
+/* Send the answer in b to the client (recorded as the response unless the
+ * upstream's was) and close once it is out. */
+static void answer(struct conn *c, struct evbuffer *b, int status, const char *body)
+{
     size_t n = evbuffer_get_length(b);
     if (c->tap) {
         wsrr_tap_note(c->tap, WSRR_TS_NOW, "wsrr answered %d itself: %s", status, body);
@@ -509,8 +493,118 @@ static void respond(struct conn *c, int status, const char *fmt, ...)
     bufferevent_enable(cl, EV_READ);
     set_timeouts(cl, LINGER_MS);
     bufferevent_write_buffer(cl, b);
-    evbuffer_free(b);
     bufferevent_setwatermark(cl, EV_WRITE, 0, 0); /* write callback when all is out */
+}
+
+/* ---- handshake faults ---- */
+
+/* The handshake rule that fired for c, while the rules it came from are
+ * still in force. */
+static const struct wsrr_rule *hs_rule(const struct conn *c)
+{
+    const struct wsrr_rules *rs = c->p->rules;
+    if (c->hs_rule < 0 || !rs || c->rules_gen != c->p->rules_gen || (size_t)c->hs_rule >= rs->count)
+        return NULL;
+    return &rs->rules[c->hs_rule];
+}
+
+static void hs_timer_cb(evutil_socket_t fd, short what, void *arg);
+
+static void hs_later(struct conn *c, uint64_t ms)
+{
+    if (!c->hs_timer && !(c->hs_timer = evtimer_new(c->p->base, hs_timer_cb, c))) {
+        hs_timer_cb(-1, 0, c);
+        return;
+    }
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000 * 1000)};
+    evtimer_add(c->hs_timer, &tv);
+}
+
+/* An HTTP answer of the rule's own: status, headers, body. */
+static void reject(struct conn *c, const struct wsrr_action *a)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b) {
+        respond(c, 500, "out of memory");
+        return;
+    }
+    evbuffer_add_printf(b, "HTTP/1.1 %d %s\r\n", a->code, wsrr_http_reason(a->code));
+    for (const cJSON *x = a->json ? a->json->child : NULL; x; x = x->next)
+        evbuffer_add_printf(b, "%s: %s\r\n", x->string, x->valuestring);
+    evbuffer_add_printf(b,
+                        "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\n"
+                        "Connection: close\r\n\r\n",
+                        a->text_len);
+    evbuffer_add(b, a->text ? a->text : "", a->text_len);
+    answer(c, b, a->code, "a rule rejected the upgrade");
+    evbuffer_free(b);
+}
+
+/* Apply the handshake rule that fired at the request. Returns true when
+ * the connection goes on to the upstream now. */
+static bool handshake_fault(struct conn *c, uint64_t req_seq)
+{
+    const struct wsrr_rule *r = hs_rule(c);
+    if (!r)
+        return true;
+    const struct wsrr_action *a = &r->action;
+    switch (a->kind) {
+    case WSRR_ACT_REJECT:
+        faults_fired(c, r, req_seq, WSRR_DIR_C2S, 0);
+        reject(c, a);
+        return false;
+    case WSRR_ACT_REFUSE_CONNECT: {
+        faults_fired(c, r, req_seq, WSRR_DIR_C2S, 0);
+        char detail[400];
+        snprintf(detail, sizeof(detail), "connect to %s:%d: %s (refused by rule '%s')",
+                 c->p->up.host, c->p->up.port, strerror(ECONNREFUSED), r->name);
+        record_tcp(c, WSRR_DIR_S2C, WSRR_TCP_CONNECT_FAILED, ECONNREFUSED, detail);
+        c->p->st.upstream_failures++;
+        /* what the client would get with the backend down */
+        respond(c, 502, "connect to %s:%d: %s", c->p->up.host, c->p->up.port,
+                strerror(ECONNREFUSED));
+        return false;
+    }
+    case WSRR_ACT_DELAY_CONNECT:
+        faults_fired(c, r, req_seq, WSRR_DIR_C2S, 0);
+        hs_later(c, a->ms);
+        return false;
+    case WSRR_ACT_HEADERS:
+        faults_fired(c, r, req_seq, WSRR_DIR_C2S,
+                     0); /* applied in upstream_request() and upstream_read() */
+        return true;
+    default: /* delay_upgrade: when the response is in */ return true;
+    }
+}
+
+/* The handshake edits of a headers rule for one side, or NULL. */
+static const cJSON *head_edits(const struct conn *c, const char *side)
+{
+    const struct wsrr_rule *r = hs_rule(c);
+    if (!r || r->action.kind != WSRR_ACT_HEADERS)
+        return NULL;
+    return cJSON_GetObjectItemCaseSensitive(r->action.json, side);
+}
+
+/* Does an edit set or remove the field name? (Both replace it.) */
+static bool edited_field(const cJSON *edit, const char *name, size_t len)
+{
+    const cJSON *rm = cJSON_GetObjectItemCaseSensitive(edit, "remove");
+    for (const cJSON *x = rm ? rm->child : NULL; x; x = x->next)
+        if (strlen(x->valuestring) == len && strncasecmp(x->valuestring, name, len) == 0)
+            return true;
+    const cJSON *set = cJSON_GetObjectItemCaseSensitive(edit, "set");
+    for (const cJSON *x = set ? set->child : NULL; x; x = x->next)
+        if (strlen(x->string) == len && strncasecmp(x->string, name, len) == 0)
+            return true;
+    return false;
+}
+
+static void add_set_fields(struct evbuffer *out, const cJSON *edit)
+{
+    const cJSON *set = cJSON_GetObjectItemCaseSensitive(edit, "set");
+    for (const cJSON *x = set ? set->child : NULL; x; x = x->next)
+        evbuffer_add_printf(out, "%s: %s\r\n", x->string, x->valuestring);
 }
 
 /* ---- handshake ---- */
@@ -521,16 +615,22 @@ static void upstream_request(struct conn *c, struct evbuffer *out)
 {
     const struct wsrr_http_head *h = wsrr_http_parser_head(&c->head[WSRR_DIR_C2S]);
     const struct upstream *u = &c->p->up;
-    if (c->p->cfg.preserve_host) {
+    const cJSON *edit = head_edits(c, "request");
+    if (c->p->cfg.preserve_host && !edit) {
         evbuffer_add(out, h->raw, h->raw_len);
         return;
     }
     evbuffer_add(out, h->method, h->method_len);
-    evbuffer_add_printf(out, " %s%.*s HTTP/1.%d\r\n", u->prefix, (int)h->target_len, h->target,
-                        h->version_minor);
+    evbuffer_add_printf(out, " %s%.*s HTTP/1.%d\r\n", c->p->cfg.preserve_host ? "" : u->prefix,
+                        (int)h->target_len, h->target, h->version_minor);
     for (size_t i = 0; i < h->nfields; i++) {
         const struct wsrr_http_field *f = &h->fields[i];
-        if (f->name_len == 4 && strncasecmp(f->name, "Host", 4) == 0)
+        if (edit && edited_field(edit, f->name, f->name_len))
+            continue;
+        if (c->p->cfg.preserve_host)
+            evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)f->name_len, f->name, (int)f->value_len,
+                                f->value);
+        else if (f->name_len == 4 && strncasecmp(f->name, "Host", 4) == 0)
             evbuffer_add_printf(out, "Host: %s\r\n", u->hostport);
         else if (f->name_len == 6 && strncasecmp(f->name, "Origin", 6) == 0)
             evbuffer_add_printf(out, "Origin: %s\r\n", u->origin);
@@ -538,6 +638,7 @@ static void upstream_request(struct conn *c, struct evbuffer *out)
             evbuffer_add_printf(out, "%.*s: %.*s\r\n", (int)f->name_len, f->name, (int)f->value_len,
                                 f->value);
     }
+    add_set_fields(out, edit);
     evbuffer_add(out, "\r\n", 2);
 }
 
@@ -567,11 +668,16 @@ static void relay_read(struct bufferevent *bev, void *arg);
 static void set_reading(struct conn *c, enum wsrr_dir d, bool on);
 static void fast_read(evutil_socket_t fd, short what, void *arg);
 static void check_backpressure(struct conn *c, enum wsrr_dir dir);
+static void connect_upstream(struct conn *c);
+static void response_head(struct conn *c);
+
 static void request_complete(struct conn *c, size_t head_len)
 {
     struct wsrr_proxy *p = c->p;
     struct evbuffer *in = bufferevent_get_input(c->bev[WSRR_DIR_C2S]);
     const struct wsrr_http_head *h = wsrr_http_parser_head(&c->head[WSRR_DIR_C2S]);
+    /* the REQUEST record's seq: handshake faults name it */
+    uint64_t req_seq = c->req_seq = c->tap ? wsrr_tap_next_seq(c->tap) : 0;
     /* the head goes to the tap now, as the client sent it; what follows it
      * is fed when it is forwarded */
     feed_tap_buffer(c, WSRR_DIR_C2S, in, head_len);
@@ -604,7 +710,18 @@ static void request_complete(struct conn *c, size_t head_len)
     evbuffer_drain(in, head_len);
     bufferevent_disable(c->bev[WSRR_DIR_C2S], EV_READ); /* until the upstream is there */
     set_timeouts(c->bev[WSRR_DIR_C2S], 0); /* the upstream's handshake timeout rules now */
+    if (c->websocket && p->cfg.fault_engine) {
+        c->path = strndup(h->target, h->target_len);
+        faults_attach(c);
+        if (faults_handshake(c, h) >= 0 && !handshake_fault(c, req_seq))
+            return; /* answered, or the connect comes later */
+    }
+    connect_upstream(c);
+}
 
+static void connect_upstream(struct conn *c)
+{
+    struct wsrr_proxy *p = c->p;
     struct bufferevent *up = NULL;
     if (p->cli_ctx) {
         SSL *ssl = SSL_new(p->cli_ctx);
@@ -714,7 +831,8 @@ static size_t sent(struct conn *c, enum wsrr_dir dir, ssize_t r)
 static bool pass_through(struct conn *c, enum wsrr_dir d, struct evbuffer *in, const uint8_t *p,
                          size_t n)
 {
-    evutil_socket_t fd = c->state == CS_RELAY && !evbuffer_get_length(in) ? send_fd(c, d) : -1;
+    evutil_socket_t fd =
+        c->state == CS_RELAY && !c->f && !evbuffer_get_length(in) ? send_fd(c, d) : -1;
     if (fd < 0)
         return false;
     feed_tap(c, d, p, n);
@@ -781,8 +899,9 @@ static void fast_read(evutil_socket_t fd, short what, void *arg)
 static void start_relay(struct conn *c)
 {
     c->state = CS_RELAY;
-    if (c->websocket) { /* no more heads: give their memory back */
-        for (int i = 0; i < 2; i++) {
+    if (c->websocket) { /* no more heads: give their memory back (the fault
+                           engine keeps the request for rules on headers) */
+        for (int i = c->f ? 1 : 0; i < 2; i++) {
             wsrr_http_parser_finish(&c->head[i]);
             wsrr_http_parser_init(&c->head[i], i == WSRR_DIR_S2C, 0, 0);
         }
@@ -802,6 +921,20 @@ static void start_relay(struct conn *c)
     }
     relay(c, WSRR_DIR_C2S);
     relay(c, WSRR_DIR_S2C);
+}
+
+/* Does the connection need the fault engine from its response on? Not when
+ * no frames will flow, nor when no rule in force can apply to it and none
+ * can be added (its messages then cost what they cost without rules). */
+static bool engine_needed(const struct conn *c, const struct wsrr_http_head *resp)
+{
+    const struct wsrr_proxy *p = c->p;
+    if (!c->websocket || resp->status != 101)
+        return false;
+    if (p->cfg.live_rules || hs_rule(c))
+        return true;
+    return p->rules && c->rc && c->rules_gen == p->rules_gen &&
+           wsrr_rules_conn_any(p->rules, c->rc);
 }
 
 static void upstream_read(struct bufferevent *bev, void *arg)
@@ -830,8 +963,70 @@ static void upstream_read(struct bufferevent *bev, void *arg)
             return;
         }
     }
+    if (c->f && !engine_needed(c, resp))
+        faults_free(c); /* the relay goes the plain way */
+    c->resp_len = (size_t)n;
+    const struct wsrr_rule *r = c->f ? hs_rule(c) : NULL;
+    if (r && r->action.kind == WSRR_ACT_DELAY_UPGRADE) {
+        faults_fired(c, r, c->req_seq, WSRR_DIR_C2S, 0);
+        c->hs_rule = -1; /* once */
+        bufferevent_disable(bev, EV_READ);
+        hs_later(c, r->action.ms);
+        return;
+    }
+    if (c->f) {
+        response_head(c);
+        return;
+    }
     /* the head goes to the client exactly as the upstream sent it */
     start_relay(c);
+}
+
+/* With the fault engine, the response head goes to the client on its own
+ * (edited if a rule says so), so that only frames reach the engine. */
+static void response_head(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev[WSRR_DIR_S2C]);
+    const struct wsrr_http_head *resp = wsrr_http_parser_head(&c->head[WSRR_DIR_S2C]);
+    const cJSON *edit = head_edits(c, "response");
+    struct evbuffer *h = evbuffer_new();
+    px_feed_tap(c, WSRR_DIR_S2C, in, c->resp_len);
+    if (h && edit) {
+        const uint8_t *eol = memchr(resp->raw, '\n', resp->raw_len);
+        size_t first = eol ? (size_t)(eol - (const uint8_t *)resp->raw) + 1 : resp->raw_len;
+        evbuffer_add(h, resp->raw, first);
+        for (size_t i = 0; i < resp->nfields; i++) {
+            const struct wsrr_http_field *f = &resp->fields[i];
+            if (!edited_field(edit, f->name, f->name_len))
+                evbuffer_add_printf(h, "%.*s: %.*s\r\n", (int)f->name_len, f->name,
+                                    (int)f->value_len, f->value);
+        }
+        add_set_fields(h, edit);
+        evbuffer_add(h, "\r\n", 2);
+        evbuffer_drain(in, c->resp_len);
+    } else if (h) {
+        evbuffer_remove_buffer(in, h, c->resp_len);
+    } else {
+        evbuffer_drain(in, c->resp_len);
+    }
+    if (h) {
+        px_send(c, WSRR_DIR_S2C, h);
+        evbuffer_free(h);
+    }
+    faults_start(c, resp);
+    start_relay(c);
+}
+
+static void hs_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    (void)fd, (void)what;
+    if (c->state == CS_RESPONSE) { /* delay_upgrade is over */
+        bufferevent_enable(c->bev[WSRR_DIR_S2C], EV_READ);
+        response_head(c);
+    } else if (c->state == CS_REQUEST) { /* delay_connect is over */
+        connect_upstream(c);
+    }
 }
 
 static void upstream_event(struct bufferevent *bev, short what, void *arg)
@@ -1074,15 +1269,55 @@ static void relay(struct conn *c, enum wsrr_dir dir)
         /* still following requests: what is left is an incomplete head */
         n = c->http ? 0 : evbuffer_get_length(in);
     }
-    if (n) {
-        feed_tap_buffer(c, dir, in, n);
-        c->bytes[dir] += n;
-        c->p->st.bytes[dir] += n;
+    if (n && c->f && !c->http) {
+        faults_relay(c, dir, in); /* messages go through the rules */
+    } else if (n) {
+        px_feed_tap(c, dir, in, n);
         direct_write(c, dir, in);
         if (evbuffer_get_length(in))
             evbuffer_add_buffer(out, in);
     }
     check_backpressure(c, dir);
+}
+
+void px_feed_tap(struct conn *c, enum wsrr_dir dir, struct evbuffer *b, size_t n)
+{
+    feed_tap_buffer(c, dir, b, n);
+    c->bytes[dir] += n;
+    c->p->st.bytes[dir] += n;
+}
+
+void px_send(struct conn *c, enum wsrr_dir dir, struct evbuffer *b)
+{
+    struct bufferevent *dst = c->bev[other(dir)];
+    if (!dst || c->shut[dir]) {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        return;
+    }
+    direct_write(c, dir, b);
+    if (evbuffer_get_length(b))
+        evbuffer_add_buffer(bufferevent_get_output(dst), b);
+}
+
+void px_set_reading(struct conn *c, enum wsrr_dir dir, bool on)
+{
+    set_reading(c, dir, on);
+}
+
+/* A FIN towards dir's destination as soon as what is queued for it is out
+ * (relay_write() finishes it). */
+void px_half_close(struct conn *c, enum wsrr_dir dir)
+{
+    struct bufferevent *dst = c->bev[other(dir)];
+    if (!dst || c->shut[dir])
+        return;
+    if (evbuffer_get_length(bufferevent_get_output(dst)) == 0 && !c->tls[other(dir)]) {
+        shutdown(bufferevent_getfd(dst), SHUT_WR);
+        c->shut[dir] = true;
+        return;
+    }
+    c->fin_pending[dir] = true;
+    bufferevent_setwatermark(dst, EV_WRITE, 0, 0);
 }
 
 static void relay_read(struct bufferevent *bev, void *arg)
@@ -1121,7 +1356,8 @@ static void relay_write(struct bufferevent *bev, void *arg)
         set_reading(c, to, true);
         relay(c, to);
     }
-    if (c->eof[to] && !c->shut[to] && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+    if ((c->eof[to] || c->fin_pending[to]) && !c->shut[to] &&
+        evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
         if (c->tls[other(to)]) {
             conn_close(c, false, NULL);
             return;
@@ -1209,6 +1445,7 @@ static void relay_event(struct bufferevent *bev, short what, void *arg)
     /* EPIPE: our write found the peer gone (it closed after answering);
      * ECONNRESET: the peer reset */
     bool rst = !tls && err == ECONNRESET;
+    c->p->st.errors++;
     snprintf(detail, sizeof(detail), "%s leg: %s", leg_name(dir), why);
     record_tcp(c, dir,
                rst   ? WSRR_TCP_RST
@@ -1290,6 +1527,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->p = p;
     c->id = ++p->next_id;
+    c->hs_rule = -1;
     c->t_start = wsrr_now_ns();
     c->bev[WSRR_DIR_C2S] = cl;
     format_addr(sa, c->client, sizeof(c->client));
@@ -1297,7 +1535,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     wsrr_http_parser_init(&c->head[WSRR_DIR_S2C], true, 0, 0);
     if (p->w && !p->capture_failed) {
         struct wsrr_tap_opts o = {.redact = p->red};
-        c->tap = wsrr_tap_new(p->w, c->id, &o);
+        c->tap = wsrr_tap_new(p->rec_paused ? NULL : p->w, c->id, &o);
         if (!c->tls[WSRR_DIR_C2S])
             open_record(c);
     }
@@ -1373,6 +1611,11 @@ struct wsrr_proxy *wsrr_proxy_new(struct event_base *base, const struct wsrr_pro
     }
     p->base = base;
     p->cfg = *c;
+    p->cfg.rules = NULL;
+    if (c->rules) {
+        p->cfg.fault_engine = true;
+        wsrr_proxy_set_rules(p, c->rules);
+    }
     if (!p->cfg.flush_interval_ms)
         p->cfg.flush_interval_ms = DEFAULT_FLUSH_MS;
     if (!p->cfg.grace_ms)
@@ -1495,6 +1738,7 @@ err_tls:
         evdns_base_free(p->dns, 0);
     wsrr_redactor_free(p->red);
 err_free:
+    wsrr_rules_free(p->rules);
     free(p);
     return NULL;
 }
@@ -1560,6 +1804,7 @@ void wsrr_proxy_free(struct wsrr_proxy *p)
     wsrr_ca_free(p->ca);
     if (p->keylog)
         fclose(p->keylog);
+    wsrr_rules_free(p->rules);
     free(p);
 }
 
@@ -1567,14 +1812,44 @@ void wsrr_proxy_free(struct wsrr_proxy *p)
 
 int wsrr_proxy_set_rules(struct wsrr_proxy *p, struct wsrr_rules *rs)
 {
-    (void)p;
-    wsrr_rules_free(rs); /* the fault engine is not in yet (issue 4) */
-    return -1;
+    if (!p->cfg.fault_engine) {
+        wsrr_rules_free(rs);
+        return -1;
+    }
+    if (rs && !rs->seed_given) {
+        /* a seed of our own, written into the capture: the run can be repeated */
+        if (p->rules)
+            rs->seed = p->rules->seed;
+        else if (RAND_bytes((unsigned char *)&rs->seed, sizeof(rs->seed)) != 1)
+            rs->seed = wsrr_now_ns();
+        rs->seed_given = true;
+    }
+    /* global counts carry over to rules of the same name */
+    for (size_t i = 0; rs && p->rules && i < rs->count; i++) {
+        int k = wsrr_rules_find(p->rules, rs->rules[i].name);
+        if (k >= 0)
+            rs->rules[i].fired = p->rules->rules[k].fired;
+    }
+    wsrr_rules_free(p->rules);
+    p->rules = rs;
+    p->rules_gen++;
+    if (p->w)
+        wsrr_log(WSRR_LOG_INFO, 0, "fault rules: %zu in force (seed %llu)", rs ? rs->count : 0,
+                 (unsigned long long)(rs ? rs->seed : 0));
+    return 0;
 }
 
 const struct wsrr_rules *wsrr_proxy_rules(const struct wsrr_proxy *p)
 {
-    (void)p;
+    return p->rules;
+}
+
+static struct conn *find_conn(struct wsrr_proxy *p, uint32_t id, char *err, size_t errlen)
+{
+    for (struct conn *c = p->conns; c; c = c->next)
+        if (c->id == id)
+            return c;
+    snprintf(err, errlen, "no connection %u", id);
     return NULL;
 }
 
@@ -1587,7 +1862,7 @@ void wsrr_proxy_foreach_conn(const struct wsrr_proxy *p, wsrr_proxy_conn_cb cb, 
             .id = c->id,
             .ordinal = c->id,
             .client = c->client,
-            .path = "",
+            .path = c->path ? c->path : "",
             .state = c->state == CS_RELAY     ? "open"
                      : c->state == CS_CLOSING ? "closing"
                                               : "handshake",
@@ -1595,6 +1870,8 @@ void wsrr_proxy_foreach_conn(const struct wsrr_proxy *p, wsrr_proxy_conn_cb cb, 
             .age_ms = (now - c->t_start) / 1000000,
             .bytes = {c->bytes[0], c->bytes[1]},
             .frames = {ts ? ts->frames[0] : 0, ts ? ts->frames[1] : 0},
+            .messages = {c->messages[0], c->messages[1]},
+            .faults = c->faults,
         };
         cb(&ci, arg);
     }
@@ -1603,26 +1880,60 @@ void wsrr_proxy_foreach_conn(const struct wsrr_proxy *p, wsrr_proxy_conn_cb cb, 
 int wsrr_proxy_close_conn(struct wsrr_proxy *p, uint32_t id, int code, const char *reason,
                           size_t reason_len, int to, char *err, size_t errlen)
 {
-    (void)p, (void)id, (void)code, (void)reason, (void)reason_len, (void)to;
-    snprintf(err, errlen, "not implemented yet");
-    return -1;
+    struct conn *c = find_conn(p, id, err, errlen);
+    if (!c)
+        return -1;
+    if (code == 0 || !c->f || c->state != CS_RELAY) {
+        if (code) {
+            snprintf(err, errlen,
+                     "connection %u is not a relayed WebSocket: it can only be cut (code 0)", id);
+            return -1;
+        }
+        if (c->tap)
+            wsrr_tap_note(c->tap, WSRR_TS_NOW, "control API: connection cut");
+        conn_close(c, false, "cut through the control API");
+        return 0;
+    }
+    return faults_close_conn(c, code, reason, reason_len, to);
 }
 
 int wsrr_proxy_inject(struct wsrr_proxy *p, uint32_t id, int to, uint8_t opcode,
                       const uint8_t *payload, size_t len, char *err, size_t errlen)
 {
-    (void)p, (void)id, (void)to, (void)opcode, (void)payload, (void)len;
-    snprintf(err, errlen, "not implemented yet");
-    return -1;
+    struct conn *c = find_conn(p, id, err, errlen);
+    if (!c)
+        return -1;
+    if (!c->f || c->state != CS_RELAY) {
+        snprintf(err, errlen, "connection %u is not a relayed WebSocket", id);
+        return -1;
+    }
+    if (faults_inject(c, to, opcode, payload, len) < 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
 }
 
 bool wsrr_proxy_set_recording(struct wsrr_proxy *p, bool on)
 {
-    (void)p, (void)on;
-    return true;
+    bool was = !p->rec_paused;
+    if (was == on || !p->w)
+        return was;
+    struct wsrr_record r = {.kind = WSRR_REC_NOTE, .ts = WSRR_TS_NOW};
+    const char *txt = on ? "recording resumed (control API)" : "recording paused (control API)";
+    r.u.note.text = (struct wsrr_span){(const uint8_t *)txt, strlen(txt)};
+    if (!on)
+        check_writer(p, wsrr_capture_append(p->w, &r));
+    p->rec_paused = !on;
+    for (struct conn *c = p->conns; c; c = c->next)
+        if (c->tap)
+            wsrr_tap_set_writer(c->tap, on ? p->w : NULL);
+    if (on)
+        check_writer(p, wsrr_capture_append(p->w, &r));
+    return was;
 }
 
 bool wsrr_proxy_recording(const struct wsrr_proxy *p)
 {
-    return p->w != NULL;
+    return p->w != NULL && !p->rec_paused;
 }

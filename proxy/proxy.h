@@ -51,6 +51,9 @@ struct wsrr_proxy_config {
      * through the rules (rules may be NULL or empty and be set later with
      * wsrr_proxy_set_rules, e.g. by the control API). */
     bool fault_engine;
+    bool live_rules;          /* rules may change while it runs (the control API): every
+                                 WebSocket connection is inspected, even one no rule in
+                                 force applies to */
     struct wsrr_rules *rules; /* taken over by the proxy (freed by it, even on error) */
 };
 

@@ -1,4 +1,5 @@
 /* cmd_proxy.c — `wsrr proxy`: the recording reverse proxy on the command line. */
+#include "control.h"
 #include "proxy.h"
 #include "tool.h"
 #include "wsrr/log.h"
@@ -51,6 +52,15 @@ static const char usage[] =
     "  --max-buffer BYTES      buffered per direction before reading pauses (1048576)\n"
     "  --rules FILE            inject faults as the rules in FILE say (docs/rules.md);\n"
     "                          every fault applied is recorded in the capture\n"
+    "  --control HOST:PORT     serve the live control API there (docs/control.md):\n"
+    "                          change rules, list, close and inject into connections,\n"
+    "                          pause recording, Prometheus metrics; a loopback address\n"
+    "                          (port 0: any free port); turns the fault engine on\n"
+    "  --control-token TOKEN   the bearer token API requests must carry (default: 32\n"
+    "                          random hex digits, printed at start)\n"
+    "  --control-token-file FILE   write the token to FILE (mode 0600), for scripts\n"
+    "  --control-allow-remote  let --control be a non-loopback address and accept\n"
+    "                          peers that are not loopback (still token-protected)\n"
     "  -v, --verbose           log every connection's start too\n"
     "  -q, --quiet             log only errors\n"
     "  -h, --help              this text\n"
@@ -98,6 +108,33 @@ static bool parse_ms(const char *opt, const char *v, uint64_t scale, uint64_t *o
     return true;
 }
 
+/* Bind the control API and write the token file; NULL with err. */
+static struct wsrr_control *start_control(struct event_base *base,
+                                          const struct wsrr_control_config *ccfg,
+                                          const char *token_file, char *err, size_t errlen)
+{
+    struct wsrr_control *ctl = wsrr_control_new(base, ccfg, err, errlen);
+    if (ctl && token_file && wsrr_control_write_token(ctl, token_file, err, errlen) < 0) {
+        wsrr_control_free(ctl);
+        return NULL;
+    }
+    return ctl;
+}
+
+/* The token goes to the terminal that started the proxy (and to
+ * --control-token-file), never into the capture or a URL. A generated
+ * token written nowhere else is printed even with --quiet: without it the
+ * API could not be used. */
+static void announce_control(const struct wsrr_control *ctl, bool only_here)
+{
+    if (wsrr_log_get_level() >= WSRR_LOG_INFO)
+        wsrr_log(WSRR_LOG_INFO, 0, "control API on %s, token %s", wsrr_control_address(ctl),
+                 wsrr_control_token(ctl));
+    else if (only_here)
+        fprintf(stderr, "wsrr: control API on %s, token %s\n", wsrr_control_address(ctl),
+                wsrr_control_token(ctl));
+}
+
 static int run(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -122,6 +159,10 @@ static int run(int argc, char **argv)
         {"idle-timeout", required_argument, NULL, 'I'},
         {"max-buffer", required_argument, NULL, 'B'},
         {"rules", required_argument, NULL, 'j'},
+        {"control", required_argument, NULL, 'X'},
+        {"control-token", required_argument, NULL, 'O'},
+        {"control-token-file", required_argument, NULL, 'W'},
+        {"control-allow-remote", no_argument, NULL, 'Z'},
         {"verbose", no_argument, NULL, 'v'},
         {"quiet", no_argument, NULL, 'q'},
         {"help", no_argument, NULL, 'h'},
@@ -129,6 +170,8 @@ static int run(int argc, char **argv)
     };
     struct wsrr_proxy_config cfg = {.redact = true, .grace_ms = 5000};
     const char *rules_file = NULL;
+    struct wsrr_control_config ccfg = {0};
+    const char *token_file = NULL;
     int c;
     while ((c = tool_getopt(&verb_proxy, argc, argv, "vq", longopts)) != -1) {
         uint64_t v;
@@ -176,6 +219,10 @@ static int run(int argc, char **argv)
             cfg.max_buffer = (size_t)v;
             break;
         case 'j': rules_file = optarg; break;
+        case 'X': ccfg.listen = optarg; break;
+        case 'O': ccfg.token = optarg; break;
+        case 'W': token_file = optarg; break;
+        case 'Z': ccfg.allow_remote = true; break;
         case 'v': wsrr_log_set_level(WSRR_LOG_DEBUG); break;
         case 'q': wsrr_log_set_level(WSRR_LOG_ERROR); break;
         case '?': return EXIT_BAD_INPUT; /* tool_getopt said why */
@@ -194,6 +241,9 @@ static int run(int argc, char **argv)
         return tool_usage_error("proxy", "--tls-key needs --tls-cert");
     if (cfg.upstream_key && !cfg.upstream_cert)
         return tool_usage_error("proxy", "--upstream-key needs --upstream-cert");
+    if ((ccfg.token || token_file || ccfg.allow_remote) && !ccfg.listen)
+        return tool_usage_error("proxy", "--control-token, --control-token-file and "
+                                         "--control-allow-remote need --control HOST:PORT");
 
     if (rules_file) {
         char rerr[600];
@@ -202,6 +252,9 @@ static int run(int argc, char **argv)
             return tool_fail("proxy", EXIT_BAD_INPUT, "--rules %s", rerr);
         cfg.fault_engine = true;
     }
+    /* rules added through the API must apply to connections already open */
+    if (ccfg.listen)
+        cfg.fault_engine = cfg.live_rules = true;
 
     /* the command line, for the capture's metadata */
     char line[2048] = "wsrr";
@@ -227,8 +280,16 @@ static int run(int argc, char **argv)
     if (!base)
         return tool_fail("proxy", EXIT_BAD_INPUT, "cannot create an event loop");
     char err[512];
+    /* the control API first: a refused --control leaves no capture behind */
+    struct wsrr_control *ctl = NULL;
+    if (ccfg.listen && !(ctl = start_control(base, &ccfg, token_file, err, sizeof(err)))) {
+        wsrr_rules_free(cfg.rules);
+        event_base_free(base);
+        return tool_fail("proxy", EXIT_BAD_INPUT, "%s", err);
+    }
     struct wsrr_proxy *p = wsrr_proxy_new(base, &cfg, err, sizeof(err));
     if (!p) {
+        wsrr_control_free(ctl);
         event_base_free(base);
         return tool_fail("proxy", EXIT_BAD_INPUT, "%s", err);
     }
@@ -236,6 +297,10 @@ static int run(int argc, char **argv)
     wsrr_log(WSRR_LOG_INFO, 0, "listening on %s, forwarding to %s%s%s%s",
              wsrr_proxy_listen_address(p), cfg.upstream, cap ? ", recording to " : "",
              cap ? cap : "", cap && !cfg.redact ? " (not redacted)" : "");
+    if (ctl) {
+        wsrr_control_attach(ctl, p);
+        announce_control(ctl, !ccfg.token && !token_file);
+    }
 
     struct signals s = {p, base, 0};
     struct event *sig[3];
@@ -249,6 +314,7 @@ static int run(int argc, char **argv)
     event_base_dispatch(base);
     struct wsrr_proxy_stats st;
     wsrr_proxy_stats(p, &st);
+    wsrr_control_free(ctl);
     wsrr_proxy_free(p);
     for (int i = 0; i < 3; i++)
         event_free(sig[i]);

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const struct verb *const verbs[] = {&verb_proxy,  &verb_ca,     &verb_cat,
+static const struct verb *const verbs[] = {&verb_proxy,  &verb_ctl,    &verb_ca,     &verb_cat,
                                            &verb_import, &verb_verify, &verb_recover};
 #define NVERBS (sizeof(verbs) / sizeof(verbs[0]))
 

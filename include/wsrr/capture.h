@@ -251,6 +251,9 @@ struct wsrr_capture_writer *wsrr_capture_writer_open(const char *path,
  * is then failed; see wsrr_capture_writer_error()). */
 int wsrr_capture_append(struct wsrr_capture_writer *w, struct wsrr_record *r);
 
+/* The seq the next record appended without one will get. */
+uint64_t wsrr_capture_writer_next_seq(const struct wsrr_capture_writer *w);
+
 /* Close the open batch now if it is older than the flush interval (call it
  * from a timer). Returns 0 or a negative errno. */
 int wsrr_capture_writer_tick(struct wsrr_capture_writer *w);

@@ -163,6 +163,10 @@ struct wsrr_rules_conn *wsrr_rules_conn_new(const struct wsrr_rules *rs,
                                             const struct wsrr_conn_info *ci);
 void wsrr_rules_conn_free(struct wsrr_rules_conn *rc);
 
+/* Could any enabled message or connection rule fire on this connection (its
+ * open-time conditions hold)? When not, its messages need no looking at. */
+bool wsrr_rules_conn_any(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc);
+
 /* The first rule, in file order, with a handshake action that fires for
  * this connection; -1 for none. Counts the firing. */
 int wsrr_rules_on_handshake(struct wsrr_rules *rs, struct wsrr_rules_conn *rc);

@@ -92,7 +92,23 @@ int wsrr_tap_tcp(struct wsrr_tap *t, enum wsrr_leg leg, enum wsrr_tcp_event ev, 
 int wsrr_tap_note(struct wsrr_tap *t, uint64_t ts, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Records go to w from now on (the proxy started a new capture file). */
+/* A FAULT record: rule and action names, the seq of the record the fault
+ * changed (0: none) and detail (JSON text, may be NULL). */
+int wsrr_tap_fault(struct wsrr_tap *t, uint64_t target, const char *rule, const char *action,
+                   const char *detail, uint64_t ts);
+
+/* A frame wsrr itself sent as if from dir's sender (fault injection, the
+ * control API): a FRAME record flagged injected, payload unmasked (text is
+ * redacted like a peer's). The parsers do not see it. f's len_width 0 means
+ * the minimal encoding. */
+int wsrr_tap_injected(struct wsrr_tap *t, enum wsrr_dir dir, const struct wsrr_frame *f,
+                      const uint8_t *payload, size_t n, uint64_t ts);
+
+/* The seq the next record written will get (0 when not recording). */
+uint64_t wsrr_tap_next_seq(const struct wsrr_tap *t);
+
+/* Records go to w from now on (the proxy started a new capture file); NULL
+ * pauses recording: traffic is still followed, nothing is written. */
 void wsrr_tap_set_writer(struct wsrr_tap *t, struct wsrr_capture_writer *w);
 
 /* The connection is over: write its CLOSE summary (who closed first, the

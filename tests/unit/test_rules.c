@@ -404,6 +404,40 @@ static void test_decide_seeded(void)
           wsrr_rules_draw(7, "coin2", 5, WSRR_DIR_S2C, 1));
 }
 
+/* A connection action fires once per connection, a message action on every
+ * match; the serialized rules parse back to the same decisions. */
+static void test_decide_connection_once(void)
+{
+    struct wsrr_rules *rs = parse("{\"seed\": 3, \"rules\": ["
+                                  "{\"name\": \"slow\", \"match\": {\"direction\": \"server\"},"
+                                  " \"action\": {\"latency\": {\"ms\": 10}}},"
+                                  "{\"name\": \"gone\", \"action\": {\"drop\": {}}}]}");
+    REQUIRE(rs);
+    struct wsrr_conn_info ci = {1, "/", "c", NULL}, ci2 = {2, "/", "c", NULL};
+    struct wsrr_rules_conn *a = wsrr_rules_conn_new(rs, &ci), *b = wsrr_rules_conn_new(rs, &ci2);
+    REQUIRE(a && b);
+    for (uint64_t n = 1; n <= 3; n++) {
+        struct wsrr_msg_info m = msg(WSRR_DIR_S2C, 1, n, "x");
+        CHECK_INT(wsrr_rules_on_message(rs, a, &m), n == 1 ? 0 : 1);
+    }
+    struct wsrr_msg_info m = msg(WSRR_DIR_S2C, 1, 1, "x");
+    CHECK_INT(wsrr_rules_on_message(rs, b, &m), 0); /* once per connection, not per run */
+    CHECK_INT(rs->rules[0].fired, 2);
+    char *txt = wsrr_rules_to_json(rs);
+    REQUIRE(txt);
+    struct wsrr_rules *back = parse(txt);
+    REQUIRE(back);
+    CHECK_INT((int)back->count, 2);
+    CHECK(back->seed == 3 && back->seed_given);
+    CHECK(strcmp(back->rules[1].name, "gone") == 0);
+    CHECK_INT(back->rules[0].action.kind, WSRR_ACT_LATENCY);
+    cJSON_free(txt);
+    wsrr_rules_free(back);
+    wsrr_rules_conn_free(a);
+    wsrr_rules_conn_free(b);
+    wsrr_rules_free(rs);
+}
+
 int main(void)
 {
     test_example();
@@ -414,5 +448,6 @@ int main(void)
     test_decide_example();
     test_decide_conditions();
     test_decide_seeded();
+    test_decide_connection_once();
     return check_finish("test_rules");
 }

@@ -1,0 +1,1485 @@
+/* faults.c — the proxy's fault engine: rules applied to live traffic.
+ *
+ * With the engine on, each direction of a WebSocket connection is cut into
+ * units as it arrives: a data message (all its frames, with any control
+ * frames interleaved in it) or a control frame on its own. A unit is held
+ * until it is complete, then the rules decide (lib/rules_match.c). What no
+ * rule catches goes on exactly as it came, and as long as nothing is
+ * queued in that direction it goes in one piece with what came before it:
+ * no copy, one send, the same path as without rules.
+ *
+ * The capture keeps what the peers sent: the tap is fed the original bytes
+ * of every unit. What wsrr does instead is written next to it: a FAULT
+ * record naming the rule, the action and the first frame record of the
+ * unit, and a FRAME record flagged "injected" for every frame wsrr sent that
+ * the peer did not.
+ *
+ * Output of a direction passes through a queue when anything shapes it
+ * (delay, latency, bandwidth, slicer, stall, a message held for reorder):
+ * each entry has a release time, never earlier than the one before it, so
+ * the order of a direction is kept unless a rule changes it on purpose.
+ *
+ * A unit larger than the proxy's buffer limit is not held: it passes as it
+ * comes and no rule sees it (counted, and noted once in the capture).
+ */
+#include "internal.h"
+
+#include "wsrr/deflate.h"
+#include "wsrr/frame.h"
+#include "wsrr/log.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLOSE_LINGER_MS 1000 /* after a rule's close frame: time for the close replies */
+
+struct unit_frame {
+    size_t off; /* of its header, from the start of the unit */
+    struct wsrr_frame f;
+};
+
+struct qitem {
+    struct qitem *next;
+    uint64_t at; /* release time, wsrr_now_ns(); UINT64_MAX: held until further notice */
+    uint64_t nth;
+    struct evbuffer *b;
+};
+
+struct fdir {
+    struct wsrr_frame_parser fp;
+    bool broken;       /* a parser cap was crossed: bytes pass as they are from now on */
+    size_t parsed;     /* bytes at the front of `in` the parser has seen */
+    size_t unit_start; /* where the unit being assembled starts in `in` */
+    bool in_msg;       /* a data message has started and not finished */
+    bool streaming;    /* ... and was too large to hold: it passes as it comes */
+    bool big_noted;
+    struct unit_frame *fr; /* frames of the unit (only headers) */
+    size_t nfr, capfr;
+    struct evbuffer *pay; /* the unit's data payload, unmasked (when rules read payloads) */
+    struct wsrr_pmd_stream *inflater; /* the sender's context, every compressed message */
+    struct evbuffer *msg;             /* the inflated message */
+    bool ctx_lost;                    /* a message could not be inflated: context unknown */
+    /* Once a fault changed what the receiver's inflater saw (a message
+     * dropped, edited, added, moved) under context takeover, the sender's
+     * compressed bytes no longer decode there: from then on every
+     * compressed message of this direction is compressed again by us. */
+    bool recompress;
+    struct wsrr_pmd_stream *deflater;
+    uint64_t nth; /* units seen in this direction */
+
+    /* output */
+    struct qitem *qhead, **qtail;
+    size_t qbytes;
+    uint64_t last_at;
+    struct event *qtimer;
+    struct evbuffer *held; /* reorder: a unit waiting for `held_left` more to pass */
+    uint64_t held_left, held_nth;
+    bool held_plain; /* held is the message's content, compressed when it goes */
+    uint8_t held_opcode;
+
+    /* shaping, set by connection actions */
+    uint64_t latency_ns, jitter_ns;
+    char latency_rule[72]; /* for the jitter draw */
+    uint64_t bps;
+    uint64_t slice, slice_ns;
+    uint64_t stall_until; /* 0 none, UINT64_MAX forever */
+    bool discard;         /* the connection is being closed by a rule */
+};
+
+struct faults {
+    struct conn *c;
+    struct fdir d[2];
+    bool need_payload; /* some rule reads payloads (contains, regex, json) */
+    /* connection-wide limits (both directions) */
+    uint64_t dead_at;   /* timeout: nothing more goes after it; 0 none */
+    uint64_t kill_left; /* kill_after: bytes left; UINT64_MAX none */
+    bool deflate;
+    struct wsrr_pmd_params pmd;
+    struct event *close_timer; /* end_later() */
+    uint64_t end_at;
+    unsigned end_reset;
+    unsigned close_wait; /* bit per sender whose close reply we wait for */
+    const char *end_why;
+    /* ping storm */
+    struct event *storm_timer;
+    uint64_t storm_left, storm_ns, storm_sent;
+    int storm_to;
+};
+
+static const char *sender_name(enum wsrr_dir d)
+{
+    return d == WSRR_DIR_C2S ? "client" : "server";
+}
+
+static uint64_t ms_ns(uint64_t ms)
+{
+    return ms * 1000000ull;
+}
+
+static void arm(struct event *ev, uint64_t at)
+{
+    uint64_t now = wsrr_now_ns();
+    uint64_t dt = at > now ? at - now : 0;
+    struct timeval tv = {(time_t)(dt / 1000000000ull), (suseconds_t)(dt % 1000000000ull / 1000)};
+    evtimer_add(ev, &tv);
+}
+
+/* ---- rules for this connection ---- */
+
+static bool reads_payload(const struct wsrr_rules *rs)
+{
+    for (size_t i = 0; rs && i < rs->count; i++) {
+        const struct wsrr_match *m = &rs->rules[i].match;
+        if (rs->rules[i].enabled && (m->contains || m->regex_src || m->json))
+            return true;
+    }
+    return false;
+}
+
+/* The connection's rule state follows the rules in force. */
+static struct wsrr_rules_conn *conn_rules(struct conn *c)
+{
+    struct wsrr_proxy *p = c->p;
+    if (!p->rules)
+        return NULL;
+    if (c->rc && c->rules_gen == p->rules_gen)
+        return c->rc;
+    wsrr_rules_conn_free(c->rc);
+    const struct wsrr_http_head *req = wsrr_http_parser_head(&c->head[WSRR_DIR_C2S]);
+    struct wsrr_conn_info ci = {
+        .ordinal = c->id, .path = c->path ? c->path : "", .client = c->client, .request = req};
+    c->rc = wsrr_rules_conn_new(p->rules, &ci);
+    c->rules_gen = p->rules_gen;
+    if (c->f)
+        c->f->need_payload = reads_payload(p->rules);
+    return c->rc;
+}
+
+/* The detail of a FAULT record: who sent the unit, its ordinal, and the
+ * action's parameters as the rule gave them. */
+static cJSON *detail_new(const struct wsrr_rule *r, enum wsrr_dir dir, uint64_t nth)
+{
+    cJSON *d = cJSON_CreateObject();
+    if (!d)
+        return NULL;
+    cJSON_AddStringToObject(d, "dir", sender_name(dir));
+    cJSON_AddNumberToObject(d, "nth", (double)nth);
+    const cJSON *act = r->src ? cJSON_GetObjectItemCaseSensitive(r->src, "action") : NULL;
+    const cJSON *params = act ? act->child : NULL;
+    for (const cJSON *x = params ? params->child : NULL; x; x = x->next)
+        if (!cJSON_GetObjectItemCaseSensitive(d, x->string))
+            cJSON_AddItemToObject(d, x->string, cJSON_Duplicate(x, true));
+    return d;
+}
+
+void faults_record(struct conn *c, const struct wsrr_rule *r, uint64_t target, const char *detail)
+{
+    c->faults++;
+    c->p->st.faults++;
+    wsrr_log(WSRR_LOG_DEBUG, c->id, "rule '%s': %s %s", r->name, wsrr_action_name(r->action.kind),
+             detail ? detail : "");
+    if (c->tap)
+        wsrr_tap_fault(c->tap, target, r->name, wsrr_action_name(r->action.kind), detail,
+                       WSRR_TS_NOW);
+}
+
+static void record_detail(struct conn *c, const struct wsrr_rule *r, uint64_t target, cJSON *d)
+{
+    char *s = d ? cJSON_PrintUnformatted(d) : NULL;
+    faults_record(c, r, target, s);
+    cJSON_free(s);
+    cJSON_Delete(d);
+}
+
+void faults_fired(struct conn *c, const struct wsrr_rule *r, uint64_t target, enum wsrr_dir dir,
+                  uint64_t nth)
+{
+    record_detail(c, r, target, detail_new(r, dir, nth));
+}
+
+int faults_handshake(struct conn *c, const struct wsrr_http_head *req)
+{
+    (void)req; /* conn_rules() reads it from the parser */
+    struct wsrr_rules_conn *rc = conn_rules(c);
+    c->hs_rule = rc ? wsrr_rules_on_handshake(c->p->rules, rc) : -1;
+    return c->hs_rule;
+}
+
+/* ---- sending ---- */
+
+/* A frame of wsrr's own towards `dir`'s destination (as if dir's sender
+ * sent it): encoded, masked when it goes to the server, recorded. */
+static void own_frame_rec(struct conn *c, enum wsrr_dir dir, const struct wsrr_frame *f,
+                          const uint8_t *payload, size_t n, struct evbuffer *out, bool record)
+{
+    uint8_t hdr[WSRR_FRAME_MAX_HEADER];
+    size_t h = wsrr_frame_encode_header(hdr, f);
+    evbuffer_add(out, hdr, h);
+    if (f->masked && n) {
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(out, (ev_ssize_t)n, &v, 1) == 1) {
+            wsrr_frame_mask(v.iov_base, payload, n, f->mask, 0);
+            v.iov_len = n;
+            evbuffer_commit_space(out, &v, 1);
+        }
+    } else if (n) {
+        evbuffer_add(out, payload, n);
+    }
+    if (c->tap && record)
+        wsrr_tap_injected(c->tap, dir, f, payload, n, WSRR_TS_NOW);
+}
+
+static void own_frame(struct conn *c, enum wsrr_dir dir, const struct wsrr_frame *f,
+                      const uint8_t *payload, size_t n, struct evbuffer *out)
+{
+    own_frame_rec(c, dir, f, payload, n, out, true);
+}
+
+static void simple_frame(struct conn *c, enum wsrr_dir dir, uint8_t opcode, const uint8_t *payload,
+                         size_t n, struct evbuffer *out)
+{
+    struct wsrr_frame f;
+    wsrr_frame_init(&f, dir, opcode, n);
+    own_frame(c, dir, &f, payload, n, out);
+}
+
+static void qtimer_cb(evutil_socket_t fd, short what, void *arg);
+static void end_later(struct conn *c, uint64_t ms, unsigned reset, const char *why);
+
+/* Bytes leave for dir's destination now, as far as kill_after and timeout
+ * allow. */
+static void release(struct conn *c, enum wsrr_dir dir, struct evbuffer *b)
+{
+    struct faults *f = c->f;
+    if (f->d[dir].discard || (f->dead_at && wsrr_now_ns() >= f->dead_at)) {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        return;
+    }
+    size_t n = evbuffer_get_length(b);
+    if (f->kill_left != UINT64_MAX && n >= f->kill_left) {
+        struct evbuffer *part = evbuffer_new();
+        if (part) {
+            evbuffer_remove_buffer(b, part, (size_t)f->kill_left);
+            px_send(c, dir, part);
+            evbuffer_free(part);
+        }
+        evbuffer_drain(b, evbuffer_get_length(b));
+        f->kill_left = 0;
+        c->f->d[0].discard = c->f->d[1].discard = true;
+        end_later(c, 0, 3u, "kill_after: the byte budget is spent");
+        return;
+    }
+    if (f->kill_left != UINT64_MAX)
+        f->kill_left -= n;
+    px_send(c, dir, b);
+}
+
+static bool shaped(const struct faults *f, const struct fdir *d)
+{
+    return d->qhead || d->held || d->latency_ns || d->bps || d->slice || d->stall_until ||
+           d->discard || d->recompress || f->dead_at || f->kill_left != UINT64_MAX;
+}
+
+/* A unit (or frames of wsrr's own) to go towards dir's destination, not
+ * before `at` (0: as soon as the queue allows). Takes b's bytes. */
+static void out_at(struct conn *c, enum wsrr_dir dir, struct evbuffer *b, uint64_t at, uint64_t nth)
+{
+    struct fdir *d = &c->f->d[dir];
+    uint64_t now = wsrr_now_ns();
+    if (!evbuffer_get_length(b))
+        return;
+    if (d->discard) {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        return;
+    }
+    if (d->latency_ns) {
+        uint64_t j = 0;
+        if (d->jitter_ns) {
+            double x = wsrr_rules_draw(c->p->rules ? c->p->rules->seed : 0, d->latency_rule, c->id,
+                                       dir, nth);
+            j = (uint64_t)(x * (double)(2 * d->jitter_ns));
+        }
+        uint64_t lat = d->latency_ns + j > d->jitter_ns ? d->latency_ns + j - d->jitter_ns : 0;
+        if (now + lat > at)
+            at = now + lat;
+    }
+    if (d->stall_until && d->stall_until != UINT64_MAX && d->stall_until <= now)
+        d->stall_until = 0; /* over */
+    if (d->stall_until && d->stall_until > at)
+        at = d->stall_until;
+    if (at < d->last_at)
+        at = d->last_at; /* order within a direction is kept */
+    if (!d->qhead && at <= now && !d->bps && !d->slice) {
+        release(c, dir, b);
+        return;
+    }
+    struct qitem *q = calloc(1, sizeof(*q));
+    if (q)
+        q->b = evbuffer_new();
+    if (!q || !q->b) {
+        free(q);
+        release(c, dir, b); /* out of memory: on time is better than never */
+        return;
+    }
+    evbuffer_add_buffer(q->b, b);
+    q->at = at;
+    q->nth = nth;
+    d->last_at = at;
+    d->qbytes += evbuffer_get_length(q->b);
+    *d->qtail = q;
+    d->qtail = &q->next;
+    if (d->qhead == q && at != UINT64_MAX)
+        arm(d->qtimer, at);
+    /* a queue that grows past the buffer limit stops reading the source */
+    if (d->qbytes >= c->p->cfg.max_buffer && !c->paused[dir]) {
+        c->paused[dir] = true;
+        px_set_reading(c, dir, false);
+    }
+}
+
+static void out(struct conn *c, enum wsrr_dir dir, struct evbuffer *b, uint64_t nth)
+{
+    out_at(c, dir, b, 0, nth);
+}
+
+/* The queue's head is due: release it, or the next slice of it. */
+static void qtimer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    (void)fd, (void)what;
+    for (int dir = 0; dir < 2 && c->f; dir++) {
+        struct fdir *d = &c->f->d[dir];
+        uint64_t now = wsrr_now_ns();
+        while (d->qhead && d->qhead->at <= now) {
+            struct qitem *q = d->qhead;
+            size_t n = evbuffer_get_length(q->b);
+            size_t take = n;
+            uint64_t gap = 0;
+            if (d->slice && take > d->slice) {
+                take = (size_t)d->slice;
+                gap = d->slice_ns;
+            }
+            if (d->bps) {
+                size_t chunk = (size_t)(d->bps / 20 ? d->bps / 20 : 1); /* 50 ms worth */
+                if (take > chunk)
+                    take = chunk;
+                uint64_t t = (uint64_t)take * 1000000000ull / d->bps;
+                if (t > gap)
+                    gap = t;
+            }
+            struct evbuffer *part = take < n ? evbuffer_new() : q->b;
+            if (part != q->b && part)
+                evbuffer_remove_buffer(q->b, part, take);
+            d->qbytes -= take;
+            if (take == n) {
+                d->qhead = q->next;
+                if (!d->qhead)
+                    d->qtail = &d->qhead;
+            }
+            if (part) {
+                release(c, (enum wsrr_dir)dir, part);
+            }
+            if (part && part != q->b)
+                evbuffer_free(part);
+            if (take == n) {
+                evbuffer_free(q->b);
+                free(q);
+            }
+            if (gap) {
+                /* the next piece (of this entry or the next) waits its turn */
+                if (d->qhead && d->qhead->at < now + gap)
+                    d->qhead->at = now + gap;
+                if (d->last_at < now + gap)
+                    d->last_at = now + gap;
+                break;
+            }
+        }
+        if (d->qhead && d->qhead->at != UINT64_MAX)
+            arm(d->qtimer, d->qhead->at);
+        if (c->paused[dir] && d->qbytes < c->p->cfg.max_buffer / 2 && !c->eof[dir]) {
+            c->paused[dir] = false;
+            px_set_reading(c, (enum wsrr_dir)dir, true);
+        }
+    }
+}
+
+/* ---- the unit, re-read for an action ---- */
+
+struct piece {
+    struct wsrr_frame f;
+    uint8_t *wire; /* the payload as sent (masked or not), in the unit's buffer */
+    size_t len;
+};
+
+struct unit {
+    enum wsrr_dir dir;
+    uint64_t nth;
+    struct evbuffer *raw; /* the unit's bytes as the peer sent them */
+    uint8_t *bytes;       /* raw, contiguous */
+    size_t n;
+    struct piece *pc;
+    size_t npc;
+    int data_first; /* index of the first data frame, -1 for a control frame */
+    uint8_t opcode; /* the message's (or control frame's) */
+    bool compressed;
+    struct evbuffer *app; /* the payload as the application sees it (inflated) */
+};
+
+static void unit_free(struct unit *u)
+{
+    free(u->pc);
+    if (u->app)
+        evbuffer_free(u->app);
+}
+
+/* Split the unit's bytes into frames again and gather the application
+ * payload (unmasked, inflated with a fresh stream when it is compressed). */
+static bool unit_read(struct faults *f, struct unit *u)
+{
+    u->n = evbuffer_get_length(u->raw);
+    u->bytes = evbuffer_pullup(u->raw, -1);
+    if ((!u->bytes && u->n) || !u->app)
+        return false;
+    struct wsrr_frame_parser fp;
+    wsrr_frame_parser_init(&fp, u->dir, NULL);
+    fp.rsv_allowed = f->deflate ? WSRR_RSV1 : 0;
+    fp.validate_utf8 = false;
+    size_t at = 0, cap = 0;
+    u->data_first = -1;
+    struct wsrr_frame_event ev;
+    for (;;) {
+        ssize_t k = wsrr_frame_parse(&fp, u->bytes + at, u->n - at, &ev);
+        if (k < 0)
+            return false;
+        at += (size_t)k;
+        if (ev.type == WSRR_FRAME_NEED_MORE)
+            break;
+        if (ev.type != WSRR_FRAME_HEADER)
+            continue;
+        if (u->npc == cap) {
+            cap = cap ? cap * 2 : 4;
+            struct piece *np = realloc(u->pc, cap * sizeof(*np));
+            if (!np)
+                return false;
+            u->pc = np;
+        }
+        struct piece *p = &u->pc[u->npc];
+        p->f = *ev.frame;
+        p->wire = u->bytes + at;
+        p->len = (size_t)ev.frame->len;
+        if (ev.frame->opcode < 8 && u->data_first < 0) {
+            u->data_first = (int)u->npc;
+            u->compressed = ev.frame->msg_compressed;
+        }
+        u->npc++;
+    }
+    u->opcode = u->data_first >= 0 ? u->pc[u->data_first].f.opcode : u->npc ? u->pc[0].f.opcode : 0;
+    /* the application payload; a compressed message's was inflated by the
+     * engine as it came (unit_done() put it in u->app) */
+    if (u->compressed)
+        return true;
+    struct evbuffer *wire = u->app;
+    if (!wire)
+        return false;
+    for (size_t i = 0; i < u->npc; i++) {
+        const struct piece *p = &u->pc[i];
+        if ((u->data_first >= 0) != (p->f.opcode < 8))
+            continue; /* a control frame inside a message is not its payload */
+        struct evbuffer_iovec v;
+        if (p->len && evbuffer_reserve_space(wire, (ev_ssize_t)p->len, &v, 1) == 1) {
+            if (p->f.masked)
+                wsrr_frame_mask(v.iov_base, p->wire, p->len, p->f.mask, 0);
+            else
+                memcpy(v.iov_base, p->wire, p->len);
+            v.iov_len = p->len;
+            evbuffer_commit_space(wire, &v, 1);
+        }
+    }
+    return true;
+}
+
+/* The unit's message sent again with new content: one frame (or `frames`
+ * frames), the opcode of the original, compressed again when the original
+ * was. */
+static void send_message(struct conn *c, const struct unit *u, uint8_t opcode, const uint8_t *p,
+                         size_t n, size_t frames, struct evbuffer *to, bool record)
+{
+    struct evbuffer *comp = NULL;
+    struct fdir *d = &c->f->d[u->dir];
+    if (u->compressed) {
+        /* our own context when we recompress this direction; otherwise a
+         * fresh one, which any receiver decodes */
+        struct wsrr_pmd_params pm = c->f->pmd;
+        pm.server_no_context_takeover = pm.client_no_context_takeover = true;
+        struct wsrr_pmd_stream *s =
+            d->recompress ? d->deflater : wsrr_pmd_deflater_new(&pm, u->dir, -1);
+        comp = evbuffer_new();
+        if (s && comp && wsrr_pmd_deflate(s, p, n, true, comp) == 0) {
+            n = evbuffer_get_length(comp);
+            p = evbuffer_pullup(comp, -1);
+        } else if (comp) {
+            evbuffer_free(comp);
+            comp = NULL;
+        }
+        if (s != d->deflater)
+            wsrr_pmd_free(s);
+    }
+    if (frames < 1)
+        frames = 1;
+    size_t each = (n + frames - 1) / frames, at = 0;
+    for (size_t i = 0; i < frames; i++) {
+        size_t k = n - at < each ? n - at : each;
+        struct wsrr_frame f;
+        wsrr_frame_init(&f, u->dir, i == 0 ? opcode : WSRR_OP_CONT, k);
+        f.fin = i + 1 == frames;
+        if (i == 0 && comp)
+            f.rsv = WSRR_RSV1;
+        own_frame_rec(c, u->dir, &f, p + at, k, to, record);
+        at += k;
+    }
+    if (comp)
+        evbuffer_free(comp);
+}
+
+/* ---- actions ---- */
+
+static enum wsrr_dir towards(int to, enum wsrr_dir dflt)
+{
+    return to == WSRR_TO_CLIENT ? WSRR_DIR_S2C : to == WSRR_TO_SERVER ? WSRR_DIR_C2S : dflt;
+}
+
+static void close_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    (void)fd, (void)what;
+    px_reset(c, c->f->end_reset, c->f->end_why);
+}
+
+/* End the connection after ms (never from inside the engine's own call
+ * stack: the caller still holds it). reset: legs (bit per enum wsrr_dir of
+ * the leg's bytes, 1 = client leg) that end with an RST. An earlier end
+ * wins. */
+static void end_later(struct conn *c, uint64_t ms, unsigned reset, const char *why)
+{
+    struct faults *f = c->f;
+    uint64_t at = wsrr_now_ns() + ms_ns(ms);
+    if (f->close_timer && f->end_at <= at)
+        return;
+    if (!f->close_timer && !(f->close_timer = evtimer_new(c->p->base, close_timer_cb, c)))
+        return;
+    f->end_at = at;
+    f->end_reset = reset;
+    f->end_why = why;
+    arm(f->close_timer, at);
+}
+
+/* Close frames towards `to`; nothing else is forwarded; the connection
+ * ends once the peers answered or after CLOSE_LINGER_MS. */
+static void fault_close(struct conn *c, int code, const char *reason, size_t rlen, int to)
+{
+    struct faults *f = c->f;
+    struct evbuffer *b = evbuffer_new();
+    uint8_t pl[WSRR_FRAME_MAX_CONTROL];
+    size_t n = code > 0 ? wsrr_close_payload(pl, (uint16_t)code, reason, rlen) : 0;
+    for (int d = 0; d < 2 && b; d++) {
+        /* WSRR_TO_CLIENT: travels server-to-client */
+        bool want = to == WSRR_TO_BOTH || to == WSRR_TO_DEFAULT ||
+                    towards(to, WSRR_DIR_C2S) == (enum wsrr_dir)d;
+        if (!want || f->d[d].discard)
+            continue;
+        if (code > 0) {
+            /* a close travelling d is answered by the peer that sends the other way */
+            f->close_wait |= 1u << (d == WSRR_DIR_C2S ? WSRR_DIR_S2C : WSRR_DIR_C2S);
+            simple_frame(c, (enum wsrr_dir)d, WSRR_OP_CLOSE, pl, n, b);
+            /* after what is already queued, ahead of nothing else */
+            struct fdir *fd = &f->d[d];
+            fd->stall_until = 0;
+            fd->latency_ns = 0;
+            out(c, (enum wsrr_dir)d, b, 0);
+        }
+    }
+    if (b)
+        evbuffer_free(b);
+    f->d[0].discard = f->d[1].discard = true;
+    end_later(c, CLOSE_LINGER_MS, 0, "closed by a rule");
+}
+
+static void storm_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct faults *f = c->f;
+    (void)fd, (void)what;
+    struct evbuffer *b = evbuffer_new();
+    while (b && f->storm_left) {
+        char pl[32];
+        int n = snprintf(pl, sizeof(pl), "wsrr-ping-%llu", (unsigned long long)++f->storm_sent);
+        for (int d = 0; d < 2; d++) {
+            if (f->storm_to != WSRR_TO_BOTH &&
+                towards(f->storm_to, WSRR_DIR_S2C) != (enum wsrr_dir)d)
+                continue;
+            simple_frame(c, (enum wsrr_dir)d, WSRR_OP_PING, (const uint8_t *)pl, (size_t)n, b);
+            out(c, (enum wsrr_dir)d, b, 0);
+        }
+        f->storm_left--;
+        if (f->storm_ns)
+            break;
+    }
+    if (b)
+        evbuffer_free(b);
+    if (f->storm_left)
+        arm(f->storm_timer, wsrr_now_ns() + f->storm_ns);
+}
+
+/* A JSON edit: {"set": {path: value}, "remove": [path]}. Paths are dotted;
+ * set creates the objects on the way. Returns the new text or NULL when the
+ * payload is not JSON. */
+static char *json_edit(const uint8_t *p, size_t n, const cJSON *edit)
+{
+    cJSON *doc = cJSON_ParseWithLength((const char *)p, n);
+    if (!doc)
+        return NULL;
+    const cJSON *set = cJSON_GetObjectItemCaseSensitive(edit, "set");
+    const cJSON *rm = cJSON_GetObjectItemCaseSensitive(edit, "remove");
+    for (int pass = 0; pass < 2; pass++) {
+        const cJSON *list = pass == 0 ? rm : set;
+        for (const cJSON *e = list ? list->child : NULL; e; e = e->next) {
+            const char *path = pass == 0 ? e->valuestring : e->string;
+            if (!path)
+                continue;
+            cJSON *node = doc;
+            const char *s = path;
+            for (;;) {
+                const char *dot = strchr(s, '.');
+                size_t k = dot ? (size_t)(dot - s) : strlen(s);
+                char key[256];
+                if (k >= sizeof(key))
+                    break;
+                memcpy(key, s, k);
+                key[k] = '\0';
+                bool last = !dot;
+                if (cJSON_IsArray(node) && k && strspn(key, "0123456789") == k && k < 10) {
+                    int idx = atoi(key);
+                    if (last) {
+                        if (pass == 0)
+                            cJSON_DeleteItemFromArray(node, idx);
+                        else if (idx < cJSON_GetArraySize(node))
+                            cJSON_ReplaceItemInArray(node, idx, cJSON_Duplicate(e, true));
+                        break;
+                    }
+                    node = cJSON_GetArrayItem(node, idx);
+                } else if (cJSON_IsObject(node)) {
+                    if (last) {
+                        cJSON_DeleteItemFromObjectCaseSensitive(node, key);
+                        if (pass == 1)
+                            cJSON_AddItemToObject(node, key, cJSON_Duplicate(e, true));
+                        break;
+                    }
+                    cJSON *next = cJSON_GetObjectItemCaseSensitive(node, key);
+                    if (!next && pass == 1)
+                        next = cJSON_AddObjectToObject(node, key);
+                    node = next;
+                } else {
+                    node = NULL;
+                }
+                if (!node)
+                    break;
+                s = dot + 1;
+            }
+        }
+    }
+    char *txt = cJSON_PrintUnformatted(doc);
+    cJSON_Delete(doc);
+    return txt;
+}
+
+/* Change `count` bytes of the payload: with keep_valid, ASCII letters of a
+ * text message become other letters (the UTF-8 stays valid), any byte of a
+ * binary one changes; the positions come from the seeded draw. */
+static void corrupt_bytes(uint8_t *p, size_t n, uint64_t count, bool text, bool keep_valid,
+                          uint64_t seed, const struct wsrr_rule *r, const struct conn *c,
+                          const struct unit *u, cJSON *positions)
+{
+    uint8_t *used = calloc(n ? n : 1, 1); /* each position changes once */
+    for (uint64_t i = 0; i < count && n && used; i++) {
+        size_t at = (size_t)(wsrr_rules_draw(seed ^ (i * 0x9e3779b97f4a7c15ull), r->name, c->id,
+                                             u->dir, u->nth) *
+                             (double)n);
+        size_t probe = 0;
+        while ((used[at] || (keep_valid && text && p[at] >= 0x80)) && probe++ < n)
+            at = (at + 1) % n;
+        if (probe > n || used[at] || (keep_valid && text && p[at] >= 0x80))
+            break; /* no byte left to change */
+        used[at] = 1;
+        if (keep_valid && text)
+            p[at] = p[at] == 'x' ? 'y' : 'x'; /* ASCII stays ASCII */
+        else
+            p[at] ^= (uint8_t)(1u + (i % 255));
+        cJSON_AddItemToArray(positions, cJSON_CreateNumber((double)at));
+    }
+    free(used);
+}
+
+static void passed(struct conn *c, enum wsrr_dir dir);
+
+static bool ctx_takeover(const struct faults *f, enum wsrr_dir sender)
+{
+    return f->deflate && !(sender == WSRR_DIR_C2S ? f->pmd.client_no_context_takeover
+                                                  : f->pmd.server_no_context_takeover);
+}
+
+/* A fault is about to change what dir's receiver inflates. */
+static void start_recompress(struct conn *c, enum wsrr_dir dir)
+{
+    struct fdir *d = &c->f->d[dir];
+    if (d->recompress || !ctx_takeover(c->f, dir))
+        return;
+    if (d->ctx_lost || !(d->deflater = wsrr_pmd_deflater_new(&c->f->pmd, dir, -1))) {
+        if (c->tap)
+            wsrr_tap_note(c->tap, WSRR_TS_NOW,
+                          "the %s's compression context is unknown: after this fault its "
+                          "messages may not decode",
+                          sender_name(dir));
+        return;
+    }
+    d->recompress = true;
+    if (c->tap)
+        wsrr_tap_note(c->tap, WSRR_TS_NOW,
+                      "permessage-deflate with context takeover: from %s message %llu on, wsrr "
+                      "compresses the %s's messages again itself",
+                      sender_name(dir), (unsigned long long)d->nth, sender_name(dir));
+}
+
+/* The unit goes on as it is (not before `at`): its own bytes, or its
+ * content compressed again when this direction is recompressed. */
+static void pass_unit(struct conn *c, struct unit *u, uint64_t at)
+{
+    struct fdir *d = &c->f->d[u->dir];
+    if (d->recompress && u->compressed && u->data_first >= 0) {
+        struct evbuffer *b = evbuffer_new();
+        if (b) {
+            size_t n = evbuffer_get_length(u->app);
+            /* the same message, recorded already: not an injected one */
+            send_message(c, u, u->opcode, n ? evbuffer_pullup(u->app, -1) : (const uint8_t *)"", n,
+                         1, b, false);
+            out_at(c, u->dir, b, at, u->nth);
+            evbuffer_free(b);
+        }
+        evbuffer_drain(u->raw, evbuffer_get_length(u->raw));
+        return;
+    }
+    out_at(c, u->dir, u->raw, at, u->nth);
+}
+
+/* Apply rule r to unit u (its bytes are in u->raw; the tap has them). */
+static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint64_t target)
+{
+    struct faults *f = c->f;
+    const struct wsrr_action *a = &r->action;
+    enum wsrr_dir dir = u->dir;
+    struct fdir *d = &f->d[dir];
+    uint64_t seed = c->p->rules ? c->p->rules->seed : 0;
+    cJSON *det = detail_new(r, dir, u->nth);
+    struct evbuffer *b = evbuffer_new();
+    bool readable = unit_read(f, u);
+    uint64_t now = wsrr_now_ns();
+    switch (a->kind) {
+    case WSRR_ACT_DROP:
+    case WSRR_ACT_DUPLICATE:
+    case WSRR_ACT_REORDER:
+    case WSRR_ACT_CORRUPT:
+    case WSRR_ACT_TRUNCATE:
+    case WSRR_ACT_FRAGMENT:
+    case WSRR_ACT_REPLACE:
+        if (u->compressed)
+            start_recompress(c, dir);
+        break;
+    default: break;
+    }
+    if (!b || !det) {
+        pass_unit(c, u, 0);
+        goto done;
+    }
+    bool text = u->opcode == WSRR_OP_TEXT;
+    switch (a->kind) {
+    case WSRR_ACT_DROP: break;
+    case WSRR_ACT_DELAY: {
+        uint64_t j = a->jitter_ms ? (uint64_t)(wsrr_rules_draw(seed, r->name, c->id, dir, u->nth) *
+                                               (double)(2 * a->jitter_ms))
+                                  : 0;
+        uint64_t ms = a->ms + j > a->jitter_ms ? a->ms + j - a->jitter_ms : 0;
+        cJSON_AddNumberToObject(det, "delayed_ms", (double)ms);
+        record_detail(c, r, target, det);
+        det = NULL;
+        pass_unit(c, u, now + ms_ns(ms));
+        break;
+    }
+    case WSRR_ACT_DUPLICATE:
+        record_detail(c, r, target, det);
+        det = NULL;
+        pass_unit(c, u, 0);
+        /* the copies: the same frames, the same bytes (masks included);
+         * compressed again like the original when recompressing */
+        for (uint64_t i = 0; i < a->count && readable && d->recompress && u->compressed; i++) {
+            size_t n = evbuffer_get_length(u->app);
+            send_message(c, u, u->opcode, n ? evbuffer_pullup(u->app, -1) : (const uint8_t *)"", n,
+                         1, b, true);
+            out(c, dir, b, u->nth);
+        }
+        for (uint64_t i = 0; i < a->count && readable && !(d->recompress && u->compressed); i++) {
+            for (size_t k = 0; k < u->npc; k++) {
+                const struct piece *p = &u->pc[k];
+                uint8_t *pl = malloc(p->len ? p->len : 1);
+                if (!pl)
+                    break;
+                if (p->f.masked)
+                    wsrr_frame_mask(pl, p->wire, p->len, p->f.mask, 0);
+                else
+                    memcpy(pl, p->wire, p->len);
+                own_frame(c, dir, &p->f, pl, p->len, b);
+                free(pl);
+            }
+            out(c, dir, b, u->nth);
+        }
+        break;
+    case WSRR_ACT_REORDER:
+        /* held until `count` more units of this direction went */
+        record_detail(c, r, target, det);
+        det = NULL;
+        if (d->held) { /* one held at a time: the earlier one goes now */
+            d->held_left = 1;
+            passed(c, dir);
+        }
+        d->held = evbuffer_new();
+        if (d->held) {
+            /* compressed again only when it goes, so that our compression
+             * context sees the messages in the order the receiver does */
+            d->held_plain = d->recompress && u->compressed && u->data_first >= 0;
+            d->held_opcode = u->opcode;
+            evbuffer_add_buffer(d->held, d->held_plain ? u->app : u->raw);
+            evbuffer_drain(u->raw, evbuffer_get_length(u->raw));
+            d->held_left = a->count;
+            d->held_nth = u->nth;
+        } else {
+            pass_unit(c, u, 0);
+        }
+        break;
+    case WSRR_ACT_CORRUPT:
+    case WSRR_ACT_TRUNCATE:
+    case WSRR_ACT_FRAGMENT:
+    case WSRR_ACT_REPLACE: {
+        if (!readable) {
+            pass_unit(c, u, 0);
+            break;
+        }
+        size_t n = evbuffer_get_length(u->app);
+        uint8_t *p = n ? evbuffer_pullup(u->app, -1) : (uint8_t *)"";
+        uint8_t opcode = u->opcode;
+        char *edited = NULL;
+        size_t frames = 1;
+        if (a->kind == WSRR_ACT_CORRUPT) {
+            cJSON *pos = cJSON_AddArrayToObject(det, "positions");
+            if (!a->flag && readable) {
+                /* anything goes: change the bytes as they travel, headers
+                 * untouched (compressed data, masks and all) */
+                size_t total = 0;
+                for (size_t k = 0; k < u->npc; k++)
+                    if ((u->data_first >= 0) == (u->pc[k].f.opcode < 8))
+                        total += u->pc[k].len;
+                uint8_t *flat = malloc(total ? total : 1);
+                if (flat) {
+                    size_t o = 0;
+                    for (size_t k = 0; k < u->npc; k++)
+                        if ((u->data_first >= 0) == (u->pc[k].f.opcode < 8)) {
+                            memcpy(flat + o, u->pc[k].wire, u->pc[k].len);
+                            o += u->pc[k].len;
+                        }
+                    corrupt_bytes(flat, total, a->count, false, false, seed, r, c, u, pos);
+                    o = 0;
+                    for (size_t k = 0; k < u->npc; k++)
+                        if ((u->data_first >= 0) == (u->pc[k].f.opcode < 8)) {
+                            memcpy(u->pc[k].wire, flat + o, u->pc[k].len);
+                            o += u->pc[k].len;
+                        }
+                    free(flat);
+                }
+                record_detail(c, r, target, det);
+                det = NULL;
+                for (size_t k = 0; k < u->npc && c->tap; k++) {
+                    const struct piece *pc = &u->pc[k];
+                    uint8_t *pl = malloc(pc->len ? pc->len : 1);
+                    if (!pl)
+                        break;
+                    if (pc->f.masked)
+                        wsrr_frame_mask(pl, pc->wire, pc->len, pc->f.mask, 0);
+                    else
+                        memcpy(pl, pc->wire, pc->len);
+                    wsrr_tap_injected(c->tap, dir, &pc->f, pl, pc->len, WSRR_TS_NOW);
+                    free(pl);
+                }
+                pass_unit(c, u, 0);
+                break;
+            }
+            corrupt_bytes(p, n, a->count, text, true, seed, r, c, u, pos);
+        } else if (a->kind == WSRR_ACT_TRUNCATE) {
+            if (n > a->count) {
+                n = (size_t)a->count;
+                /* a text message stays valid UTF-8: do not cut a character */
+                while (text && n && (p[n] & 0xC0) == 0x80)
+                    n--;
+            }
+        } else if (a->kind == WSRR_ACT_FRAGMENT) {
+            frames = (size_t)a->count;
+        } else if (a->json) {
+            edited = json_edit(p, n, a->json);
+            if (edited) {
+                p = (uint8_t *)edited;
+                n = strlen(edited);
+            } else {
+                cJSON_AddStringToObject(det, "skipped", "the payload is not JSON");
+            }
+        } else {
+            p = (uint8_t *)a->text;
+            n = a->text_len;
+            if (a->binary)
+                opcode = WSRR_OP_BINARY;
+        }
+        record_detail(c, r, target, det);
+        det = NULL;
+        if (u->data_first < 0 && a->kind != WSRR_ACT_FRAGMENT) {
+            simple_frame(c, dir, u->opcode, p, n, b); /* a control frame */
+        } else {
+            send_message(c, u, opcode, p, n, frames, b, true);
+        }
+        out(c, dir, b, u->nth);
+        cJSON_free(edited);
+        break;
+    }
+    case WSRR_ACT_INJECT: {
+        /* by default the frame travels the way the message does */
+        enum wsrr_dir td = towards(a->to, dir);
+        record_detail(c, r, target, det);
+        det = NULL;
+        if (a->flag) /* after */
+            pass_unit(c, u, 0);
+        for (int k = 0; k < 2; k++) {
+            if (a->to != WSRR_TO_BOTH && (enum wsrr_dir)k != td)
+                continue;
+            simple_frame(c, (enum wsrr_dir)k, (uint8_t)a->opcode, (const uint8_t *)a->text,
+                         a->text_len, b);
+            out(c, (enum wsrr_dir)k, b, u->nth);
+        }
+        if (!a->flag)
+            pass_unit(c, u, 0);
+        break;
+    }
+    case WSRR_ACT_CLOSE:
+        record_detail(c, r, target, det);
+        det = NULL;
+        fault_close(c, a->code, a->text, a->text_len, a->to);
+        break;
+    case WSRR_ACT_PING_STORM:
+        record_detail(c, r, target, det);
+        det = NULL;
+        pass_unit(c, u, 0);
+        f->storm_left += a->count;
+        f->storm_ns = ms_ns(a->ms);
+        f->storm_to = a->to == WSRR_TO_DEFAULT
+                          ? (dir == WSRR_DIR_C2S ? WSRR_TO_SERVER : WSRR_TO_CLIENT)
+                          : a->to;
+        if (!f->storm_timer)
+            f->storm_timer = evtimer_new(c->p->base, storm_cb, c);
+        if (f->storm_timer)
+            arm(f->storm_timer, now);
+        break;
+    case WSRR_ACT_RESET:
+        /* the unit is lost with the connection */
+        record_detail(c, r, target, det);
+        det = NULL;
+        f->d[0].discard = f->d[1].discard = true;
+        end_later(c, 0,
+                  a->to == WSRR_TO_CLIENT   ? 1u << WSRR_DIR_C2S
+                  : a->to == WSRR_TO_SERVER ? 1u << WSRR_DIR_S2C
+                                            : 3u,
+                  "reset by a rule");
+        break;
+    case WSRR_ACT_HALF_CLOSE: {
+        record_detail(c, r, target, det);
+        det = NULL;
+        pass_unit(c, u, 0);
+        for (int k = 0; k < 2; k++) {
+            bool want = a->to == WSRR_TO_BOTH || a->to == WSRR_TO_DEFAULT ||
+                        towards(a->to, WSRR_DIR_C2S) == (enum wsrr_dir)k;
+            if (want) {
+                f->d[k].discard = true; /* nothing more that way */
+                px_half_close(c, (enum wsrr_dir)k);
+            }
+        }
+        break;
+    }
+    case WSRR_ACT_TIMEOUT: /* the whole connection goes dead */
+        record_detail(c, r, target, det);
+        det = NULL;
+        f->dead_at = now + ms_ns(a->ms);
+        pass_unit(c, u, 0);
+        break;
+    case WSRR_ACT_KILL_AFTER: /* one budget for both directions, this message included */
+        record_detail(c, r, target, det);
+        det = NULL;
+        f->kill_left = a->count;
+        pass_unit(c, u, 0);
+        break;
+    case WSRR_ACT_STALL:
+    case WSRR_ACT_BANDWIDTH:
+    case WSRR_ACT_LATENCY:
+    case WSRR_ACT_SLICER:
+        /* the direction the rule names, both without one */
+        record_detail(c, r, target, det);
+        det = NULL;
+        for (int k = 0; k < 2; k++) {
+            if (r->match.direction >= 0 && r->match.direction != k)
+                continue;
+            struct fdir *x = &f->d[k];
+            switch (a->kind) {
+            case WSRR_ACT_STALL: x->stall_until = a->ms ? now + ms_ns(a->ms) : UINT64_MAX; break;
+            case WSRR_ACT_BANDWIDTH: x->bps = a->count; break;
+            case WSRR_ACT_LATENCY:
+                x->latency_ns = ms_ns(a->ms);
+                x->jitter_ns = ms_ns(a->jitter_ms);
+                snprintf(x->latency_rule, sizeof(x->latency_rule), "%s", r->name);
+                break;
+            default:
+                x->slice = a->count;
+                x->slice_ns = ms_ns(a->ms);
+                break;
+            }
+        }
+        pass_unit(c, u, 0);
+        break;
+    default: /* handshake actions never fire on a message */ pass_unit(c, u, 0); break;
+    }
+done:
+    evbuffer_drain(u->raw, evbuffer_get_length(u->raw));
+    if (det)
+        record_detail(c, r, target, det);
+    if (b)
+        evbuffer_free(b);
+}
+
+/* ---- cutting the stream into units ---- */
+
+/* A unit of dir went on (not the held one): count it for a held reorder. */
+static void passed(struct conn *c, enum wsrr_dir dir)
+{
+    struct fdir *d = &c->f->d[dir];
+    if (d->held && d->held_left && --d->held_left == 0) {
+        struct evbuffer *h = d->held;
+        d->held = NULL;
+        if (d->held_plain) {
+            struct unit u = {.dir = dir, .nth = d->held_nth, .compressed = true};
+            struct evbuffer *b = evbuffer_new();
+            size_t n = evbuffer_get_length(h);
+            if (b)
+                send_message(c, &u, d->held_opcode,
+                             n ? evbuffer_pullup(h, -1) : (const uint8_t *)"", n, 1, b, false);
+            if (b) {
+                out(c, dir, b, d->held_nth);
+                evbuffer_free(b);
+            }
+        } else {
+            out(c, dir, h, d->held_nth);
+        }
+        evbuffer_free(h);
+    }
+}
+
+/* The first n bytes of `in` go on unchanged: to the tap, then out. */
+static void forward(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, size_t n)
+{
+    struct fdir *d = &c->f->d[dir];
+    if (!n)
+        return;
+    px_feed_tap(c, dir, in, n);
+    if (!shaped(c->f, d) && n == evbuffer_get_length(in)) {
+        px_send(c, dir, in); /* the common case: everything, in one go */
+    } else {
+        struct evbuffer *b = evbuffer_new();
+        if (!b)
+            return;
+        evbuffer_remove_buffer(in, b, n);
+        out(c, dir, b, d->nth);
+        evbuffer_free(b);
+    }
+    d->parsed -= n;
+    d->unit_start -= n < d->unit_start ? n : d->unit_start;
+}
+
+static void unit_reset(struct fdir *d)
+{
+    d->nfr = 0;
+    d->in_msg = false;
+    d->streaming = false;
+    if (d->pay)
+        evbuffer_drain(d->pay, evbuffer_get_length(d->pay));
+    if (d->msg)
+        evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
+}
+
+/* The unit [unit_start, end) of `in` is complete. *fwd: bytes at the front
+ * of `in` already cleared to go unchanged. Returns false when the
+ * connection is ending (nothing more is to be done with `in`). */
+static void unit_done(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, size_t end,
+                      size_t *fwd)
+{
+    struct faults *f = c->f;
+    struct fdir *d = &f->d[dir];
+    if (d->discard && f->close_wait) {
+        /* after a rule's close: a close from a peer we wait for is its
+         * answer; when all answered, the connection is done */
+        for (size_t i = 0; i < d->nfr; i++)
+            if (d->fr[i].f.opcode == WSRR_OP_CLOSE && (f->close_wait & (1u << dir))) {
+                f->close_wait &= ~(1u << dir);
+                if (!f->close_wait)
+                    end_later(c, 0, 0, "closed by a rule");
+            }
+    }
+    d->nth++;
+    c->messages[dir]++;
+    c->p->st.messages[dir]++;
+    int ri = -1;
+    struct wsrr_rules_conn *rc = d->streaming ? NULL : conn_rules(c);
+    if (rc) {
+        const struct wsrr_frame *first = d->nfr ? &d->fr[0].f : NULL;
+        for (size_t i = 0; i < d->nfr; i++)
+            if (d->fr[i].f.opcode < 8) {
+                first = &d->fr[i].f;
+                break;
+            }
+        struct evbuffer *pb = d->msg && evbuffer_get_length(d->msg) ? d->msg : d->pay;
+        size_t plen = pb ? evbuffer_get_length(pb) : 0;
+        struct wsrr_msg_info mi = {
+            .dir = dir,
+            .opcode = first ? first->opcode : 0,
+            .nth = d->nth,
+            .payload = plen ? evbuffer_pullup(pb, -1) : (const uint8_t *)"",
+            .len = plen,
+            .since_open_ms = (wsrr_now_ns() - c->t_start) / 1000000,
+        };
+        ri = wsrr_rules_on_message(c->p->rules, rc, &mi);
+    }
+    if (ri < 0 && !shaped(c->f, d)) {
+        *fwd = end; /* goes with what came before it */
+        unit_reset(d);
+        return;
+    }
+    size_t len = end - d->unit_start;
+    /* what came before it (complete units, cleared): the unit is then at
+     * the front */
+    forward(c, dir, in, d->unit_start);
+    *fwd = 0;
+    struct unit u = {.dir = dir, .nth = d->nth, .raw = evbuffer_new(), .app = evbuffer_new()};
+    u.data_first = -1;
+    for (size_t i = 0; i < d->nfr; i++)
+        if (d->fr[i].f.opcode < 8) {
+            u.data_first = (int)i;
+            u.compressed = d->fr[i].f.msg_compressed && f->deflate;
+            break;
+        }
+    u.opcode = u.data_first >= 0 ? d->fr[u.data_first].f.opcode : d->nfr ? d->fr[0].f.opcode : 0;
+    if (u.compressed && d->msg && u.app)
+        evbuffer_add_buffer(u.app, d->msg); /* what the engine inflated */
+    uint64_t target = c->tap ? wsrr_tap_next_seq(c->tap) : 0;
+    px_feed_tap(c, dir, in, len);
+    if (u.raw)
+        evbuffer_remove_buffer(in, u.raw, len);
+    else
+        evbuffer_drain(in, len);
+    d->parsed -= len;
+    d->unit_start = 0;
+    unit_reset(d);
+    if (!u.raw || !u.app) {
+        unit_free(&u);
+        if (u.raw)
+            evbuffer_free(u.raw);
+        return;
+    }
+    if (ri < 0) {
+        pass_unit(c, &u, 0);
+        passed(c, dir);
+    } else {
+        const struct wsrr_rule *r = &c->p->rules->rules[ri];
+        bool reorder = r->action.kind == WSRR_ACT_REORDER;
+        act(c, r, &u, target);
+        if (!reorder)
+            passed(c, dir);
+    }
+    unit_free(&u);
+    evbuffer_free(u.raw);
+}
+
+/* The payload of a data frame, unmasked, for rules that read payloads;
+ * compressed messages are inflated as their frames come. */
+static void take_payload(struct faults *f, struct fdir *d, const struct wsrr_frame_event *ev)
+{
+    const struct wsrr_frame *fr = ev->frame;
+    if (!d->pay && !(d->pay = evbuffer_new()))
+        return;
+    if (evbuffer_get_length(d->pay) + ev->len > f->c->p->cfg.max_buffer)
+        return;
+    struct evbuffer_iovec v;
+    if (evbuffer_reserve_space(d->pay, (ev_ssize_t)ev->len, &v, 1) != 1)
+        return;
+    if (fr->masked)
+        wsrr_frame_mask(v.iov_base, ev->data, ev->len, fr->mask, ev->offset);
+    else
+        memcpy(v.iov_base, ev->data, ev->len);
+    v.iov_len = ev->len;
+    evbuffer_commit_space(d->pay, &v, 1);
+}
+
+static void inflate_unit(struct faults *f, struct fdir *d, bool fin)
+{
+    if (!d->inflater || !d->pay)
+        return;
+    if (!d->msg && !(d->msg = evbuffer_new()))
+        return;
+    size_t n = evbuffer_get_length(d->pay);
+    if (wsrr_pmd_inflate(d->inflater, evbuffer_pullup(d->pay, -1), n, fin, d->msg) < 0) {
+        evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
+        d->ctx_lost = true;
+    }
+    evbuffer_drain(d->pay, n);
+    (void)f;
+}
+
+/* One parser event at absolute position abs of `in` (just after the bytes
+ * the event consumed). Returns true when `in` lost bytes at its front (the
+ * caller must look at it again). */
+static bool on_event(struct conn *c, enum wsrr_dir dir, struct evbuffer *in,
+                     const struct wsrr_frame_event *ev, size_t abs, size_t *fwd)
+{
+    struct faults *f = c->f;
+    struct fdir *d = &f->d[dir];
+    const struct wsrr_frame *fr = ev->frame;
+    bool hold = !d->streaming;
+    switch (ev->type) {
+    case WSRR_FRAME_HEADER:
+        if (!d->in_msg) { /* a new unit */
+            d->unit_start = abs - fr->hdr_len;
+            d->nfr = 0;
+        }
+        if (fr->opcode < 8 && fr->msg_first)
+            d->in_msg = true;
+        if (hold && d->nfr == d->capfr) {
+            size_t cap = d->capfr ? d->capfr * 2 : 4;
+            struct unit_frame *nf = realloc(d->fr, cap * sizeof(*nf));
+            if (nf) {
+                d->fr = nf;
+                d->capfr = cap;
+            }
+        }
+        if (hold && d->nfr < d->capfr)
+            d->fr[d->nfr++] = (struct unit_frame){abs - fr->hdr_len - d->unit_start, *fr};
+        return false;
+    case WSRR_FRAME_PAYLOAD:
+        /* compressed messages are always inflated: the sender's context
+         * must be known if a fault ever makes us compress for it */
+        if (hold && fr->opcode < 8 && (f->need_payload || (f->deflate && fr->msg_compressed)))
+            take_payload(f, d, ev);
+        return false;
+    case WSRR_FRAME_END: {
+        bool control_alone = fr->opcode >= 8 && !d->in_msg;
+        if (fr->opcode < 8 && f->deflate && fr->msg_compressed && hold)
+            inflate_unit(f, d, fr->msg_final);
+        if (control_alone && f->need_payload && hold) {
+            if (!d->pay)
+                d->pay = evbuffer_new();
+            if (d->pay)
+                evbuffer_add(d->pay, ev->data, ev->len);
+        }
+        if (!control_alone && !(fr->opcode < 8 && fr->msg_final))
+            return false;
+        size_t before = evbuffer_get_length(in);
+        unit_done(c, dir, in, abs, fwd);
+        return evbuffer_get_length(in) != before;
+    }
+    default: return false;
+    }
+}
+
+void faults_relay(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
+{
+    struct faults *f = c->f;
+    struct fdir *d = &f->d[dir];
+    size_t fwd = 0; /* bytes at the front cleared to go as they are */
+    if (d->broken) {
+        forward(c, dir, in, evbuffer_get_length(in));
+        d->parsed = 0;
+        return;
+    }
+    if (c->p->rules && c->rules_gen != c->p->rules_gen)
+        conn_rules(c);
+    while (d->parsed < evbuffer_get_length(in)) {
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec v;
+        if (evbuffer_ptr_set(in, &pos, d->parsed, EVBUFFER_PTR_SET) < 0 ||
+            evbuffer_peek(in, -1, &pos, &v, 1) < 1)
+            break;
+        const uint8_t *p = v.iov_base;
+        size_t n = v.iov_len, at = 0, base = d->parsed;
+        for (;;) {
+            struct wsrr_frame_event ev;
+            ssize_t k = wsrr_frame_parse(&d->fp, p + at, n - at, &ev);
+            if (k < 0) {
+                /* a cap was crossed: this direction can no longer be cut
+                 * into messages; it passes as it is from here on */
+                wsrr_log(WSRR_LOG_INFO, c->id, "%s: %s; faults no longer applied to it",
+                         sender_name(dir), wsrr_frame_parser_error(&d->fp));
+                d->broken = true;
+                unit_reset(d);
+                forward(c, dir, in, evbuffer_get_length(in));
+                d->parsed = 0;
+                return;
+            }
+            at += (size_t)k;
+            d->parsed = base + at;
+            if (ev.type == WSRR_FRAME_NEED_MORE)
+                break;
+            /* when bytes left the front of `in`, unit_done() moved parsed
+             * back by as many: look at the buffer again */
+            if (on_event(c, dir, in, &ev, d->parsed, &fwd))
+                break;
+        }
+        /* a message too large to hold passes as it comes, without rules */
+        if (d->in_msg && !d->streaming && d->parsed - d->unit_start >= c->p->cfg.max_buffer) {
+            d->streaming = true;
+            d->ctx_lost = d->ctx_lost || f->deflate;
+            if (!d->big_noted && c->tap) {
+                d->big_noted = true;
+                wsrr_tap_note(c->tap, WSRR_TS_NOW,
+                              "a %s message over %zu bytes passed without fault rules",
+                              sender_name(dir), c->p->cfg.max_buffer);
+            }
+        }
+        if (d->streaming) {
+            fwd = d->parsed;
+            d->unit_start = d->parsed;
+        }
+    }
+    forward(c, dir, in, fwd);
+}
+
+/* ---- a connection's engine ---- */
+
+void faults_attach(struct conn *c)
+{
+    struct faults *f = calloc(1, sizeof(*f));
+    if (!f) {
+        wsrr_log(WSRR_LOG_ERROR, c->id, "out of memory: no fault rules on this connection");
+        return;
+    }
+    f->c = c;
+    for (int i = 0; i < 2; i++) {
+        struct fdir *d = &f->d[i];
+        wsrr_frame_parser_init(&d->fp, (enum wsrr_dir)i, NULL);
+        d->fp.validate_utf8 = false; /* the tap checks; boundaries are all we need */
+        d->qtail = &d->qhead;
+        d->qtimer = evtimer_new(c->p->base, qtimer_cb, c);
+    }
+    f->need_payload = reads_payload(c->p->rules);
+    f->kill_left = UINT64_MAX;
+    c->f = f;
+}
+
+void faults_start(struct conn *c, const struct wsrr_http_head *resp)
+{
+    struct faults *f = c->f;
+    if (!f)
+        return;
+    const struct wsrr_http_field *ext =
+        resp ? wsrr_http_find(resp, "Sec-WebSocket-Extensions", NULL) : NULL;
+    char err[200];
+    if (ext && wsrr_pmd_from_response(ext->value, ext->value_len, &f->pmd, err, sizeof(err)) > 0) {
+        f->deflate = true;
+        for (int i = 0; i < 2; i++) {
+            f->d[i].fp.rsv_allowed = WSRR_RSV1;
+            f->d[i].inflater = wsrr_pmd_inflater_new(&f->pmd, (enum wsrr_dir)i, 0);
+        }
+    }
+}
+
+static void queue_free(struct fdir *d)
+{
+    while (d->qhead) {
+        struct qitem *q = d->qhead;
+        d->qhead = q->next;
+        evbuffer_free(q->b);
+        free(q);
+    }
+    d->qtail = &d->qhead;
+    d->qbytes = 0;
+}
+
+void faults_free(struct conn *c)
+{
+    struct faults *f = c->f;
+    if (!f)
+        return;
+    for (int i = 0; i < 2; i++) {
+        struct fdir *d = &f->d[i];
+        queue_free(d);
+        if (d->qtimer)
+            event_free(d->qtimer);
+        if (d->held)
+            evbuffer_free(d->held);
+        if (d->pay)
+            evbuffer_free(d->pay);
+        if (d->msg)
+            evbuffer_free(d->msg);
+        wsrr_pmd_free(d->inflater);
+        wsrr_pmd_free(d->deflater);
+        free(d->fr);
+    }
+    if (f->close_timer)
+        event_free(f->close_timer);
+    if (f->storm_timer)
+        event_free(f->storm_timer);
+    free(f);
+    c->f = NULL;
+}
+
+int faults_close_conn(struct conn *c, int code, const char *reason, size_t len, int to)
+{
+    if (!c->f)
+        return -1;
+    if (c->tap)
+        wsrr_tap_note(c->tap, WSRR_TS_NOW, "control API: close %d towards %s", code,
+                      to == WSRR_TO_CLIENT   ? "the client"
+                      : to == WSRR_TO_SERVER ? "the server"
+                                             : "both sides");
+    fault_close(c, code, reason, len, to);
+    return 0;
+}
+
+int faults_inject(struct conn *c, int to, uint8_t opcode, const uint8_t *payload, size_t len)
+{
+    if (!c->f)
+        return -1;
+    struct evbuffer *b = evbuffer_new();
+    if (!b)
+        return -1;
+    if (c->tap)
+        wsrr_tap_note(c->tap, WSRR_TS_NOW, "control API: inject a %s frame of %zu bytes",
+                      wsrr_opcode_name(opcode), len);
+    for (int k = 0; k < 2; k++) {
+        /* towards the client: it travels server-to-client */
+        enum wsrr_dir d = (enum wsrr_dir)k;
+        if (to != WSRR_TO_BOTH && towards(to, WSRR_DIR_S2C) != d)
+            continue;
+        simple_frame(c, d, opcode, payload, len, b);
+        out(c, d, b, c->f->d[d].nth);
+    }
+    evbuffer_free(b);
+    return 0;
+}
