@@ -818,9 +818,11 @@ static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint6
     case WSRR_ACT_DUPLICATE:
         record_detail(c, r, target, det);
         det = NULL;
-        pass_unit(c, u, 0);
-        /* the copies: the same frames, the same bytes (masks included);
-         * compressed again like the original when recompressing */
+        /* the copies: the same frames, the same bytes (masks included),
+         * built before the original goes (its bytes are the source); when
+         * recompressing, compressed after the original, in order */
+        if (d->recompress && u->compressed)
+            pass_unit(c, u, 0);
         for (uint64_t i = 0; i < a->count && readable && d->recompress && u->compressed; i++) {
             size_t n = evbuffer_get_length(u->app);
             send_message(c, u, u->opcode, n ? evbuffer_pullup(u->app, -1) : (const uint8_t *)"", n,
@@ -840,6 +842,9 @@ static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint6
                 own_frame(c, dir, &p->f, pl, p->len, b);
                 free(pl);
             }
+        }
+        if (!(d->recompress && u->compressed)) {
+            pass_unit(c, u, 0);
             out(c, dir, b, u->nth);
         }
         break;

@@ -74,8 +74,11 @@ class Proxy:
             self.proc.kill()
             out = self.proc.communicate()[1]
         self.log = out.splitlines()
+        # a sanitizer report: show its start (the error and the stacks)
+        first = next((i for i, l in enumerate(self.log) if "ERROR: " in l or "runtime error" in l),
+                     max(0, len(self.log) - 30))
         check(self.proc.returncode == 0, "the proxy exits 0 (got %d):\n    %s" %
-              (self.proc.returncode, "\n    ".join(self.log[-30:])))
+              (self.proc.returncode, "\n    ".join(self.log[first:first + 40])))
         return self.proc.returncode
 
 
