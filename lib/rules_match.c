@@ -117,6 +117,26 @@ bool wsrr_rules_conn_any(const struct wsrr_rules *rs, const struct wsrr_rules_co
 
 /* ---- messages ---- */
 
+bool wsrr_contains(const uint8_t *hay, size_t len, const char *needle, size_t n, size_t rare)
+{
+    if (n > len)
+        return false;
+    uint8_t key = (uint8_t)needle[rare];
+    /* the key can only sit where a whole needle fits around it */
+    const uint8_t *p = hay + rare, *end = hay + len - (n - rare - 1);
+    for (int misses = 0; p < end; misses++) {
+        if (misses == 256) /* the key is not rare here: memmem stays linear */
+            return memmem(p - rare, (size_t)(hay + len - (p - rare)), needle, n) != NULL;
+        const uint8_t *hit = memchr(p, key, (size_t)(end - p));
+        if (!hit)
+            return false;
+        if (memcmp(hit - rare, needle, n) == 0)
+            return true;
+        p = hit + 1;
+    }
+    return false;
+}
+
 /* The node at a dotted path ("data.items.0.type"); digits index arrays. */
 static const cJSON *at_path(const cJSON *j, const char *path)
 {
@@ -211,7 +231,8 @@ static bool message_ok(const struct wsrr_rules_conn *rc, const struct wsrr_rule 
         return false;
     if (c->after_rule >= 0 && rc->r[c->after_rule].fired == 0)
         return false;
-    if (c->contains && !memmem(m->payload, m->len, c->contains, c->contains_len))
+    if (c->contains &&
+        !wsrr_contains(m->payload, m->len, c->contains, c->contains_len, c->contains_rare))
         return false;
     if (c->regex_src && !regex_ok(&c->regex, m))
         return false;

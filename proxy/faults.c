@@ -92,6 +92,7 @@ struct faults {
     struct conn *c;
     struct fdir d[2];
     bool need_payload; /* some rule reads payloads (contains, regex, json) */
+    bool need_time;    /* some rule looks at the time since the connection opened */
     /* connection-wide limits (both directions) */
     uint64_t dead_at;   /* timeout: nothing more goes after it; 0 none */
     uint64_t kill_left; /* kill_after: bytes left; UINT64_MAX none */
@@ -128,6 +129,14 @@ static void arm(struct event *ev, uint64_t at)
 
 /* ---- rules for this connection ---- */
 
+static bool reads_time(const struct wsrr_rules *rs)
+{
+    for (size_t i = 0; rs && i < rs->count; i++)
+        if (rs->rules[i].enabled && rs->rules[i].match.after_ms)
+            return true;
+    return false;
+}
+
 static bool reads_payload(const struct wsrr_rules *rs)
 {
     for (size_t i = 0; rs && i < rs->count; i++) {
@@ -152,8 +161,10 @@ static struct wsrr_rules_conn *conn_rules(struct conn *c)
         .ordinal = c->id, .path = c->path ? c->path : "", .client = c->client, .request = req};
     c->rc = wsrr_rules_conn_new(p->rules, &ci);
     c->rules_gen = p->rules_gen;
-    if (c->f)
+    if (c->f) {
         c->f->need_payload = reads_payload(p->rules);
+        c->f->need_time = reads_time(p->rules);
+    }
     return c->rc;
 }
 
@@ -477,7 +488,7 @@ static bool unit_read(struct faults *f, struct unit *u)
     }
     u->opcode = u->data_first >= 0 ? u->pc[u->data_first].f.opcode : u->npc ? u->pc[0].f.opcode : 0;
     /* the application payload; a compressed message's was inflated by the
-     * engine as it came (unit_done() put it in u->app) */
+     * engine as it came (unit_apply() put it in u->app) */
     if (u->compressed)
         return true;
     struct evbuffer *wire = u->app;
@@ -1134,8 +1145,10 @@ static void unit_reset(struct fdir *d)
 /* The unit [unit_start, end) of `in` is complete. *fwd: bytes at the front
  * of `in` already cleared to go unchanged. Returns false when the
  * connection is ending (nothing more is to be done with `in`). */
-static void unit_done(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, size_t end,
-                      size_t *fwd)
+/* A unit of dir is complete (its frames in d->fr, its payload in d->pay
+ * or d->msg): count it and ask the rules. Returns the rule that fires, or
+ * -1. */
+static int decide(struct conn *c, enum wsrr_dir dir)
 {
     struct faults *f = c->f;
     struct fdir *d = &f->d[dir];
@@ -1152,27 +1165,35 @@ static void unit_done(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, si
     d->nth++;
     c->messages[dir]++;
     c->p->st.messages[dir]++;
-    int ri = -1;
     struct wsrr_rules_conn *rc = d->streaming ? NULL : conn_rules(c);
-    if (rc) {
-        const struct wsrr_frame *first = d->nfr ? &d->fr[0].f : NULL;
-        for (size_t i = 0; i < d->nfr; i++)
-            if (d->fr[i].f.opcode < 8) {
-                first = &d->fr[i].f;
-                break;
-            }
-        struct evbuffer *pb = d->msg && evbuffer_get_length(d->msg) ? d->msg : d->pay;
-        size_t plen = pb ? evbuffer_get_length(pb) : 0;
-        struct wsrr_msg_info mi = {
-            .dir = dir,
-            .opcode = first ? first->opcode : 0,
-            .nth = d->nth,
-            .payload = plen ? evbuffer_pullup(pb, -1) : (const uint8_t *)"",
-            .len = plen,
-            .since_open_ms = (wsrr_now_ns() - c->t_start) / 1000000,
-        };
-        ri = wsrr_rules_on_message(c->p->rules, rc, &mi);
-    }
+    if (!rc)
+        return -1;
+    const struct wsrr_frame *first = d->nfr ? &d->fr[0].f : NULL;
+    for (size_t i = 0; i < d->nfr; i++)
+        if (d->fr[i].f.opcode < 8) {
+            first = &d->fr[i].f;
+            break;
+        }
+    struct evbuffer *pb = d->msg && evbuffer_get_length(d->msg) ? d->msg : d->pay;
+    size_t plen = pb ? evbuffer_get_length(pb) : 0;
+    struct wsrr_msg_info mi = {
+        .dir = dir,
+        .opcode = first ? first->opcode : 0,
+        .nth = d->nth,
+        .payload = plen ? evbuffer_pullup(pb, -1) : (const uint8_t *)"",
+        .len = plen,
+        .since_open_ms = f->need_time ? (wsrr_now_ns() - c->t_start) / 1000000 : 0,
+    };
+    return wsrr_rules_on_message(c->p->rules, rc, &mi);
+}
+
+/* The unit [unit_start, end) of `in` is complete and decided (ri). *fwd:
+ * bytes at the front of `in` already cleared to go unchanged. */
+static void unit_apply(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, size_t end,
+                       size_t *fwd, int ri)
+{
+    struct faults *f = c->f;
+    struct fdir *d = &f->d[dir];
     if (ri < 0 && !shaped(c->f, d)) {
         *fwd = end; /* goes with what came before it */
         unit_reset(d);
@@ -1306,11 +1327,99 @@ static bool on_event(struct conn *c, enum wsrr_dir dir, struct evbuffer *in,
         if (!control_alone && !(fr->opcode < 8 && fr->msg_final))
             return false;
         size_t before = evbuffer_get_length(in);
-        unit_done(c, dir, in, abs, fwd);
+        unit_apply(c, dir, in, abs, fwd, decide(c, dir));
         return evbuffer_get_length(in) != before;
     }
     default: return false;
     }
+}
+
+/* Bytes just read into the proxy's scratch buffer, nothing of this
+ * direction held or queued: cut them into units right there. Units no rule
+ * catches leave straight from the buffer, as without rules; from the first
+ * unit a rule catches (or an incomplete one at the end) the rest goes into
+ * `in` and the buffered path. Returns false when this cannot be used. */
+/* Append to a bufferevent's input, whose end the bufferevent keeps frozen
+ * between its own reads. */
+static void append_in(struct evbuffer *in, const uint8_t *p, size_t n)
+{
+    evbuffer_unfreeze(in, 0);
+    evbuffer_add(in, p, n);
+    evbuffer_freeze(in, 0);
+}
+
+bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const uint8_t *p, size_t n)
+{
+    struct faults *f = c->f;
+    struct fdir *d = &f->d[dir];
+    if (d->broken || d->streaming || d->in_msg || d->parsed || shaped(f, d) ||
+        evbuffer_get_length(in) || !wsrr_frame_parser_idle(&d->fp))
+        return false;
+    if (c->p->rules && c->rules_gen != c->p->rules_gen)
+        conn_rules(c);
+    size_t at = 0, fwd = 0;
+    for (;;) {
+        struct wsrr_frame_event ev;
+        ssize_t k = wsrr_frame_parse(&d->fp, p + at, n - at, &ev);
+        if (k < 0) { /* a cap: the buffered path says so and passes it all */
+            px_send_bytes(c, dir, p, fwd);
+            append_in(in, p + fwd, n - fwd);
+            d->broken = true;
+            wsrr_log(WSRR_LOG_INFO, c->id, "%s: %s; faults no longer applied to it",
+                     sender_name(dir), wsrr_frame_parser_error(&d->fp));
+            unit_reset(d);
+            d->parsed = evbuffer_get_length(in);
+            forward(c, dir, in, evbuffer_get_length(in));
+            d->parsed = 0;
+            return true;
+        }
+        at += (size_t)k;
+        if (ev.type == WSRR_FRAME_NEED_MORE)
+            break;
+        const struct wsrr_frame *fr = ev.frame;
+        if (ev.type != WSRR_FRAME_END) {
+            on_event(c, dir, in, &ev, at, &fwd); /* positions relative to p */
+            continue;
+        }
+        bool control_alone = fr->opcode >= 8 && !d->in_msg;
+        if (!control_alone && !(fr->opcode < 8 && fr->msg_final)) {
+            on_event(c, dir, in, &ev, at, &fwd);
+            continue;
+        }
+        /* a complete unit: what the buffered path's END does, decided here */
+        if (fr->opcode < 8 && f->deflate && fr->msg_compressed)
+            inflate_unit(f, d, fr->msg_final);
+        if (control_alone && f->need_payload) {
+            if (!d->pay)
+                d->pay = evbuffer_new();
+            if (d->pay)
+                evbuffer_add(d->pay, ev.data, ev.len);
+        }
+        int ri = decide(c, dir);
+        if (ri < 0 && !shaped(f, d)) {
+            fwd = at;
+            unit_reset(d);
+            continue;
+        }
+        /* a rule caught it: what came before leaves now, the unit and the
+         * rest take the buffered path */
+        size_t start = d->unit_start;
+        px_send_bytes(c, dir, p, start);
+        append_in(in, p + start, n - start);
+        d->parsed = at - start;
+        d->unit_start = 0;
+        size_t none = 0;
+        unit_apply(c, dir, in, d->parsed, &none, ri);
+        faults_relay(c, dir, in);
+        return true;
+    }
+    px_send_bytes(c, dir, p, fwd);
+    if (fwd < n) { /* an incomplete unit: held in `in` */
+        append_in(in, p + fwd, n - fwd);
+        d->parsed = n - fwd;
+        d->unit_start = d->unit_start >= fwd ? d->unit_start - fwd : 0;
+    }
+    return true;
 }
 
 void faults_relay(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
@@ -1351,7 +1460,7 @@ void faults_relay(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
             d->parsed = base + at;
             if (ev.type == WSRR_FRAME_NEED_MORE)
                 break;
-            /* when bytes left the front of `in`, unit_done() moved parsed
+            /* when bytes left the front of `in`, unit_apply() moved parsed
              * back by as many: look at the buffer again */
             if (on_event(c, dir, in, &ev, d->parsed, &fwd))
                 break;
@@ -1393,6 +1502,7 @@ void faults_attach(struct conn *c)
         d->qtimer = evtimer_new(c->p->base, qtimer_cb, c);
     }
     f->need_payload = reads_payload(c->p->rules);
+    f->need_time = reads_time(c->p->rules);
     f->kill_left = UINT64_MAX;
     c->f = f;
 }

@@ -120,6 +120,10 @@ struct conn {
  * bufferevent. Bytes towards a destination we shut are discarded. */
 void px_send(struct conn *c, enum wsrr_dir dir, struct evbuffer *b);
 
+/* n bytes of dir's source, as read: to the tap, then towards the
+ * destination (straight to the socket when nothing waits there). */
+void px_send_bytes(struct conn *c, enum wsrr_dir dir, const uint8_t *p, size_t n);
+
 /* Feed the first n bytes of b to the tap (what the peer sent). */
 void px_feed_tap(struct conn *c, enum wsrr_dir dir, struct evbuffer *b, size_t n);
 
@@ -161,6 +165,11 @@ void faults_start(struct conn *c, const struct wsrr_http_head *resp);
 /* Bytes arrived in `in` from dir's source: forward what the rules let
  * through, act on what they catch. Consumes from `in` what it handled. */
 void faults_relay(struct conn *c, enum wsrr_dir dir, struct evbuffer *in);
+
+/* The same for bytes just read into a flat buffer, nothing of dir held or
+ * queued; false when that does not hold (use faults_relay). */
+bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const uint8_t *p,
+                 size_t n);
 
 /* The connection is going away: free the engine's state. */
 void faults_free(struct conn *c);

@@ -831,8 +831,11 @@ static size_t sent(struct conn *c, enum wsrr_dir dir, ssize_t r)
 static bool pass_through(struct conn *c, enum wsrr_dir d, struct evbuffer *in, const uint8_t *p,
                          size_t n)
 {
-    evutil_socket_t fd =
-        c->state == CS_RELAY && !c->f && !evbuffer_get_length(in) ? send_fd(c, d) : -1;
+    if (c->state != CS_RELAY || evbuffer_get_length(in))
+        return false;
+    if (c->f) /* the fault engine looks first */
+        return faults_fast(c, d, in, p, n);
+    evutil_socket_t fd = send_fd(c, d);
     if (fd < 0)
         return false;
     feed_tap(c, d, p, n);
@@ -844,6 +847,24 @@ static bool pass_through(struct conn *c, enum wsrr_dir d, struct evbuffer *in, c
         check_backpressure(c, d);
     }
     return true;
+}
+
+void px_send_bytes(struct conn *c, enum wsrr_dir dir, const uint8_t *p, size_t n)
+{
+    struct bufferevent *dst = c->bev[other(dir)];
+    if (!n)
+        return;
+    feed_tap(c, dir, p, n);
+    c->bytes[dir] += n;
+    c->p->st.bytes[dir] += n;
+    if (!dst || c->shut[dir])
+        return;
+    evutil_socket_t fd = send_fd(c, dir);
+    size_t w = fd >= 0 ? sent(c, dir, send(fd, p, n, MSG_NOSIGNAL)) : 0;
+    if (w < n) {
+        evbuffer_add(bufferevent_get_output(dst), p + w, n - w);
+        check_backpressure(c, dir);
+    }
 }
 
 static void fast_read(evutil_socket_t fd, short what, void *arg)

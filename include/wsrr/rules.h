@@ -86,6 +86,7 @@ struct wsrr_match {
     cJSON *headers; /* {"Name": "glob", ...} over the request head */
     char *contains; /* payload substring */
     size_t contains_len;
+    size_t contains_rare; /* index of its rarest byte in typical payloads (the search key) */
     char *regex_src;
     regex_t regex;      /* valid when regex_src */
     cJSON *json;        /* {"dotted.path": value | {"exists": bool}, ...} */
@@ -126,6 +127,13 @@ void wsrr_rules_free(struct wsrr_rules *r);
  * (as a string); rs NULL gives {"rules": []}. malloc'd (cJSON's allocator),
  * NULL when out of memory. */
 char *wsrr_rules_to_json(const struct wsrr_rules *rs);
+
+/* Index of the byte of s[0..n) least likely in a typical payload (used to
+ * search for s; see lib/rules.c). */
+size_t wsrr_rare_byte(const char *s, size_t n);
+
+/* Is needle (n bytes, rarest byte at index rare) in hay? */
+bool wsrr_contains(const uint8_t *hay, size_t len, const char *needle, size_t n, size_t rare);
 
 /* Index of the rule with that name, or -1. */
 int wsrr_rules_find(const struct wsrr_rules *r, const char *name);

@@ -2,8 +2,8 @@
 """wsrr proxy --rules: fault injection against real peers on loopback.
 
 One test per action of docs/rules.md (24), plus the headline example of
-that document, the match conditions, determinism under a seed, and bad
-rules files. Every test starts its own upstream (a Python websockets server
+that document, the match conditions, the message actions on a
+permessage-deflate stream, determinism under a seed, and bad rules files. Every test starts its own upstream (a Python websockets server
 on a thread of its own, or a raw socket server when bytes matter), its own
 `wsrr proxy --rules` and its own capture, and checks two things:
 

@@ -438,6 +438,34 @@ static void test_decide_connection_once(void)
     wsrr_rules_free(rs);
 }
 
+/* The rare-byte search finds exactly what memmem finds. */
+static void test_contains_search(void)
+{
+    static const char *const hays[] = {"{\"type\":\"tool_executing\",\"step\":1}",
+                                       "aaaaaaaaaaaaaaaaaaaaaaaaaaaaab",
+                                       "",
+                                       "x",
+                                       "needle at the end: zq-",
+                                       "zq-zq-zq-zq-",
+                                       "\"\"\"\"\"\"\"\"\"\""};
+    static const char *const needles[] = {"tool_executing", "ab", "x",         "zq-",     "\"\"",
+                                          "aaaab",          "q",  "step\":1}", "missing", "\"type"};
+    for (size_t h = 0; h < sizeof(hays) / sizeof(hays[0]); h++)
+        for (size_t k = 0; k < sizeof(needles) / sizeof(needles[0]); k++) {
+            const char *hay = hays[h], *nd = needles[k];
+            size_t hl = strlen(hay), nl = strlen(nd);
+            bool want = memmem(hay, hl, nd, nl) != NULL;
+            bool got = wsrr_contains((const uint8_t *)hay, hl, nd, nl, wsrr_rare_byte(nd, nl));
+            CHECK_MSG(want == got, "'%s' in '%s': %d, memmem %d", nd, hay, got, want);
+        }
+    /* a key that is everywhere: 300 near misses, then the needle */
+    char big[4096];
+    memset(big, 'q', sizeof(big));
+    memcpy(big + sizeof(big) - 4, "qqz!", 4);
+    CHECK(wsrr_contains((const uint8_t *)big, sizeof(big), "qz!", 3, 0));
+    CHECK(!wsrr_contains((const uint8_t *)big, sizeof(big) - 1, "qz!", 3, 0));
+}
+
 int main(void)
 {
     test_example();
@@ -449,5 +477,6 @@ int main(void)
     test_decide_conditions();
     test_decide_seeded();
     test_decide_connection_once();
+    test_contains_search();
     return check_finish("test_rules");
 }
