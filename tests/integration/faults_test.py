@@ -22,6 +22,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -1677,6 +1678,143 @@ async def test_bad_rules():
                                                          p.returncode, p.stderr))
 
 
+
+# ---- hostile traffic under every kind of rule ----
+
+def random_frames(rnd, n, masked):
+    """n frames, valid and not: text/binary, fragmented messages with
+    control frames inside, reserved opcodes and RSV bits, wrong masking,
+    orphan continuations, close frames in the middle."""
+    out = []
+    for _ in range(n):
+        kind = rnd.random()
+        mask = os.urandom(4) if masked != (rnd.random() < 0.05) else None
+        body = bytes(rnd.choice(b"abc{}\":, xyz") for _ in range(rnd.choice((0, 1, 5, 60, 200, 3000))))
+        if kind < 0.45:
+            out.append(frame(0x81 if rnd.random() < 0.7 else 0x82, body, mask=mask))
+        elif kind < 0.65:  # a fragmented message, a ping inside
+            k = rnd.randint(2, 4)
+            for i in range(k):
+                b0 = (0x80 if i == k - 1 else 0) | (0x01 if i == 0 else 0x00)
+                out.append(frame(b0, body[i::k], mask=mask))
+                if i == 0:
+                    out.append(frame(0x89, b"in", mask=mask))
+        elif kind < 0.75:
+            out.append(frame(0x89 if rnd.random() < 0.5 else 0x8A, body[:20], mask=mask))
+        elif kind < 0.85:  # reserved opcode, RSV bits, orphan continuation
+            out.append(frame(rnd.choice((0x83, 0x8B, 0xC1, 0x80, 0x00)), body[:50], mask=mask))
+        elif kind < 0.9:
+            out.append(frame(0x88, b"\x03\xe8bye", mask=mask))
+        else:
+            out.append(frame(0x81, body, mask=mask, width=64))
+    return b"".join(out)
+
+
+def send_in_pieces(sock, rnd, data):
+    i = 0
+    while i < len(data):
+        k = rnd.choice((1, 3, 17, 400, 5000))
+        sock.sendall(data[i:i + k])
+        i += k
+        if rnd.random() < 0.1:
+            time.sleep(0.001)
+
+
+async def test_hostile_traffic():
+    """Random valid and invalid frames, split anywhere, both ways on 12
+    connections at once, under rules of every kind (message, connection,
+    JSON and regex matches): the proxy survives (exit 0, no sanitizer
+    report), its capture verifies, and a well-behaved connection made after
+    it all still gets its echo."""
+    def hostile(up, s, head, buf):
+        if b"/echo" in head:
+            s.settimeout(3)
+            data = buf
+            while True:
+                p = parse_frame(data)
+                if p:
+                    f, used = p
+                    data = data[used:]
+                    if f["op"] == 8:
+                        s.sendall(frame(0x88, b"\x03\xe8"))
+                        return
+                    s.sendall(frame(0x81, f["data"]))
+                    continue
+                d = s.recv(65536)
+                if not d:
+                    return
+                data += d
+        rnd = random.Random(head)
+        s.settimeout(0.05)
+        send_in_pieces(s, rnd, random_frames(rnd, 60, masked=False))
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            try:
+                if not s.recv(65536):
+                    return
+            except socket.timeout:
+                pass
+            except OSError:
+                return
+
+    up = RawUpstream(hostile)
+    proxy = Proxy(up.url, {"seed": 5, "rules": [
+        {"name": "r-drop", "match": {"nth": 2}, "action": {"drop": {}}},
+        {"name": "r-dup", "match": {"contains": "abc"}, "limit_per_conn": 2,
+         "action": {"duplicate": {"times": 2}}},
+        {"name": "r-reorder", "match": {"nth": 3}, "action": {"reorder": {"after": 2}}},
+        {"name": "r-corrupt", "match": {"opcode": "binary"}, "limit_per_conn": 3,
+         "action": {"corrupt": {"bytes": 3, "keep_valid": False}}},
+        {"name": "r-frag", "match": {"opcode": "text", "nth": 5},
+         "action": {"fragment": {"frames": 3}}},
+        {"name": "r-json", "match": {"json": {"a": {"exists": True}}},
+         "action": {"replace": {"json": {"set": {"b.c": 1}}}}},
+        {"name": "r-regex", "match": {"regex": "x+y+z", "probability": 0.5},
+         "action": {"truncate": {"bytes": 7}}},
+        {"name": "r-inject", "match": {"opcode": "ping"}, "limit_per_conn": 2,
+         "action": {"inject": {"when": "after", "opcode": "pong", "payload": "p"}}},
+        {"name": "r-storm", "match": {"nth": 7}, "action": {"ping_storm": {"count": 3}}},
+        {"name": "r-lat", "match": {"conn": 3}, "action": {"latency": {"ms": 5, "jitter_ms": 5}}},
+        {"name": "r-slice", "match": {"conn": 4}, "action": {"slicer": {"bytes": 7}}},
+        {"name": "r-close", "match": {"conn": 5, "nth": 20},
+         "action": {"close": {"code": 1011, "reason": "boom"}}},
+        {"name": "r-kill", "match": {"conn": 6}, "action": {"kill_after": {"bytes": 3000}}},
+        {"name": "r-reset", "match": {"conn": 7, "nth": 10}, "action": {"reset": {}}},
+        {"name": "r-bw", "match": {"conn": 8}, "action": {"bandwidth": {"bytes_per_s": 200000}}},
+        {"name": "r-stall", "match": {"conn": 9, "nth": 4}, "action": {"stall": {"ms": 200}}},
+        {"name": "r-half", "match": {"conn": 10, "nth": 30}, "action": {"half_close": {"to": "server"}}},
+    ]})
+
+    def client(i):
+        rnd = random.Random(i)
+        try:
+            c = RawClient(proxy.port, "/hostile%d" % i)
+            send_in_pieces(c.sock, rnd, random_frames(rnd, 60, masked=True))
+            c.drain(timeout=1.5)
+            c.close()
+        except OSError:
+            pass
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    # after all that, a plain exchange still works
+    c = RawClient(proxy.port, "/echo")
+    c.send("still here")
+    got = c.frames(until=lambda fs: len(fs) >= 1, timeout=3)
+    c.close()
+    check(c.status == 101 and [f["data"] for f in got[:1]] == [b"still here"],
+          "a connection after the hostile ones gets its echo: %s" % got[:1])
+    proxy.stop()
+    up.close()
+    r = subprocess.run([WSRR, "verify", proxy.capture], capture_output=True, text=True)
+    check(r.returncode == 0, "the capture verifies: %s" % (r.stdout + r.stderr).strip()[:300])
+    recs = records(proxy.capture)
+    fired = {f["rule"] for f in faults(recs)}
+    check(len(fired) >= 14, "most rules fired on the hostile traffic: %s" % sorted(fired))
+
 TESTS = [
     # message actions
     test_drop, test_delay, test_duplicate, test_reorder, test_corrupt, test_truncate,
@@ -1689,7 +1827,7 @@ TESTS = [
     # the rest
     test_headline_example, test_match_content, test_match_counts,
     test_deflate_message_actions, test_determinism,
-    test_bad_rules,
+    test_bad_rules, test_hostile_traffic,
 ]
 
 
