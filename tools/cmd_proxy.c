@@ -293,6 +293,15 @@ static int run(int argc, char **argv)
         event_base_free(base);
         return tool_fail("proxy", EXIT_BAD_INPUT, "%s", err);
     }
+    /* signals are ours before anyone learns where we listen: a script that
+     * stops the proxy the moment it has started gets a clean stop */
+    struct signals s = {p, base, 0};
+    struct event *sig[3];
+    int signos[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        sig[i] = evsignal_new(base, signos[i], on_signal, &s);
+        event_add(sig[i], NULL);
+    }
     const char *cap = wsrr_proxy_capture_path(p);
     wsrr_log(WSRR_LOG_INFO, 0, "listening on %s, forwarding to %s%s%s%s",
              wsrr_proxy_listen_address(p), cfg.upstream, cap ? ", recording to " : "",
@@ -302,13 +311,6 @@ static int run(int argc, char **argv)
         announce_control(ctl, !ccfg.token && !token_file);
     }
 
-    struct signals s = {p, base, 0};
-    struct event *sig[3];
-    int signos[3] = {SIGINT, SIGTERM, SIGHUP};
-    for (int i = 0; i < 3; i++) {
-        sig[i] = evsignal_new(base, signos[i], on_signal, &s);
-        event_add(sig[i], NULL);
-    }
     /* the proxy leaves the loop itself once it has shut down and finalised
      * its capture; a second signal breaks out at once */
     event_base_dispatch(base);
