@@ -57,7 +57,10 @@ struct fdir {
     bool big_noted;
     struct unit_frame *fr; /* frames of the unit (only headers) */
     size_t nfr, capfr;
-    struct evbuffer *pay; /* the unit's data payload, unmasked (when rules read payloads) */
+    /* the unit's data payload, unmasked (when rules read payloads, or to
+     * inflate): a plain array, reused from unit to unit */
+    uint8_t *pay;
+    size_t pay_len, pay_cap;
     struct wsrr_pmd_stream *inflater; /* the sender's context, every compressed message */
     struct evbuffer *msg;             /* the inflated message */
     bool ctx_lost;                    /* a message could not be inflated: context unknown */
@@ -1136,15 +1139,16 @@ static void unit_reset(struct fdir *d)
     d->nfr = 0;
     d->in_msg = false;
     d->streaming = false;
-    if (d->pay)
-        evbuffer_drain(d->pay, evbuffer_get_length(d->pay));
+    d->pay_len = 0;
+    if (d->pay_cap > 16384) { /* a large message's room is not kept per connection */
+        free(d->pay);
+        d->pay = NULL;
+        d->pay_cap = 0;
+    }
     if (d->msg)
         evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
 }
 
-/* The unit [unit_start, end) of `in` is complete. *fwd: bytes at the front
- * of `in` already cleared to go unchanged. Returns false when the
- * connection is ending (nothing more is to be done with `in`). */
 /* A unit of dir is complete (its frames in d->fr, its payload in d->pay
  * or d->msg): count it and ask the rules. Returns the rule that fires, or
  * -1. */
@@ -1174,13 +1178,14 @@ static int decide(struct conn *c, enum wsrr_dir dir)
             first = &d->fr[i].f;
             break;
         }
-    struct evbuffer *pb = d->msg && evbuffer_get_length(d->msg) ? d->msg : d->pay;
-    size_t plen = pb ? evbuffer_get_length(pb) : 0;
+    size_t mlen = d->msg ? evbuffer_get_length(d->msg) : 0;
+    const uint8_t *pl = mlen ? evbuffer_pullup(d->msg, -1) : d->pay;
+    size_t plen = mlen ? mlen : d->pay_len;
     struct wsrr_msg_info mi = {
         .dir = dir,
         .opcode = first ? first->opcode : 0,
         .nth = d->nth,
-        .payload = plen ? evbuffer_pullup(pb, -1) : (const uint8_t *)"",
+        .payload = plen ? pl : (const uint8_t *)"",
         .len = plen,
         .since_open_ms = f->need_time ? (wsrr_now_ns() - c->t_start) / 1000000 : 0,
     };
@@ -1244,38 +1249,52 @@ static void unit_apply(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, s
     evbuffer_free(u.raw);
 }
 
+/* Room for n more payload bytes (at most the buffer limit in all), or
+ * NULL. */
+static uint8_t *pay_room(struct faults *f, struct fdir *d, size_t n)
+{
+    if (d->pay_len + n > f->c->p->cfg.max_buffer)
+        return NULL;
+    if (d->pay_len + n > d->pay_cap) {
+        size_t cap = d->pay_cap ? d->pay_cap : 256;
+        while (cap < d->pay_len + n)
+            cap *= 2;
+        uint8_t *np = realloc(d->pay, cap);
+        if (!np)
+            return NULL;
+        d->pay = np;
+        d->pay_cap = cap;
+    }
+    return d->pay + d->pay_len;
+}
+
 /* The payload of a data frame, unmasked, for rules that read payloads;
  * compressed messages are inflated as their frames come. */
 static void take_payload(struct faults *f, struct fdir *d, const struct wsrr_frame_event *ev)
 {
     const struct wsrr_frame *fr = ev->frame;
-    if (!d->pay && !(d->pay = evbuffer_new()))
-        return;
-    if (evbuffer_get_length(d->pay) + ev->len > f->c->p->cfg.max_buffer)
-        return;
-    struct evbuffer_iovec v;
-    if (evbuffer_reserve_space(d->pay, (ev_ssize_t)ev->len, &v, 1) != 1)
+    uint8_t *at = pay_room(f, d, ev->len);
+    if (!at)
         return;
     if (fr->masked)
-        wsrr_frame_mask(v.iov_base, ev->data, ev->len, fr->mask, ev->offset);
+        wsrr_frame_mask(at, ev->data, ev->len, fr->mask, ev->offset);
     else
-        memcpy(v.iov_base, ev->data, ev->len);
-    v.iov_len = ev->len;
-    evbuffer_commit_space(d->pay, &v, 1);
+        memcpy(at, ev->data, ev->len);
+    d->pay_len += ev->len;
 }
 
 static void inflate_unit(struct faults *f, struct fdir *d, bool fin)
 {
-    if (!d->inflater || !d->pay)
+    if (!d->inflater)
         return;
     if (!d->msg && !(d->msg = evbuffer_new()))
         return;
-    size_t n = evbuffer_get_length(d->pay);
-    if (wsrr_pmd_inflate(d->inflater, evbuffer_pullup(d->pay, -1), n, fin, d->msg) < 0) {
+    size_t n = d->pay_len;
+    if (wsrr_pmd_inflate(d->inflater, d->pay, n, fin, d->msg) < 0) {
         evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
         d->ctx_lost = true;
     }
-    evbuffer_drain(d->pay, n);
+    d->pay_len = 0;
     (void)f;
 }
 
@@ -1319,10 +1338,11 @@ static bool on_event(struct conn *c, enum wsrr_dir dir, struct evbuffer *in,
         if (fr->opcode < 8 && f->deflate && fr->msg_compressed && hold)
             inflate_unit(f, d, fr->msg_final);
         if (control_alone && f->need_payload && hold) {
-            if (!d->pay)
-                d->pay = evbuffer_new();
-            if (d->pay)
-                evbuffer_add(d->pay, ev->data, ev->len);
+            uint8_t *at = pay_room(f, d, ev->len);
+            if (at) {
+                memcpy(at, ev->data, ev->len);
+                d->pay_len += ev->len;
+            }
         }
         if (!control_alone && !(fr->opcode < 8 && fr->msg_final))
             return false;
@@ -1390,10 +1410,11 @@ bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const u
         if (fr->opcode < 8 && f->deflate && fr->msg_compressed)
             inflate_unit(f, d, fr->msg_final);
         if (control_alone && f->need_payload) {
-            if (!d->pay)
-                d->pay = evbuffer_new();
-            if (d->pay)
-                evbuffer_add(d->pay, ev.data, ev.len);
+            uint8_t *room = pay_room(f, d, ev.len);
+            if (room) {
+                memcpy(room, ev.data, ev.len);
+                d->pay_len += ev.len;
+            }
         }
         int ri = decide(c, dir);
         if (ri < 0 && !shaped(f, d)) {
@@ -1548,8 +1569,7 @@ void faults_free(struct conn *c)
             event_free(d->qtimer);
         if (d->held)
             evbuffer_free(d->held);
-        if (d->pay)
-            evbuffer_free(d->pay);
+        free(d->pay);
         if (d->msg)
             evbuffer_free(d->msg);
         wsrr_pmd_free(d->inflater);
