@@ -309,6 +309,32 @@ static bool string_map(struct ctx *c, const char *path, const cJSON *v)
     return true;
 }
 
+static bool tchar(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* HTTP fields wsrr will write: names are tokens (RFC 9110 5.1), values hold
+ * no CR or LF (no request or response splitting). */
+static bool field_map(struct ctx *c, const char *path, const cJSON *v)
+{
+    if (!string_map(c, path, v))
+        return false;
+    for (const cJSON *e = v->child; e; e = e->next) {
+        char p[320];
+        join(p, sizeof(p), path, e->string);
+        bool token = e->string[0] != '\0';
+        for (const char *q = e->string; *q && token; q++)
+            token = tchar(*q);
+        if (!token)
+            return fail(c, p, "a header name is a token (letters, digits, !#$%%&'*+-.^_`|~)");
+        if (strpbrk(e->valuestring, "\r\n"))
+            return fail(c, p, "a header value cannot hold CR or LF");
+    }
+    return true;
+}
+
 /* {"set": {path: value}, "remove": [path]}: a JSON edit of the payload. */
 static bool json_edit(struct ctx *c, const char *path, const cJSON *v)
 {
@@ -355,7 +381,7 @@ static bool headers_edit(struct ctx *c, const char *path, const cJSON *v)
         const cJSON *rm = cJSON_GetObjectItemCaseSensitive(side, "remove");
         char q[320];
         join(q, sizeof(q), p, "set");
-        if (set && !string_map(c, q, set))
+        if (set && !field_map(c, q, set))
             return false;
         join(q, sizeof(q), p, "remove");
         if (rm && !string_list(c, q, rm))
@@ -503,7 +529,7 @@ static bool parse_action(struct ctx *c, const char *path, const cJSON *v, struct
             break;
         case S_JSON_EDIT:
         case S_HEADERS:
-            if (q->slot == S_JSON_EDIT ? !json_edit(c, pp, x) : !string_map(c, pp, x))
+            if (q->slot == S_JSON_EDIT ? !json_edit(c, pp, x) : !field_map(c, pp, x))
                 return false;
             a->json = cJSON_Duplicate(x, true);
             if (!a->json)

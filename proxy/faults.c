@@ -33,7 +33,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CLOSE_LINGER_MS 1000 /* after a rule's close frame: time for the close replies */
+#define CLOSE_LINGER_MS 1000
+#define MAX_UNIT_FRAMES                                                                            \
+    4096 /* frames held in one unit before it passes as it comes */ /* after a rule's close frame: \
+                                                                       time for the close replies  \
+                                                                     */
 
 struct unit_frame {
     size_t off; /* of its header, from the start of the unit */
@@ -77,7 +81,8 @@ struct fdir {
     size_t qbytes;
     uint64_t last_at;
     struct event *qtimer;
-    struct evbuffer *held; /* reorder: a unit waiting for `held_left` more to pass */
+    struct evbuffer *pending; /* wsrr's own frames waiting for a streamed message's end */
+    struct evbuffer *held;    /* reorder: a unit waiting for `held_left` more to pass */
     uint64_t held_left, held_nth;
     bool held_plain; /* held is the message's content, compressed when it goes */
     uint8_t held_opcode;
@@ -267,7 +272,7 @@ static void end_later(struct conn *c, uint64_t ms, unsigned reset, const char *w
 static void release(struct conn *c, enum wsrr_dir dir, struct evbuffer *b)
 {
     struct faults *f = c->f;
-    if (f->d[dir].discard || (f->dead_at && wsrr_now_ns() >= f->dead_at)) {
+    if (f->dead_at && wsrr_now_ns() >= f->dead_at) {
         evbuffer_drain(b, evbuffer_get_length(b));
         return;
     }
@@ -416,6 +421,10 @@ static void qtimer_cb(evutil_socket_t fd, short what, void *arg)
             c->paused[dir] = false;
             px_set_reading(c, (enum wsrr_dir)dir, true);
         }
+        /* the source ended and everything it sent is out: pass its FIN on */
+        if (c->eof[dir] && faults_idle(c, (enum wsrr_dir)dir) &&
+            px_half_close(c, (enum wsrr_dir)dir))
+            end_later(c, 0, 0, NULL);
     }
 }
 
@@ -439,6 +448,7 @@ struct unit {
     uint8_t opcode; /* the message's (or control frame's) */
     bool compressed;
     struct evbuffer *app; /* the payload as the application sees it (inflated) */
+    bool streamed;        /* too large to hold: most of it went on already */
 };
 
 static void unit_free(struct unit *u)
@@ -559,9 +569,38 @@ static void send_message(struct conn *c, const struct unit *u, uint8_t opcode, c
 
 /* ---- actions ---- */
 
-static enum wsrr_dir towards(int to, enum wsrr_dir dflt)
+/* The directions (bit 1 << enum wsrr_dir, the way the bytes travel) a
+ * `to` selects: towards the client is server-to-client; WSRR_TO_DEFAULT
+ * gives dflt. */
+static unsigned to_dirs(int to, unsigned dflt)
 {
-    return to == WSRR_TO_CLIENT ? WSRR_DIR_S2C : to == WSRR_TO_SERVER ? WSRR_DIR_C2S : dflt;
+    switch (to) {
+    case WSRR_TO_CLIENT: return 1u << WSRR_DIR_S2C;
+    case WSRR_TO_SERVER: return 1u << WSRR_DIR_C2S;
+    case WSRR_TO_BOTH: return 3u;
+    default: return dflt;
+    }
+}
+
+/* A frame of wsrr's own to go dir's way: not into the middle of a message
+ * that is passing as it comes (it waits for that message's end), and not
+ * at all into a direction whose frames are no longer followed. */
+static void own_out(struct conn *c, enum wsrr_dir dir, struct evbuffer *b)
+{
+    struct fdir *d = &c->f->d[dir];
+    if (d->broken) {
+        evbuffer_drain(b, evbuffer_get_length(b));
+        return;
+    }
+    if (d->in_msg && d->streaming) {
+        if (!d->pending && !(d->pending = evbuffer_new())) {
+            evbuffer_drain(b, evbuffer_get_length(b));
+            return;
+        }
+        evbuffer_add_buffer(d->pending, b);
+        return;
+    }
+    out(c, dir, b, d->nth);
 }
 
 static void close_timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -597,22 +636,18 @@ static void fault_close(struct conn *c, int code, const char *reason, size_t rle
     struct evbuffer *b = evbuffer_new();
     uint8_t pl[WSRR_FRAME_MAX_CONTROL];
     size_t n = code > 0 ? wsrr_close_payload(pl, (uint16_t)code, reason, rlen) : 0;
-    for (int d = 0; d < 2 && b; d++) {
-        /* WSRR_TO_CLIENT: travels server-to-client */
-        bool want = to == WSRR_TO_BOTH || to == WSRR_TO_DEFAULT ||
-                    towards(to, WSRR_DIR_C2S) == (enum wsrr_dir)d;
-        if (!want || f->d[d].discard)
+    unsigned dirs = to_dirs(to, 3u);
+    for (int d = 0; d < 2 && b && code > 0; d++) {
+        struct fdir *fd = &f->d[d];
+        if (!(dirs & (1u << d)) || fd->discard || fd->broken)
             continue;
-        if (code > 0) {
-            /* a close travelling d is answered by the peer that sends the other way */
-            f->close_wait |= 1u << (d == WSRR_DIR_C2S ? WSRR_DIR_S2C : WSRR_DIR_C2S);
-            simple_frame(c, (enum wsrr_dir)d, WSRR_OP_CLOSE, pl, n, b);
-            /* after what is already queued, ahead of nothing else */
-            struct fdir *fd = &f->d[d];
-            fd->stall_until = 0;
-            fd->latency_ns = 0;
-            out(c, (enum wsrr_dir)d, b, 0);
-        }
+        /* a close travelling d is answered by the peer that sends the other way */
+        f->close_wait |= 1u << (d == WSRR_DIR_C2S ? WSRR_DIR_S2C : WSRR_DIR_C2S);
+        simple_frame(c, (enum wsrr_dir)d, WSRR_OP_CLOSE, pl, n, b);
+        /* after what is already queued (which still goes), ahead of nothing else */
+        fd->stall_until = 0;
+        fd->latency_ns = 0;
+        own_out(c, (enum wsrr_dir)d, b);
     }
     if (b)
         evbuffer_free(b);
@@ -620,21 +655,29 @@ static void fault_close(struct conn *c, int code, const char *reason, size_t rle
     end_later(c, CLOSE_LINGER_MS, 0, "closed by a rule");
 }
 
+#define STORM_TICK 256 /* pings per turn of the loop at interval 0 */
+
 static void storm_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
     struct faults *f = c->f;
     (void)fd, (void)what;
+    unsigned dirs = to_dirs(f->storm_to, 1u << WSRR_DIR_S2C);
+    for (int d = 0; d < 2; d++)
+        if ((dirs & (1u << d)) && px_out_len(c, (enum wsrr_dir)d) >= c->p->cfg.max_buffer) {
+            /* that peer does not read: the storm waits, it does not pile up */
+            arm(f->storm_timer, wsrr_now_ns() + ms_ns(10));
+            return;
+        }
     struct evbuffer *b = evbuffer_new();
-    while (b && f->storm_left) {
+    for (int k = 0; b && f->storm_left && k < STORM_TICK; k++) {
         char pl[32];
         int n = snprintf(pl, sizeof(pl), "wsrr-ping-%llu", (unsigned long long)++f->storm_sent);
         for (int d = 0; d < 2; d++) {
-            if (f->storm_to != WSRR_TO_BOTH &&
-                towards(f->storm_to, WSRR_DIR_S2C) != (enum wsrr_dir)d)
+            if (!(dirs & (1u << d)))
                 continue;
             simple_frame(c, (enum wsrr_dir)d, WSRR_OP_PING, (const uint8_t *)pl, (size_t)n, b);
-            out(c, (enum wsrr_dir)d, b, 0);
+            own_out(c, (enum wsrr_dir)d, b);
         }
         f->storm_left--;
         if (f->storm_ns)
@@ -770,7 +813,7 @@ static void start_recompress(struct conn *c, enum wsrr_dir dir)
 static void pass_unit(struct conn *c, struct unit *u, uint64_t at)
 {
     struct fdir *d = &c->f->d[u->dir];
-    if (d->recompress && u->compressed && u->data_first >= 0) {
+    if (d->recompress && u->compressed && u->data_first >= 0 && !u->streamed) {
         struct evbuffer *b = evbuffer_new();
         if (b) {
             size_t n = evbuffer_get_length(u->app);
@@ -829,7 +872,13 @@ static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint6
         pass_unit(c, u, now + ms_ns(ms));
         break;
     }
-    case WSRR_ACT_DUPLICATE:
+    case WSRR_ACT_DUPLICATE: {
+        /* copies of a large message are bounded: four buffers' worth */
+        uint64_t times = a->count, cap = 4 * (uint64_t)c->p->cfg.max_buffer;
+        if (times * (u->n + 1) > cap) {
+            times = cap / (u->n + 1) ? cap / (u->n + 1) : 1;
+            cJSON_AddNumberToObject(det, "times_sent", (double)times);
+        }
         record_detail(c, r, target, det);
         det = NULL;
         /* the copies: the same frames, the same bytes (masks included),
@@ -837,13 +886,13 @@ static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint6
          * recompressing, compressed after the original, in order */
         if (d->recompress && u->compressed)
             pass_unit(c, u, 0);
-        for (uint64_t i = 0; i < a->count && readable && d->recompress && u->compressed; i++) {
+        for (uint64_t i = 0; i < times && readable && d->recompress && u->compressed; i++) {
             size_t n = evbuffer_get_length(u->app);
             send_message(c, u, u->opcode, n ? evbuffer_pullup(u->app, -1) : (const uint8_t *)"", n,
                          1, b, true);
             out(c, dir, b, u->nth);
         }
-        for (uint64_t i = 0; i < a->count && readable && !(d->recompress && u->compressed); i++) {
+        for (uint64_t i = 0; i < times && readable && !(d->recompress && u->compressed); i++) {
             for (size_t k = 0; k < u->npc; k++) {
                 const struct piece *p = &u->pc[k];
                 uint8_t *pl = malloc(p->len ? p->len : 1);
@@ -862,6 +911,7 @@ static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint6
             out(c, dir, b, u->nth);
         }
         break;
+    }
     case WSRR_ACT_REORDER:
         /* held until `count` more units of this direction went */
         record_detail(c, r, target, det);
@@ -977,13 +1027,13 @@ static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint6
     }
     case WSRR_ACT_INJECT: {
         /* by default the frame travels the way the message does */
-        enum wsrr_dir td = towards(a->to, dir);
+        unsigned dirs = to_dirs(a->to, 1u << dir);
         record_detail(c, r, target, det);
         det = NULL;
         if (a->flag) /* after */
             pass_unit(c, u, 0);
         for (int k = 0; k < 2; k++) {
-            if (a->to != WSRR_TO_BOTH && (enum wsrr_dir)k != td)
+            if (!(dirs & (1u << k)))
                 continue;
             simple_frame(c, (enum wsrr_dir)k, (uint8_t)a->opcode, (const uint8_t *)a->text,
                          a->text_len, b);
@@ -1002,7 +1052,8 @@ static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint6
         record_detail(c, r, target, det);
         det = NULL;
         pass_unit(c, u, 0);
-        f->storm_left += a->count;
+        /* storms of several firings add up, to the largest one a rule may ask */
+        f->storm_left = f->storm_left + a->count > 100000 ? 100000 : f->storm_left + a->count;
         f->storm_ns = ms_ns(a->ms);
         f->storm_to = a->to == WSRR_TO_DEFAULT
                           ? (dir == WSRR_DIR_C2S ? WSRR_TO_SERVER : WSRR_TO_CLIENT)
@@ -1027,14 +1078,13 @@ static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint6
         record_detail(c, r, target, det);
         det = NULL;
         pass_unit(c, u, 0);
-        for (int k = 0; k < 2; k++) {
-            bool want = a->to == WSRR_TO_BOTH || a->to == WSRR_TO_DEFAULT ||
-                        towards(a->to, WSRR_DIR_C2S) == (enum wsrr_dir)k;
-            if (want) {
+        unsigned dirs = to_dirs(a->to, 3u);
+        for (int k = 0; k < 2; k++)
+            if (dirs & (1u << k)) {
                 f->d[k].discard = true; /* nothing more that way */
-                px_half_close(c, (enum wsrr_dir)k);
+                if (px_half_close(c, (enum wsrr_dir)k))
+                    end_later(c, 0, 0, "both sides half-closed by a rule");
             }
-        }
         break;
     }
     case WSRR_ACT_TIMEOUT: /* the whole connection goes dead */
@@ -1137,6 +1187,11 @@ static void forward(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, size
 static void unit_reset(struct fdir *d)
 {
     d->nfr = 0;
+    if (d->capfr > 64) { /* a message of many frames: its list is not kept */
+        free(d->fr);
+        d->fr = NULL;
+        d->capfr = 0;
+    }
     d->in_msg = false;
     d->streaming = false;
     d->pay_len = 0;
@@ -1178,9 +1233,9 @@ static int decide(struct conn *c, enum wsrr_dir dir)
             first = &d->fr[i].f;
             break;
         }
-    size_t mlen = d->msg ? evbuffer_get_length(d->msg) : 0;
+    size_t mlen = d->msg && f->need_payload ? evbuffer_get_length(d->msg) : 0;
     const uint8_t *pl = mlen ? evbuffer_pullup(d->msg, -1) : d->pay;
-    size_t plen = mlen ? mlen : d->pay_len;
+    size_t plen = mlen ? mlen : f->need_payload ? d->pay_len : 0;
     struct wsrr_msg_info mi = {
         .dir = dir,
         .opcode = first ? first->opcode : 0,
@@ -1209,7 +1264,11 @@ static void unit_apply(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, s
      * the front */
     forward(c, dir, in, d->unit_start);
     *fwd = 0;
-    struct unit u = {.dir = dir, .nth = d->nth, .raw = evbuffer_new(), .app = evbuffer_new()};
+    struct unit u = {.dir = dir,
+                     .nth = d->nth,
+                     .raw = evbuffer_new(),
+                     .app = evbuffer_new(),
+                     .streamed = d->streaming};
     u.data_first = -1;
     for (size_t i = 0; i < d->nfr; i++)
         if (d->fr[i].f.opcode < 8) {
@@ -1316,6 +1375,15 @@ static bool on_event(struct conn *c, enum wsrr_dir dir, struct evbuffer *in,
         }
         if (fr->opcode < 8 && fr->msg_first)
             d->in_msg = true;
+        if (hold && d->in_msg && d->nfr >= MAX_UNIT_FRAMES) {
+            /* thousands of frames (pings inside an unfinished message...):
+             * the message passes as it comes, like a large one */
+            d->streaming = true;
+            d->ctx_lost = d->ctx_lost || f->deflate;
+            return false;
+        }
+        if (hold && fr->opcode < 8 && fr->len && (f->need_payload || fr->msg_compressed))
+            pay_room(f, d, (size_t)(fr->len < c->p->cfg.max_buffer ? fr->len : 0));
         if (hold && d->nfr == d->capfr) {
             size_t cap = d->capfr ? d->capfr * 2 : 4;
             struct unit_frame *nf = realloc(d->fr, cap * sizeof(*nf));
@@ -1354,11 +1422,14 @@ static bool on_event(struct conn *c, enum wsrr_dir dir, struct evbuffer *in,
     }
 }
 
-/* Bytes just read into the proxy's scratch buffer, nothing of this
- * direction held or queued: cut them into units right there. Units no rule
- * catches leave straight from the buffer, as without rules; from the first
- * unit a rule catches (or an incomplete one at the end) the rest goes into
- * `in` and the buffered path. Returns false when this cannot be used. */
+/* wsrr's own frames that waited for a streamed message's end go now. */
+static void flush_pending(struct conn *c, enum wsrr_dir dir)
+{
+    struct fdir *d = &c->f->d[dir];
+    if (d->pending && evbuffer_get_length(d->pending) && !d->in_msg)
+        out(c, dir, d->pending, d->nth);
+}
+
 /* Append to a bufferevent's input, whose end the bufferevent keeps frozen
  * between its own reads. */
 static void append_in(struct evbuffer *in, const uint8_t *p, size_t n)
@@ -1368,6 +1439,11 @@ static void append_in(struct evbuffer *in, const uint8_t *p, size_t n)
     evbuffer_freeze(in, 0);
 }
 
+/* Bytes just read into the proxy's scratch buffer, nothing of this
+ * direction held or queued: cut them into units right there. Units no rule
+ * catches leave straight from the buffer, as without rules; from the first
+ * unit a rule catches (or an incomplete one at the end) the rest goes into
+ * `in` and the buffered path. Returns false when this cannot be used. */
 bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const uint8_t *p, size_t n)
 {
     struct faults *f = c->f;
@@ -1503,6 +1579,7 @@ void faults_relay(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
         }
     }
     forward(c, dir, in, fwd);
+    flush_pending(c, dir);
 }
 
 /* ---- a connection's engine ---- */
@@ -1540,7 +1617,8 @@ void faults_start(struct conn *c, const struct wsrr_http_head *resp)
         f->deflate = true;
         for (int i = 0; i < 2; i++) {
             f->d[i].fp.rsv_allowed = WSRR_RSV1;
-            f->d[i].inflater = wsrr_pmd_inflater_new(&f->pmd, (enum wsrr_dir)i, 0);
+            f->d[i].inflater =
+                wsrr_pmd_inflater_new(&f->pmd, (enum wsrr_dir)i, c->p->cfg.max_buffer);
         }
     }
 }
@@ -1569,6 +1647,8 @@ void faults_free(struct conn *c)
             event_free(d->qtimer);
         if (d->held)
             evbuffer_free(d->held);
+        if (d->pending)
+            evbuffer_free(d->pending);
         free(d->pay);
         if (d->msg)
             evbuffer_free(d->msg);
@@ -1601,6 +1681,10 @@ int faults_inject(struct conn *c, int to, uint8_t opcode, const uint8_t *payload
 {
     if (!c->f)
         return -1;
+    unsigned dirs = to_dirs(to, 1u << WSRR_DIR_S2C);
+    for (int k = 0; k < 2; k++)
+        if ((dirs & (1u << k)) && c->f->d[k].broken)
+            return -2; /* frame boundaries lost that way: an injected frame would land anywhere */
     struct evbuffer *b = evbuffer_new();
     if (!b)
         return -1;
@@ -1608,13 +1692,37 @@ int faults_inject(struct conn *c, int to, uint8_t opcode, const uint8_t *payload
         wsrr_tap_note(c->tap, WSRR_TS_NOW, "control API: inject a %s frame of %zu bytes",
                       wsrr_opcode_name(opcode), len);
     for (int k = 0; k < 2; k++) {
-        /* towards the client: it travels server-to-client */
-        enum wsrr_dir d = (enum wsrr_dir)k;
-        if (to != WSRR_TO_BOTH && towards(to, WSRR_DIR_S2C) != d)
+        if (!(dirs & (1u << k)))
             continue;
-        simple_frame(c, d, opcode, payload, len, b);
-        out(c, d, b, c->f->d[d].nth);
+        simple_frame(c, (enum wsrr_dir)k, opcode, payload, len, b);
+        own_out(c, (enum wsrr_dir)k, b);
     }
     evbuffer_free(b);
     return 0;
+}
+
+bool faults_idle(const struct conn *c, enum wsrr_dir dir)
+{
+    const struct fdir *d = &c->f->d[dir];
+    return !d->qhead && !d->held && !(d->pending && evbuffer_get_length(d->pending));
+}
+
+void faults_eof(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
+{
+    struct fdir *d = &c->f->d[dir];
+    /* what the source sent last can no longer become a complete message:
+     * it goes on as it is, like what no rule catches */
+    if (evbuffer_get_length(in)) {
+        d->parsed = evbuffer_get_length(in);
+        d->unit_start = 0;
+        forward(c, dir, in, evbuffer_get_length(in));
+    }
+    d->parsed = 0;
+    unit_reset(d);
+    d->in_msg = false;
+    flush_pending(c, dir);
+    if (d->held) { /* nothing more will pass it */
+        d->held_left = 1;
+        passed(c, dir);
+    }
 }

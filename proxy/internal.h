@@ -137,8 +137,13 @@ void px_reset(struct conn *c, unsigned legs, const char *why);
 /* Reading dir's source on or off. */
 void px_set_reading(struct conn *c, enum wsrr_dir dir, bool on);
 
-/* Send a FIN towards dir's destination once its queued output is out. */
-void px_half_close(struct conn *c, enum wsrr_dir dir);
+/* Send a FIN towards dir's destination once its queued output is out.
+ * Returns true when both directions are now shut (the connection is done;
+ * the caller ends it outside its own call stack). */
+bool px_half_close(struct conn *c, enum wsrr_dir dir);
+
+/* Bytes waiting in dir's destination's output buffer. */
+size_t px_out_len(const struct conn *c, enum wsrr_dir dir);
 
 /* ---- the fault engine (faults.c) ---- */
 
@@ -170,6 +175,13 @@ void faults_relay(struct conn *c, enum wsrr_dir dir, struct evbuffer *in);
  * queued; false when that does not hold (use faults_relay). */
 bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const uint8_t *p,
                  size_t n);
+
+/* dir's source ended (FIN): what it sent last goes on as it is. */
+void faults_eof(struct conn *c, enum wsrr_dir dir, struct evbuffer *in);
+
+/* Nothing of dir waits in the engine (queue, held message, own frames):
+ * a FIN may follow. */
+bool faults_idle(const struct conn *c, enum wsrr_dir dir);
 
 /* The connection is going away: free the engine's state. */
 void faults_free(struct conn *c);

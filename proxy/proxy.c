@@ -1327,18 +1327,25 @@ void px_set_reading(struct conn *c, enum wsrr_dir dir, bool on)
 
 /* A FIN towards dir's destination as soon as what is queued for it is out
  * (relay_write() finishes it). */
-void px_half_close(struct conn *c, enum wsrr_dir dir)
+bool px_half_close(struct conn *c, enum wsrr_dir dir)
 {
     struct bufferevent *dst = c->bev[other(dir)];
     if (!dst || c->shut[dir])
-        return;
+        return false;
     if (evbuffer_get_length(bufferevent_get_output(dst)) == 0 && !c->tls[other(dir)]) {
         shutdown(bufferevent_getfd(dst), SHUT_WR);
         c->shut[dir] = true;
-        return;
+        return c->shut[other(dir)];
     }
     c->fin_pending[dir] = true;
     bufferevent_setwatermark(dst, EV_WRITE, 0, 0);
+    return false;
+}
+
+size_t px_out_len(const struct conn *c, enum wsrr_dir dir)
+{
+    struct bufferevent *dst = c->bev[other(dir)];
+    return dst ? evbuffer_get_length(bufferevent_get_output(dst)) : 0;
 }
 
 static void relay_read(struct bufferevent *bev, void *arg)
@@ -1378,7 +1385,7 @@ static void relay_write(struct bufferevent *bev, void *arg)
         relay(c, to);
     }
     if ((c->eof[to] || c->fin_pending[to]) && !c->shut[to] &&
-        evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+        evbuffer_get_length(bufferevent_get_output(bev)) == 0 && (!c->f || faults_idle(c, to))) {
         if (c->tls[other(to)]) {
             conn_close(c, false, NULL);
             return;
@@ -1432,6 +1439,11 @@ static void relay_event(struct bufferevent *bev, short what, void *arg)
         if (c->state == CS_RESPONSE && dir == WSRR_DIR_S2C) {
             upstream_event(bev, what, c);
             return;
+        }
+        if (c->f) {
+            faults_eof(c, dir, bufferevent_get_input(bev));
+            if (!faults_idle(c, dir))
+                return; /* the engine sends the FIN after what it still holds */
         }
         struct bufferevent *dst = c->bev[other(dir)];
         if (c->tls[other(dir)] && evbuffer_get_length(bufferevent_get_output(dst)) == 0) {
@@ -1853,7 +1865,19 @@ int wsrr_proxy_set_rules(struct wsrr_proxy *p, struct wsrr_rules *rs)
     }
     wsrr_rules_free(p->rules);
     p->rules = rs;
-    p->rules_gen++;
+    if (p->rules_gen++ && p->w && !p->rec_paused) {
+        /* a replacement while running: the capture says what is in force
+         * from here on, so that the run can be understood and repeated */
+        char *doc = wsrr_rules_to_json(rs);
+        char *text = NULL;
+        if (doc && asprintf(&text, "fault rules replaced: %s", doc) > 0) {
+            struct wsrr_record r = {.kind = WSRR_REC_NOTE, .ts = WSRR_TS_NOW};
+            r.u.note.text = (struct wsrr_span){(const uint8_t *)text, strlen(text)};
+            check_writer(p, wsrr_capture_append(p->w, &r));
+        }
+        free(text);
+        cJSON_free(doc);
+    }
     if (p->w)
         wsrr_log(WSRR_LOG_INFO, 0, "fault rules: %zu in force (seed %llu)", rs ? rs->count : 0,
                  (unsigned long long)(rs ? rs->seed : 0));

@@ -259,8 +259,14 @@ static int run(int argc, char **argv)
     /* the command line, for the capture's metadata */
     char line[2048] = "wsrr";
     for (int i = 0; i < argc; i++) {
+        /* the control token never goes into the capture */
+        bool secret = i > 0 && strcmp(argv[i - 1], "--control-token") == 0;
+        bool inline_secret = strncmp(argv[i], "--control-token=", 16) == 0;
         size_t n = strlen(line);
-        snprintf(line + n, sizeof(line) - n, " %s", argv[i]);
+        snprintf(line + n, sizeof(line) - n, " %s",
+                 secret          ? "***"
+                 : inline_secret ? "--control-token=***"
+                                 : argv[i]);
     }
     cfg.argv0_line = line;
 

@@ -828,7 +828,20 @@ async def test_ctl_usage():
           "cannot connect: exit 2, one line naming the address: %d %r" % (rc, err))
 
 
-TESTS = [test_token, test_start_refusals, test_remote_peers, test_http_errors, test_ctl_usage,
+async def test_token_not_recorded():
+    """--control-token never reaches the capture's metadata (the command
+    line is recorded there, with the token replaced)."""
+    secret = "s3cr3t-%d" % os.getpid()
+    p = Proxy(record=True, extra=["--control-token", secret])
+    check(p.token == secret, "the given token is used: %s" % p.token)
+    p.stop()
+    r = subprocess.run([WSRR, "cat", "--jsonl", p.capture], capture_output=True, text=True)
+    check(r.returncode == 0 and "control-token" in r.stdout,
+          "the command line is in the capture: %s" % r.stdout[:200])
+    check(secret not in r.stdout, "the token is not in the capture")
+
+
+TESTS = [test_token_not_recorded, test_token, test_start_refusals, test_remote_peers, test_http_errors, test_ctl_usage,
          test_rules_errors, test_rules_round_trip, test_rules_live, test_connections,
          test_close_inject, test_recording, test_metrics]
 

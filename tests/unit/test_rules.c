@@ -149,6 +149,13 @@ static void test_match(void)
 static void test_refused(void)
 {
     REFUSED("{\"rules\": [", "not JSON", "line 1");
+    /* no response or request splitting through header rules */
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"reject\": {\"status\": 403, "
+            "\"headers\": {\"X-A\": \"1\\r\\nSet-Cookie: y\"}}}}]}",
+            "action.reject.headers.X-A", "CR or LF");
+    REFUSED("{\"rules\": [{\"name\": \"x\", \"action\": {\"headers\": {\"request\": {\"set\": "
+            "{\"Bad Name\": \"v\"}}}}}]}",
+            "action.headers.request.set.Bad Name", "token");
     REFUSED("{\"rules\": []} x", "more text after");
     REFUSED("[]", "expected an object");
     REFUSED("{}", "rules: missing");
