@@ -65,6 +65,7 @@ struct fdir {
      * inflate): a plain array, reused from unit to unit */
     uint8_t *pay;
     size_t pay_len, pay_cap;
+    const uint8_t *pay_ref;           /* or, for a one-frame message, where it lies in the input */
     struct wsrr_pmd_stream *inflater; /* the sender's context, every compressed message */
     struct evbuffer *msg;             /* the inflated message */
     bool ctx_lost;                    /* a message could not be inflated: context unknown */
@@ -829,18 +830,314 @@ static void pass_unit(struct conn *c, struct unit *u, uint64_t at)
     out_at(c, u->dir, u->raw, at, u->nth);
 }
 
+/* One rule firing on one unit: what the action functions share. */
+struct firing {
+    struct conn *c;
+    const struct wsrr_rule *r;
+    const struct wsrr_action *a;
+    struct unit *u;
+    uint64_t target, now, seed;
+    cJSON *det;         /* the FAULT record's detail, until it is written */
+    struct evbuffer *b; /* frames of wsrr's own, on their way out */
+    bool readable;      /* u's frames and payload could be read again */
+};
+
+/* Write the FAULT record (once; whatever was drawn is in det by then). */
+static void recorded(struct firing *x)
+{
+    if (x->det)
+        record_detail(x->c, x->r, x->target, x->det);
+    x->det = NULL;
+}
+
+/* A frame's payload, unmasked, in a buffer of its own (malloc'd). */
+static uint8_t *piece_plain(const struct piece *p)
+{
+    uint8_t *pl = malloc(p->len ? p->len : 1);
+    if (pl && p->f.masked)
+        wsrr_frame_mask(pl, p->wire, p->len, p->f.mask, 0);
+    else if (pl)
+        memcpy(pl, p->wire, p->len);
+    return pl;
+}
+
+static bool payload_piece(const struct unit *u, size_t k)
+{
+    /* a data message's frames, or the control frame that is the unit */
+    return (u->data_first >= 0) == (u->pc[k].f.opcode < 8);
+}
+
+static void act_delay(struct firing *x)
+{
+    const struct wsrr_action *a = x->a;
+    struct unit *u = x->u;
+    uint64_t j = a->jitter_ms
+                     ? (uint64_t)(wsrr_rules_draw(x->seed, x->r->name, x->c->id, u->dir, u->nth) *
+                                  (double)(2 * a->jitter_ms))
+                     : 0;
+    uint64_t ms = a->ms + j > a->jitter_ms ? a->ms + j - a->jitter_ms : 0;
+    cJSON_AddNumberToObject(x->det, "delayed_ms", (double)ms);
+    recorded(x);
+    pass_unit(x->c, u, x->now + ms_ns(ms));
+}
+
+static void act_duplicate(struct firing *x)
+{
+    struct conn *c = x->c;
+    struct unit *u = x->u;
+    struct fdir *d = &c->f->d[u->dir];
+    /* copies of a large message are bounded: four buffers' worth */
+    uint64_t times = x->a->count, cap = 4 * (uint64_t)c->p->cfg.max_buffer;
+    if (times * (u->n + 1) > cap) {
+        times = cap / (u->n + 1) ? cap / (u->n + 1) : 1;
+        cJSON_AddNumberToObject(x->det, "times_sent", (double)times);
+    }
+    recorded(x);
+    if (!x->readable) {
+        pass_unit(c, u, 0);
+        return;
+    }
+    if (d->recompress && u->compressed) {
+        /* the original, then the copies, all through our compression
+         * context, in the order the receiver inflates them */
+        pass_unit(c, u, 0);
+        size_t n = evbuffer_get_length(u->app);
+        for (uint64_t i = 0; i < times; i++) {
+            send_message(c, u, u->opcode, n ? evbuffer_pullup(u->app, -1) : (const uint8_t *)"", n,
+                         1, x->b, true);
+            out(c, u->dir, x->b, u->nth);
+        }
+        return;
+    }
+    /* the same frames, the same bytes (masks included), built before the
+     * original goes (its bytes are their source) */
+    for (uint64_t i = 0; i < times; i++)
+        for (size_t k = 0; k < u->npc; k++) {
+            uint8_t *pl = piece_plain(&u->pc[k]);
+            if (!pl)
+                break;
+            own_frame(c, u->dir, &u->pc[k].f, pl, u->pc[k].len, x->b);
+            free(pl);
+        }
+    pass_unit(c, u, 0);
+    out(c, u->dir, x->b, u->nth);
+}
+
+/* Held until `after` more units of this direction went. */
+static void act_reorder(struct firing *x)
+{
+    struct conn *c = x->c;
+    struct unit *u = x->u;
+    struct fdir *d = &c->f->d[u->dir];
+    recorded(x);
+    if (d->held) { /* one held at a time: the earlier one goes now */
+        d->held_left = 1;
+        passed(c, u->dir);
+    }
+    if (!(d->held = evbuffer_new())) {
+        pass_unit(c, u, 0);
+        return;
+    }
+    /* compressed again only when it goes, so that our compression context
+     * sees the messages in the order the receiver does */
+    d->held_plain = d->recompress && u->compressed && u->data_first >= 0;
+    d->held_opcode = u->opcode;
+    evbuffer_add_buffer(d->held, d->held_plain ? u->app : u->raw);
+    evbuffer_drain(u->raw, evbuffer_get_length(u->raw));
+    d->held_left = x->a->count;
+    d->held_nth = u->nth;
+}
+
+/* corrupt without keep_valid: the payload bytes change as they travel,
+ * headers untouched (compressed data, masks and all). */
+static void act_corrupt_raw(struct firing *x)
+{
+    struct conn *c = x->c;
+    struct unit *u = x->u;
+    cJSON *pos = cJSON_AddArrayToObject(x->det, "positions");
+    size_t total = 0;
+    for (size_t k = 0; k < u->npc; k++)
+        if (payload_piece(u, k))
+            total += u->pc[k].len;
+    uint8_t *flat = malloc(total ? total : 1);
+    if (flat) {
+        size_t o = 0;
+        for (size_t k = 0; k < u->npc; k++)
+            if (payload_piece(u, k)) {
+                memcpy(flat + o, u->pc[k].wire, u->pc[k].len);
+                o += u->pc[k].len;
+            }
+        corrupt_bytes(flat, total, x->a->count, false, false, x->seed, x->r, c, u, pos);
+        o = 0;
+        for (size_t k = 0; k < u->npc; k++)
+            if (payload_piece(u, k)) {
+                memcpy(u->pc[k].wire, flat + o, u->pc[k].len);
+                o += u->pc[k].len;
+            }
+        free(flat);
+    }
+    recorded(x);
+    for (size_t k = 0; k < u->npc && c->tap; k++) { /* what went instead */
+        uint8_t *pl = piece_plain(&u->pc[k]);
+        if (!pl)
+            break;
+        wsrr_tap_injected(c->tap, u->dir, &u->pc[k].f, pl, u->pc[k].len, WSRR_TS_NOW);
+        free(pl);
+    }
+    pass_unit(c, u, 0);
+}
+
+/* corrupt (keep_valid), truncate, fragment, replace: the message's content
+ * edited and sent as new frames. */
+static void act_rewrite(struct firing *x)
+{
+    struct conn *c = x->c;
+    struct unit *u = x->u;
+    const struct wsrr_action *a = x->a;
+    size_t n = evbuffer_get_length(u->app);
+    uint8_t *p = n ? evbuffer_pullup(u->app, -1) : (uint8_t *)"";
+    uint8_t opcode = u->opcode;
+    bool text = u->opcode == WSRR_OP_TEXT;
+    char *edited = NULL;
+    size_t frames = 1;
+    switch (a->kind) {
+    case WSRR_ACT_CORRUPT:
+        corrupt_bytes(p, n, a->count, text, true, x->seed, x->r, c, u,
+                      cJSON_AddArrayToObject(x->det, "positions"));
+        break;
+    case WSRR_ACT_TRUNCATE:
+        if (n > a->count) {
+            n = (size_t)a->count;
+            /* a text message stays valid UTF-8: do not cut a character */
+            while (text && n && (p[n] & 0xC0) == 0x80)
+                n--;
+        }
+        break;
+    case WSRR_ACT_FRAGMENT: frames = (size_t)a->count; break;
+    default: /* replace */
+        if (a->json) {
+            if ((edited = json_edit(p, n, a->json))) {
+                p = (uint8_t *)edited;
+                n = strlen(edited);
+            } else {
+                cJSON_AddStringToObject(x->det, "skipped", "the payload is not JSON");
+            }
+        } else {
+            p = (uint8_t *)a->text;
+            n = a->text_len;
+            if (a->binary)
+                opcode = WSRR_OP_BINARY;
+        }
+        break;
+    }
+    recorded(x);
+    if (u->data_first < 0 && a->kind != WSRR_ACT_FRAGMENT)
+        simple_frame(c, u->dir, u->opcode, p, n, x->b); /* a control frame */
+    else
+        send_message(c, u, opcode, p, n, frames, x->b, true);
+    out(c, u->dir, x->b, u->nth);
+    cJSON_free(edited);
+}
+
+static void act_inject(struct firing *x)
+{
+    const struct wsrr_action *a = x->a;
+    struct unit *u = x->u;
+    /* by default the frame travels the way the message does */
+    unsigned dirs = to_dirs(a->to, 1u << u->dir);
+    recorded(x);
+    if (a->flag) /* after */
+        pass_unit(x->c, u, 0);
+    for (int k = 0; k < 2; k++) {
+        if (!(dirs & (1u << k)))
+            continue;
+        simple_frame(x->c, (enum wsrr_dir)k, (uint8_t)a->opcode, (const uint8_t *)a->text,
+                     a->text_len, x->b);
+        out(x->c, (enum wsrr_dir)k, x->b, u->nth);
+    }
+    if (!a->flag)
+        pass_unit(x->c, u, 0);
+}
+
+static void act_storm(struct firing *x)
+{
+    struct conn *c = x->c;
+    struct faults *f = c->f;
+    const struct wsrr_action *a = x->a;
+    recorded(x);
+    pass_unit(c, x->u, 0);
+    /* storms of several firings add up, to the largest one a rule may ask */
+    f->storm_left = f->storm_left + a->count > 100000 ? 100000 : f->storm_left + a->count;
+    f->storm_ns = ms_ns(a->ms);
+    f->storm_to = a->to != WSRR_TO_DEFAULT    ? a->to
+                  : x->u->dir == WSRR_DIR_C2S ? WSRR_TO_SERVER
+                                              : WSRR_TO_CLIENT;
+    if (!f->storm_timer)
+        f->storm_timer = evtimer_new(c->p->base, storm_cb, c);
+    if (f->storm_timer)
+        arm(f->storm_timer, x->now);
+}
+
+static void act_half_close(struct firing *x)
+{
+    struct conn *c = x->c;
+    recorded(x);
+    pass_unit(c, x->u, 0);
+    unsigned dirs = to_dirs(x->a->to, 3u);
+    for (int k = 0; k < 2; k++)
+        if (dirs & (1u << k)) {
+            c->f->d[k].discard = true; /* nothing more that way */
+            if (px_half_close(c, (enum wsrr_dir)k))
+                end_later(c, 0, 0, "both sides half-closed by a rule");
+        }
+}
+
+/* timeout and kill_after act on the whole connection; stall, bandwidth,
+ * latency and slicer on the direction the rule names (both without one). */
+static void act_connection(struct firing *x)
+{
+    struct faults *f = x->c->f;
+    const struct wsrr_action *a = x->a;
+    recorded(x);
+    if (a->kind == WSRR_ACT_TIMEOUT)
+        f->dead_at = x->now + ms_ns(a->ms);
+    else if (a->kind == WSRR_ACT_KILL_AFTER) /* both directions, this message included */
+        f->kill_left = a->count;
+    for (int k = 0; k < 2 && a->kind != WSRR_ACT_TIMEOUT && a->kind != WSRR_ACT_KILL_AFTER; k++) {
+        if (x->r->match.direction >= 0 && x->r->match.direction != k)
+            continue;
+        struct fdir *d = &f->d[k];
+        switch (a->kind) {
+        case WSRR_ACT_STALL: d->stall_until = a->ms ? x->now + ms_ns(a->ms) : UINT64_MAX; break;
+        case WSRR_ACT_BANDWIDTH: d->bps = a->count; break;
+        case WSRR_ACT_LATENCY:
+            d->latency_ns = ms_ns(a->ms);
+            d->jitter_ns = ms_ns(a->jitter_ms);
+            snprintf(d->latency_rule, sizeof(d->latency_rule), "%s", x->r->name);
+            break;
+        default: /* slicer */
+            d->slice = a->count;
+            d->slice_ns = ms_ns(a->ms);
+            break;
+        }
+    }
+    pass_unit(x->c, x->u, 0);
+}
+
 /* Apply rule r to unit u (its bytes are in u->raw; the tap has them). */
 static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint64_t target)
 {
-    struct faults *f = c->f;
     const struct wsrr_action *a = &r->action;
-    enum wsrr_dir dir = u->dir;
-    struct fdir *d = &f->d[dir];
-    uint64_t seed = c->p->rules ? c->p->rules->seed : 0;
-    cJSON *det = detail_new(r, dir, u->nth);
-    struct evbuffer *b = evbuffer_new();
-    bool readable = unit_read(f, u);
-    uint64_t now = wsrr_now_ns();
+    struct firing x = {.c = c,
+                       .r = r,
+                       .a = a,
+                       .u = u,
+                       .target = target,
+                       .now = wsrr_now_ns(),
+                       .seed = c->p->rules ? c->p->rules->seed : 0,
+                       .det = detail_new(r, u->dir, u->nth),
+                       .b = evbuffer_new(),
+                       .readable = unit_read(c->f, u)};
     switch (a->kind) {
     case WSRR_ACT_DROP:
     case WSRR_ACT_DUPLICATE:
@@ -849,291 +1146,61 @@ static void act(struct conn *c, const struct wsrr_rule *r, struct unit *u, uint6
     case WSRR_ACT_TRUNCATE:
     case WSRR_ACT_FRAGMENT:
     case WSRR_ACT_REPLACE:
+        /* what the receiver inflates changes */
         if (u->compressed)
-            start_recompress(c, dir);
+            start_recompress(c, u->dir);
         break;
     default: break;
     }
-    if (!b || !det) {
+    if (!x.b || !x.det) {
         pass_unit(c, u, 0);
-        goto done;
-    }
-    bool text = u->opcode == WSRR_OP_TEXT;
-    switch (a->kind) {
-    case WSRR_ACT_DROP: break;
-    case WSRR_ACT_DELAY: {
-        uint64_t j = a->jitter_ms ? (uint64_t)(wsrr_rules_draw(seed, r->name, c->id, dir, u->nth) *
-                                               (double)(2 * a->jitter_ms))
-                                  : 0;
-        uint64_t ms = a->ms + j > a->jitter_ms ? a->ms + j - a->jitter_ms : 0;
-        cJSON_AddNumberToObject(det, "delayed_ms", (double)ms);
-        record_detail(c, r, target, det);
-        det = NULL;
-        pass_unit(c, u, now + ms_ns(ms));
-        break;
-    }
-    case WSRR_ACT_DUPLICATE: {
-        /* copies of a large message are bounded: four buffers' worth */
-        uint64_t times = a->count, cap = 4 * (uint64_t)c->p->cfg.max_buffer;
-        if (times * (u->n + 1) > cap) {
-            times = cap / (u->n + 1) ? cap / (u->n + 1) : 1;
-            cJSON_AddNumberToObject(det, "times_sent", (double)times);
-        }
-        record_detail(c, r, target, det);
-        det = NULL;
-        /* the copies: the same frames, the same bytes (masks included),
-         * built before the original goes (its bytes are the source); when
-         * recompressing, compressed after the original, in order */
-        if (d->recompress && u->compressed)
-            pass_unit(c, u, 0);
-        for (uint64_t i = 0; i < times && readable && d->recompress && u->compressed; i++) {
-            size_t n = evbuffer_get_length(u->app);
-            send_message(c, u, u->opcode, n ? evbuffer_pullup(u->app, -1) : (const uint8_t *)"", n,
-                         1, b, true);
-            out(c, dir, b, u->nth);
-        }
-        for (uint64_t i = 0; i < times && readable && !(d->recompress && u->compressed); i++) {
-            for (size_t k = 0; k < u->npc; k++) {
-                const struct piece *p = &u->pc[k];
-                uint8_t *pl = malloc(p->len ? p->len : 1);
-                if (!pl)
-                    break;
-                if (p->f.masked)
-                    wsrr_frame_mask(pl, p->wire, p->len, p->f.mask, 0);
-                else
-                    memcpy(pl, p->wire, p->len);
-                own_frame(c, dir, &p->f, pl, p->len, b);
-                free(pl);
-            }
-        }
-        if (!(d->recompress && u->compressed)) {
-            pass_unit(c, u, 0);
-            out(c, dir, b, u->nth);
-        }
-        break;
-    }
-    case WSRR_ACT_REORDER:
-        /* held until `count` more units of this direction went */
-        record_detail(c, r, target, det);
-        det = NULL;
-        if (d->held) { /* one held at a time: the earlier one goes now */
-            d->held_left = 1;
-            passed(c, dir);
-        }
-        d->held = evbuffer_new();
-        if (d->held) {
-            /* compressed again only when it goes, so that our compression
-             * context sees the messages in the order the receiver does */
-            d->held_plain = d->recompress && u->compressed && u->data_first >= 0;
-            d->held_opcode = u->opcode;
-            evbuffer_add_buffer(d->held, d->held_plain ? u->app : u->raw);
-            evbuffer_drain(u->raw, evbuffer_get_length(u->raw));
-            d->held_left = a->count;
-            d->held_nth = u->nth;
-        } else {
-            pass_unit(c, u, 0);
-        }
-        break;
-    case WSRR_ACT_CORRUPT:
-    case WSRR_ACT_TRUNCATE:
-    case WSRR_ACT_FRAGMENT:
-    case WSRR_ACT_REPLACE: {
-        if (!readable) {
-            pass_unit(c, u, 0);
-            break;
-        }
-        size_t n = evbuffer_get_length(u->app);
-        uint8_t *p = n ? evbuffer_pullup(u->app, -1) : (uint8_t *)"";
-        uint8_t opcode = u->opcode;
-        char *edited = NULL;
-        size_t frames = 1;
-        if (a->kind == WSRR_ACT_CORRUPT) {
-            cJSON *pos = cJSON_AddArrayToObject(det, "positions");
-            if (!a->flag && readable) {
-                /* anything goes: change the bytes as they travel, headers
-                 * untouched (compressed data, masks and all) */
-                size_t total = 0;
-                for (size_t k = 0; k < u->npc; k++)
-                    if ((u->data_first >= 0) == (u->pc[k].f.opcode < 8))
-                        total += u->pc[k].len;
-                uint8_t *flat = malloc(total ? total : 1);
-                if (flat) {
-                    size_t o = 0;
-                    for (size_t k = 0; k < u->npc; k++)
-                        if ((u->data_first >= 0) == (u->pc[k].f.opcode < 8)) {
-                            memcpy(flat + o, u->pc[k].wire, u->pc[k].len);
-                            o += u->pc[k].len;
-                        }
-                    corrupt_bytes(flat, total, a->count, false, false, seed, r, c, u, pos);
-                    o = 0;
-                    for (size_t k = 0; k < u->npc; k++)
-                        if ((u->data_first >= 0) == (u->pc[k].f.opcode < 8)) {
-                            memcpy(u->pc[k].wire, flat + o, u->pc[k].len);
-                            o += u->pc[k].len;
-                        }
-                    free(flat);
-                }
-                record_detail(c, r, target, det);
-                det = NULL;
-                for (size_t k = 0; k < u->npc && c->tap; k++) {
-                    const struct piece *pc = &u->pc[k];
-                    uint8_t *pl = malloc(pc->len ? pc->len : 1);
-                    if (!pl)
-                        break;
-                    if (pc->f.masked)
-                        wsrr_frame_mask(pl, pc->wire, pc->len, pc->f.mask, 0);
-                    else
-                        memcpy(pl, pc->wire, pc->len);
-                    wsrr_tap_injected(c->tap, dir, &pc->f, pl, pc->len, WSRR_TS_NOW);
-                    free(pl);
-                }
+    } else {
+        switch (a->kind) {
+        case WSRR_ACT_DROP: break;
+        case WSRR_ACT_DELAY: act_delay(&x); break;
+        case WSRR_ACT_DUPLICATE: act_duplicate(&x); break;
+        case WSRR_ACT_REORDER: act_reorder(&x); break;
+        case WSRR_ACT_CORRUPT:
+        case WSRR_ACT_TRUNCATE:
+        case WSRR_ACT_FRAGMENT:
+        case WSRR_ACT_REPLACE:
+            if (!x.readable)
                 pass_unit(c, u, 0);
-                break;
-            }
-            corrupt_bytes(p, n, a->count, text, true, seed, r, c, u, pos);
-        } else if (a->kind == WSRR_ACT_TRUNCATE) {
-            if (n > a->count) {
-                n = (size_t)a->count;
-                /* a text message stays valid UTF-8: do not cut a character */
-                while (text && n && (p[n] & 0xC0) == 0x80)
-                    n--;
-            }
-        } else if (a->kind == WSRR_ACT_FRAGMENT) {
-            frames = (size_t)a->count;
-        } else if (a->json) {
-            edited = json_edit(p, n, a->json);
-            if (edited) {
-                p = (uint8_t *)edited;
-                n = strlen(edited);
-            } else {
-                cJSON_AddStringToObject(det, "skipped", "the payload is not JSON");
-            }
-        } else {
-            p = (uint8_t *)a->text;
-            n = a->text_len;
-            if (a->binary)
-                opcode = WSRR_OP_BINARY;
+            else if (a->kind == WSRR_ACT_CORRUPT && !a->flag)
+                act_corrupt_raw(&x);
+            else
+                act_rewrite(&x);
+            break;
+        case WSRR_ACT_INJECT: act_inject(&x); break;
+        case WSRR_ACT_CLOSE:
+            recorded(&x);
+            fault_close(c, a->code, a->text, a->text_len, a->to);
+            break;
+        case WSRR_ACT_PING_STORM: act_storm(&x); break;
+        case WSRR_ACT_RESET: /* the unit is lost with the connection */
+            recorded(&x);
+            c->f->d[0].discard = c->f->d[1].discard = true;
+            /* legs, by the bytes they send: the client's leg is C2S */
+            end_later(c, 0,
+                      a->to == WSRR_TO_CLIENT   ? 1u << WSRR_DIR_C2S
+                      : a->to == WSRR_TO_SERVER ? 1u << WSRR_DIR_S2C
+                                                : 3u,
+                      "reset by a rule");
+            break;
+        case WSRR_ACT_HALF_CLOSE: act_half_close(&x); break;
+        case WSRR_ACT_TIMEOUT:
+        case WSRR_ACT_KILL_AFTER:
+        case WSRR_ACT_STALL:
+        case WSRR_ACT_BANDWIDTH:
+        case WSRR_ACT_LATENCY:
+        case WSRR_ACT_SLICER: act_connection(&x); break;
+        default: pass_unit(c, u, 0); break; /* handshake actions never fire on a message */
         }
-        record_detail(c, r, target, det);
-        det = NULL;
-        if (u->data_first < 0 && a->kind != WSRR_ACT_FRAGMENT) {
-            simple_frame(c, dir, u->opcode, p, n, b); /* a control frame */
-        } else {
-            send_message(c, u, opcode, p, n, frames, b, true);
-        }
-        out(c, dir, b, u->nth);
-        cJSON_free(edited);
-        break;
     }
-    case WSRR_ACT_INJECT: {
-        /* by default the frame travels the way the message does */
-        unsigned dirs = to_dirs(a->to, 1u << dir);
-        record_detail(c, r, target, det);
-        det = NULL;
-        if (a->flag) /* after */
-            pass_unit(c, u, 0);
-        for (int k = 0; k < 2; k++) {
-            if (!(dirs & (1u << k)))
-                continue;
-            simple_frame(c, (enum wsrr_dir)k, (uint8_t)a->opcode, (const uint8_t *)a->text,
-                         a->text_len, b);
-            out(c, (enum wsrr_dir)k, b, u->nth);
-        }
-        if (!a->flag)
-            pass_unit(c, u, 0);
-        break;
-    }
-    case WSRR_ACT_CLOSE:
-        record_detail(c, r, target, det);
-        det = NULL;
-        fault_close(c, a->code, a->text, a->text_len, a->to);
-        break;
-    case WSRR_ACT_PING_STORM:
-        record_detail(c, r, target, det);
-        det = NULL;
-        pass_unit(c, u, 0);
-        /* storms of several firings add up, to the largest one a rule may ask */
-        f->storm_left = f->storm_left + a->count > 100000 ? 100000 : f->storm_left + a->count;
-        f->storm_ns = ms_ns(a->ms);
-        f->storm_to = a->to == WSRR_TO_DEFAULT
-                          ? (dir == WSRR_DIR_C2S ? WSRR_TO_SERVER : WSRR_TO_CLIENT)
-                          : a->to;
-        if (!f->storm_timer)
-            f->storm_timer = evtimer_new(c->p->base, storm_cb, c);
-        if (f->storm_timer)
-            arm(f->storm_timer, now);
-        break;
-    case WSRR_ACT_RESET:
-        /* the unit is lost with the connection */
-        record_detail(c, r, target, det);
-        det = NULL;
-        f->d[0].discard = f->d[1].discard = true;
-        end_later(c, 0,
-                  a->to == WSRR_TO_CLIENT   ? 1u << WSRR_DIR_C2S
-                  : a->to == WSRR_TO_SERVER ? 1u << WSRR_DIR_S2C
-                                            : 3u,
-                  "reset by a rule");
-        break;
-    case WSRR_ACT_HALF_CLOSE: {
-        record_detail(c, r, target, det);
-        det = NULL;
-        pass_unit(c, u, 0);
-        unsigned dirs = to_dirs(a->to, 3u);
-        for (int k = 0; k < 2; k++)
-            if (dirs & (1u << k)) {
-                f->d[k].discard = true; /* nothing more that way */
-                if (px_half_close(c, (enum wsrr_dir)k))
-                    end_later(c, 0, 0, "both sides half-closed by a rule");
-            }
-        break;
-    }
-    case WSRR_ACT_TIMEOUT: /* the whole connection goes dead */
-        record_detail(c, r, target, det);
-        det = NULL;
-        f->dead_at = now + ms_ns(a->ms);
-        pass_unit(c, u, 0);
-        break;
-    case WSRR_ACT_KILL_AFTER: /* one budget for both directions, this message included */
-        record_detail(c, r, target, det);
-        det = NULL;
-        f->kill_left = a->count;
-        pass_unit(c, u, 0);
-        break;
-    case WSRR_ACT_STALL:
-    case WSRR_ACT_BANDWIDTH:
-    case WSRR_ACT_LATENCY:
-    case WSRR_ACT_SLICER:
-        /* the direction the rule names, both without one */
-        record_detail(c, r, target, det);
-        det = NULL;
-        for (int k = 0; k < 2; k++) {
-            if (r->match.direction >= 0 && r->match.direction != k)
-                continue;
-            struct fdir *x = &f->d[k];
-            switch (a->kind) {
-            case WSRR_ACT_STALL: x->stall_until = a->ms ? now + ms_ns(a->ms) : UINT64_MAX; break;
-            case WSRR_ACT_BANDWIDTH: x->bps = a->count; break;
-            case WSRR_ACT_LATENCY:
-                x->latency_ns = ms_ns(a->ms);
-                x->jitter_ns = ms_ns(a->jitter_ms);
-                snprintf(x->latency_rule, sizeof(x->latency_rule), "%s", r->name);
-                break;
-            default:
-                x->slice = a->count;
-                x->slice_ns = ms_ns(a->ms);
-                break;
-            }
-        }
-        pass_unit(c, u, 0);
-        break;
-    default: /* handshake actions never fire on a message */ pass_unit(c, u, 0); break;
-    }
-done:
     evbuffer_drain(u->raw, evbuffer_get_length(u->raw));
-    if (det)
-        record_detail(c, r, target, det);
-    if (b)
-        evbuffer_free(b);
+    recorded(&x);
+    if (x.b)
+        evbuffer_free(x.b);
 }
 
 /* ---- cutting the stream into units ---- */
@@ -1195,6 +1262,7 @@ static void unit_reset(struct fdir *d)
     d->in_msg = false;
     d->streaming = false;
     d->pay_len = 0;
+    d->pay_ref = NULL;
     if (d->pay_cap > 16384) { /* a large message's room is not kept per connection */
         free(d->pay);
         d->pay = NULL;
@@ -1234,8 +1302,11 @@ static int decide(struct conn *c, enum wsrr_dir dir)
             break;
         }
     size_t mlen = d->msg && f->need_payload ? evbuffer_get_length(d->msg) : 0;
-    const uint8_t *pl = mlen ? evbuffer_pullup(d->msg, -1) : d->pay;
-    size_t plen = mlen ? mlen : f->need_payload ? d->pay_len : 0;
+    const uint8_t *pl = mlen ? evbuffer_pullup(d->msg, -1) : d->pay_ref ? d->pay_ref : d->pay;
+    size_t plen = mlen               ? mlen
+                  : !f->need_payload ? 0
+                  : d->pay_ref       ? (first ? (size_t)first->len : 0)
+                                     : d->pay_len;
     struct wsrr_msg_info mi = {
         .dir = dir,
         .opcode = first ? first->opcode : 0,
@@ -1332,6 +1403,14 @@ static uint8_t *pay_room(struct faults *f, struct fdir *d, size_t n)
 static void take_payload(struct faults *f, struct fdir *d, const struct wsrr_frame_event *ev)
 {
     const struct wsrr_frame *fr = ev->frame;
+    if (!fr->masked && !fr->msg_compressed && fr->msg_first && fr->fin && ev->len == fr->len &&
+        !d->pay_len) {
+        /* a one-frame message, unmasked, whole in the buffer being parsed:
+         * the rules read it there (the buffer does not change before they
+         * have decided) */
+        d->pay_ref = ev->data;
+        return;
+    }
     uint8_t *at = pay_room(f, d, ev->len);
     if (!at)
         return;
