@@ -127,9 +127,6 @@ void px_send_bytes(struct conn *c, enum wsrr_dir dir, const uint8_t *p, size_t n
 /* Feed the first n bytes of b to the tap (what the peer sent). */
 void px_feed_tap(struct conn *c, enum wsrr_dir dir, struct evbuffer *b, size_t n);
 
-/* End the connection (reset: with an RST on both legs). */
-void px_close(struct conn *c, bool reset, const char *why);
-
 /* End it with an RST on the legs in `legs` (bit 1 << WSRR_DIR_C2S: the
  * client's, 1 << WSRR_DIR_S2C: the upstream's) and a FIN on the others. */
 void px_reset(struct conn *c, unsigned legs, const char *why);

@@ -418,11 +418,6 @@ static void conn_close(struct conn *c, bool reset, const char *why)
     conn_end(c, reset ? 3u : 0u, why);
 }
 
-void px_close(struct conn *c, bool reset, const char *why)
-{
-    conn_close(c, reset, why);
-}
-
 void px_reset(struct conn *c, unsigned legs, const char *why)
 {
     conn_end(c, legs, why);
@@ -835,17 +830,9 @@ static bool pass_through(struct conn *c, enum wsrr_dir d, struct evbuffer *in, c
         return false;
     if (c->f) /* the fault engine looks first */
         return faults_fast(c, d, in, p, n);
-    evutil_socket_t fd = send_fd(c, d);
-    if (fd < 0)
+    if (send_fd(c, d) < 0)
         return false;
-    feed_tap(c, d, p, n);
-    c->bytes[d] += n;
-    c->p->st.bytes[d] += n;
-    ssize_t w = sent(c, d, send(fd, p, n, MSG_NOSIGNAL));
-    if ((size_t)w < n) {
-        evbuffer_add(bufferevent_get_output(c->bev[other(d)]), p + w, n - (size_t)w);
-        check_backpressure(c, d);
-    }
+    px_send_bytes(c, d, p, n);
     return true;
 }
 
@@ -1316,8 +1303,10 @@ void px_send(struct conn *c, enum wsrr_dir dir, struct evbuffer *b)
         return;
     }
     direct_write(c, dir, b);
-    if (evbuffer_get_length(b))
+    if (evbuffer_get_length(b)) {
         evbuffer_add_buffer(bufferevent_get_output(dst), b);
+        check_backpressure(c, dir);
+    }
 }
 
 void px_set_reading(struct conn *c, enum wsrr_dir dir, bool on)
