@@ -61,11 +61,6 @@ struct fdir {
     bool big_noted;
     struct unit_frame *fr; /* frames of the unit (only headers) */
     size_t nfr, capfr;
-    /* the unit's data payload, unmasked (when rules read payloads, or to
-     * inflate): a plain array, reused from unit to unit */
-    uint8_t *pay;
-    size_t pay_len, pay_cap;
-    const uint8_t *pay_ref;           /* or, for a one-frame message, where it lies in the input */
     struct wsrr_pmd_stream *inflater; /* the sender's context, every compressed message */
     struct evbuffer *msg;             /* the inflated message */
     bool ctx_lost;                    /* a message could not be inflated: context unknown */
@@ -1261,21 +1256,67 @@ static void unit_reset(struct fdir *d)
     }
     d->in_msg = false;
     d->streaming = false;
-    d->pay_len = 0;
-    d->pay_ref = NULL;
-    if (d->pay_cap > 16384) { /* a large message's room is not kept per connection */
-        free(d->pay);
-        d->pay = NULL;
-        d->pay_cap = 0;
-    }
     if (d->msg)
         evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
 }
 
-/* A unit of dir is complete (its frames in d->fr, its payload in d->pay
- * or d->msg): count it and ask the rules. Returns the rule that fires, or
- * -1. */
-static int decide(struct conn *c, enum wsrr_dir dir)
+/* The payload of the complete unit [unit_start, ...) of dir, unmasked:
+ * where it lies when it is one unmasked frame in a flat buffer, otherwise
+ * gathered into the proxy's scratch (one per loop: units are looked at one
+ * at a time). The unit is in `flat` when given, else in `in`. NULL when
+ * out of memory. */
+static const uint8_t *unit_payload(struct conn *c, struct fdir *d, struct evbuffer *in,
+                                   const uint8_t *flat, size_t *len)
+{
+    struct wsrr_proxy *p = c->p;
+    bool data = false;
+    size_t total = 0, npieces = 0, last = 0;
+    for (size_t i = 0; i < d->nfr; i++)
+        data = data || d->fr[i].f.opcode < 8;
+    for (size_t i = 0; i < d->nfr; i++)
+        if ((d->fr[i].f.opcode < 8) == data) {
+            total += (size_t)d->fr[i].f.len;
+            npieces++;
+            last = i;
+        }
+    *len = total;
+    if (!total)
+        return (const uint8_t *)"";
+    if (flat && npieces == 1 && !d->fr[last].f.masked)
+        return flat + d->unit_start + d->fr[last].off + d->fr[last].f.hdr_len;
+    if (total > p->pay_cap) {
+        uint8_t *np = realloc(p->pay, total);
+        if (!np)
+            return NULL;
+        p->pay = np;
+        p->pay_cap = total;
+    }
+    size_t at = 0;
+    for (size_t i = 0; i < d->nfr; i++) {
+        const struct unit_frame *u = &d->fr[i];
+        if ((u->f.opcode < 8) != data)
+            continue;
+        size_t from = d->unit_start + u->off + u->f.hdr_len, n = (size_t)u->f.len;
+        if (flat) {
+            memcpy(p->pay + at, flat + from, n);
+        } else {
+            struct evbuffer_ptr ptr;
+            if (evbuffer_ptr_set(in, &ptr, from, EVBUFFER_PTR_SET) < 0 ||
+                evbuffer_copyout_from(in, &ptr, p->pay + at, n) != (ev_ssize_t)n)
+                return NULL;
+        }
+        if (u->f.masked)
+            wsrr_frame_mask(p->pay + at, p->pay + at, n, u->f.mask, 0);
+        at += n;
+    }
+    return p->pay;
+}
+
+/* A unit of dir is complete (its frames in d->fr, its bytes in `flat` when
+ * given, else in `in`): count it, inflate it when compressed (the sender's
+ * context must be known if a fault ever makes us compress for it) and ask
+ * the rules. Returns the rule that fires, or -1. */
+static int decide(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const uint8_t *flat)
 {
     struct faults *f = c->f;
     struct fdir *d = &f->d[dir];
@@ -1292,21 +1333,35 @@ static int decide(struct conn *c, enum wsrr_dir dir)
     d->nth++;
     c->messages[dir]++;
     c->p->st.messages[dir]++;
-    struct wsrr_rules_conn *rc = d->streaming ? NULL : conn_rules(c);
-    if (!rc)
-        return -1;
     const struct wsrr_frame *first = d->nfr ? &d->fr[0].f : NULL;
     for (size_t i = 0; i < d->nfr; i++)
         if (d->fr[i].f.opcode < 8) {
             first = &d->fr[i].f;
             break;
         }
-    size_t mlen = d->msg && f->need_payload ? evbuffer_get_length(d->msg) : 0;
-    const uint8_t *pl = mlen ? evbuffer_pullup(d->msg, -1) : d->pay_ref ? d->pay_ref : d->pay;
-    size_t plen = mlen               ? mlen
-                  : !f->need_payload ? 0
-                  : d->pay_ref       ? (first ? (size_t)first->len : 0)
-                                     : d->pay_len;
+    if (d->streaming)
+        return -1;
+    bool compressed = first && first->opcode < 8 && first->msg_compressed && f->deflate;
+    const uint8_t *pl = NULL;
+    size_t plen = 0;
+    if (f->need_payload || compressed)
+        pl = unit_payload(c, d, in, flat, &plen);
+    if (compressed && d->inflater) {
+        if (!d->msg)
+            d->msg = evbuffer_new();
+        if (!pl || !d->msg || wsrr_pmd_inflate(d->inflater, pl, plen, true, d->msg) < 0) {
+            if (d->msg)
+                evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
+            d->ctx_lost = true;
+        }
+        plen = d->msg ? evbuffer_get_length(d->msg) : 0;
+        pl = plen ? evbuffer_pullup(d->msg, -1) : NULL;
+    }
+    struct wsrr_rules_conn *rc = conn_rules(c);
+    if (!rc)
+        return -1;
+    if (!f->need_payload || !pl)
+        plen = 0;
     struct wsrr_msg_info mi = {
         .dir = dir,
         .opcode = first ? first->opcode : 0,
@@ -1379,63 +1434,6 @@ static void unit_apply(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, s
     evbuffer_free(u.raw);
 }
 
-/* Room for n more payload bytes (at most the buffer limit in all), or
- * NULL. */
-static uint8_t *pay_room(struct faults *f, struct fdir *d, size_t n)
-{
-    if (d->pay_len + n > f->c->p->cfg.max_buffer)
-        return NULL;
-    if (d->pay_len + n > d->pay_cap) {
-        size_t cap = d->pay_cap ? d->pay_cap : 256;
-        while (cap < d->pay_len + n)
-            cap *= 2;
-        uint8_t *np = realloc(d->pay, cap);
-        if (!np)
-            return NULL;
-        d->pay = np;
-        d->pay_cap = cap;
-    }
-    return d->pay + d->pay_len;
-}
-
-/* The payload of a data frame, unmasked, for rules that read payloads;
- * compressed messages are inflated as their frames come. */
-static void take_payload(struct faults *f, struct fdir *d, const struct wsrr_frame_event *ev)
-{
-    const struct wsrr_frame *fr = ev->frame;
-    if (!fr->masked && !fr->msg_compressed && fr->msg_first && fr->fin && ev->len == fr->len &&
-        !d->pay_len) {
-        /* a one-frame message, unmasked, whole in the buffer being parsed:
-         * the rules read it there (the buffer does not change before they
-         * have decided) */
-        d->pay_ref = ev->data;
-        return;
-    }
-    uint8_t *at = pay_room(f, d, ev->len);
-    if (!at)
-        return;
-    if (fr->masked)
-        wsrr_frame_mask(at, ev->data, ev->len, fr->mask, ev->offset);
-    else
-        memcpy(at, ev->data, ev->len);
-    d->pay_len += ev->len;
-}
-
-static void inflate_unit(struct faults *f, struct fdir *d, bool fin)
-{
-    if (!d->inflater)
-        return;
-    if (!d->msg && !(d->msg = evbuffer_new()))
-        return;
-    size_t n = d->pay_len;
-    if (wsrr_pmd_inflate(d->inflater, d->pay, n, fin, d->msg) < 0) {
-        evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
-        d->ctx_lost = true;
-    }
-    d->pay_len = 0;
-    (void)f;
-}
-
 /* One parser event at absolute position abs of `in` (just after the bytes
  * the event consumed). Returns true when `in` lost bytes at its front (the
  * caller must look at it again). */
@@ -1461,8 +1459,6 @@ static bool on_event(struct conn *c, enum wsrr_dir dir, struct evbuffer *in,
             d->ctx_lost = d->ctx_lost || f->deflate;
             return false;
         }
-        if (hold && fr->opcode < 8 && fr->len && (f->need_payload || fr->msg_compressed))
-            pay_room(f, d, (size_t)(fr->len < c->p->cfg.max_buffer ? fr->len : 0));
         if (hold && d->nfr == d->capfr) {
             size_t cap = d->capfr ? d->capfr * 2 : 4;
             struct unit_frame *nf = realloc(d->fr, cap * sizeof(*nf));
@@ -1474,27 +1470,12 @@ static bool on_event(struct conn *c, enum wsrr_dir dir, struct evbuffer *in,
         if (hold && d->nfr < d->capfr)
             d->fr[d->nfr++] = (struct unit_frame){abs - fr->hdr_len - d->unit_start, *fr};
         return false;
-    case WSRR_FRAME_PAYLOAD:
-        /* compressed messages are always inflated: the sender's context
-         * must be known if a fault ever makes us compress for it */
-        if (hold && fr->opcode < 8 && (f->need_payload || (f->deflate && fr->msg_compressed)))
-            take_payload(f, d, ev);
-        return false;
     case WSRR_FRAME_END: {
         bool control_alone = fr->opcode >= 8 && !d->in_msg;
-        if (fr->opcode < 8 && f->deflate && fr->msg_compressed && hold)
-            inflate_unit(f, d, fr->msg_final);
-        if (control_alone && f->need_payload && hold) {
-            uint8_t *at = pay_room(f, d, ev->len);
-            if (at) {
-                memcpy(at, ev->data, ev->len);
-                d->pay_len += ev->len;
-            }
-        }
         if (!control_alone && !(fr->opcode < 8 && fr->msg_final))
             return false;
         size_t before = evbuffer_get_length(in);
-        unit_apply(c, dir, in, abs, fwd, decide(c, dir));
+        unit_apply(c, dir, in, abs, fwd, decide(c, dir, in, NULL));
         return evbuffer_get_length(in) != before;
     }
     default: return false;
@@ -1561,17 +1542,8 @@ bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const u
             on_event(c, dir, in, &ev, at, &fwd);
             continue;
         }
-        /* a complete unit: what the buffered path's END does, decided here */
-        if (fr->opcode < 8 && f->deflate && fr->msg_compressed)
-            inflate_unit(f, d, fr->msg_final);
-        if (control_alone && f->need_payload) {
-            uint8_t *room = pay_room(f, d, ev.len);
-            if (room) {
-                memcpy(room, ev.data, ev.len);
-                d->pay_len += ev.len;
-            }
-        }
-        int ri = decide(c, dir);
+        /* a complete unit, decided here */
+        int ri = decide(c, dir, in, p);
         if (ri < 0 && !shaped(f, d)) {
             fwd = at;
             unit_reset(d);
@@ -1728,7 +1700,6 @@ void faults_free(struct conn *c)
             evbuffer_free(d->held);
         if (d->pending)
             evbuffer_free(d->pending);
-        free(d->pay);
         if (d->msg)
             evbuffer_free(d->msg);
         wsrr_pmd_free(d->inflater);

@@ -66,6 +66,8 @@ struct wsrr_proxy {
     struct event *grace_ev;
     struct wsrr_proxy_stats st;
     uint8_t scratch[64 * 1024]; /* fast_read(): one loop, one connection at a time */
+    uint8_t *pay;               /* faults.c: a unit's payload, unmasked, for the rules */
+    size_t pay_cap;
 };
 
 /* the most one read or write moves on a plain socket (topup_read) */

@@ -1827,6 +1827,7 @@ void wsrr_proxy_free(struct wsrr_proxy *p)
     if (p->keylog)
         fclose(p->keylog);
     wsrr_rules_free(p->rules);
+    free(p->pay);
     free(p);
 }
 
