@@ -1260,6 +1260,17 @@ static void unit_reset(struct fdir *d)
         evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
 }
 
+/* n payload bytes of frame f starting at payload offset `offset`, unmasked
+ * while copied. */
+static void copy_payload(uint8_t *dst, const void *src, size_t n, const struct wsrr_frame *f,
+                         uint64_t offset)
+{
+    if (f->masked)
+        wsrr_frame_mask(dst, src, n, f->mask, offset);
+    else
+        memcpy(dst, src, n);
+}
+
 /* The payload of the complete unit [unit_start, ...) of dir, unmasked:
  * where it lies when it is one unmasked frame in a flat buffer, otherwise
  * gathered into the proxy's scratch (one per loop: units are looked at one
@@ -1298,15 +1309,29 @@ static const uint8_t *unit_payload(struct conn *c, struct fdir *d, struct evbuff
             continue;
         size_t from = d->unit_start + u->off + u->f.hdr_len, n = (size_t)u->f.len;
         if (flat) {
-            memcpy(p->pay + at, flat + from, n);
+            copy_payload(p->pay + at, flat + from, n, &u->f, 0);
         } else {
+            /* straight from the input's chains: one pass, unmasked on the way */
             struct evbuffer_ptr ptr;
-            if (evbuffer_ptr_set(in, &ptr, from, EVBUFFER_PTR_SET) < 0 ||
-                evbuffer_copyout_from(in, &ptr, p->pay + at, n) != (ev_ssize_t)n)
+            struct evbuffer_iovec v[8];
+            size_t done = 0;
+            if (evbuffer_ptr_set(in, &ptr, from, EVBUFFER_PTR_SET) < 0)
                 return NULL;
+            while (done < n) {
+                int k = evbuffer_peek(in, (ev_ssize_t)(n - done), &ptr, v, 8);
+                if (k <= 0)
+                    return NULL;
+                size_t got = 0;
+                for (int j = 0; j < k && j < 8 && done + got < n; j++) {
+                    size_t m = v[j].iov_len < n - done - got ? v[j].iov_len : n - done - got;
+                    copy_payload(p->pay + at + done + got, v[j].iov_base, m, &u->f, done + got);
+                    got += m;
+                }
+                done += got;
+                if (done < n && evbuffer_ptr_set(in, &ptr, got, EVBUFFER_PTR_ADD) < 0)
+                    return NULL;
+            }
         }
-        if (u->f.masked)
-            wsrr_frame_mask(p->pay + at, p->pay + at, n, u->f.mask, 0);
         at += n;
     }
     return p->pay;

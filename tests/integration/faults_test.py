@@ -1964,6 +1964,32 @@ async def test_memory_bounded():
     check(after_storm - base < 20000, "a storm at a client that does not read: +%d KiB" %
           (after_storm - base))
 
+
+async def test_match_large_pieces():
+    """contains on large masked client messages that arrive in many TCP
+    pieces (the payload is gathered across reads and unmasked): the one
+    with the needle near its end is dropped, the one without arrives
+    whole."""
+    up = Upstream()
+    proxy = Proxy(up.url, {"rules": [
+        {"name": "needle", "match": {"direction": "client", "contains": "NEEDLE-42"},
+         "action": {"drop": {}}}]})
+    rnd = random.Random(7)
+    plain = "".join(rnd.choice("abcdefgh \"{}:,") for _ in range(300000))
+    hit = plain[:299000] + "NEEDLE-42" + plain[299009:]
+    c = RawClient(proxy.port, "/large")
+    for m in (hit, plain, "end"):
+        send_in_pieces(c.sock, rnd, frame(0x81, m.encode(), mask=os.urandom(4)))
+    fs = c.frames(until=lambda fs: any(f["data"] == b"end" for f in fs), timeout=5)
+    c.close()
+    proxy.stop()
+    up.close()
+    got = [f["data"].decode() for f in fs]
+    check(got == [plain, "end"], "only the message without the needle came back: %s" %
+          [len(g) for g in got])
+    expect_faults(records(proxy.capture), "needle", [dict(action="drop", conn=1, dir="client",
+                                                          nth=1)])
+
 TESTS = [
     # message actions
     test_drop, test_delay, test_duplicate, test_reorder, test_corrupt, test_truncate,
@@ -1978,7 +2004,7 @@ TESTS = [
     test_deflate_message_actions, test_determinism,
     test_bad_rules, test_hostile_traffic,
     test_fin_flushes_held, test_close_behind_queue, test_own_frames_between_messages,
-    test_memory_bounded,
+    test_memory_bounded, test_match_large_pieces,
 ]
 
 
