@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # demo.sh — the built-in demo (run by './dev demo'): a small agent backend
 # behind `wsrr proxy`, a scripted client whose runs race, the capture shown,
-# then what the capture tools do with it. Every step prints the command a
+# the same crash made on purpose by a fault rule, then what the capture
+# tools do with it. Every step prints the command a
 # user would type. Usage: tools/demo.sh [PATH-TO-wsrr]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,10 +43,33 @@ run wsrr verify "$tmp/demo.wsrr"
 run "wsrr cat $tmp/demo.wsrr --kind frame | head -8"
 run wsrr cat "$tmp/demo.wsrr" --kind close
 
-say "2. The same story in the sample capture captures/agent-1011.wsrr, connection 1"
+say "2. Break it on purpose: a fault rule makes the backend appear to crash"
+echo "# alone, a run completes; with this rule (docs/rules.md) the proxy replaces the"
+echo "# second tool_executing event by the close a crashing handler sends"
+cat >"$tmp/rules.json" <<'EOF'
+{"seed": 7, "rules": [{"name": "crash-on-second-tool",
+  "match": {"direction": "server", "json": {"type": "tool_executing", "step": 2}},
+  "action": {"close": {"code": 1011, "reason": "Internal error", "to": "client"}}}]}
+EOF
+run cat "$tmp/rules.json"
+fport=$(free_port)
+printf '$ wsrr proxy --listen 127.0.0.1:%s --upstream ws://127.0.0.1:%s --rules %s --record %s &\n' \
+  "$fport" "$bport" "$tmp/rules.json" "$tmp/faults.wsrr"
+wsrr proxy --listen "127.0.0.1:$fport" --upstream "ws://127.0.0.1:$bport" \
+  --rules "$tmp/rules.json" --record "$tmp/faults.wsrr" 2>"$tmp/proxy2.log" & proxy=$!
+pids+=($proxy)
+for _ in $(seq 50); do grep -q listening "$tmp/proxy2.log" 2>/dev/null && break; sleep 0.1; done
+run $PY tools/demo/agent.py client "ws://127.0.0.1:$fport/v1/agent" 1
+kill -INT "$proxy"
+wait "$proxy" || true
+echo "# the capture keeps what the backend sent, and says what the rule did instead"
+run "wsrr cat $tmp/faults.wsrr --kind frame --dir server | tail -4"
+run wsrr cat "$tmp/faults.wsrr" --kind fault
+
+say "3. The same story in the sample capture captures/agent-1011.wsrr, connection 1"
 run wsrr cat captures/agent-1011.wsrr --conn 1
 
-say "3. Lossless JSON lines: the same records, editable with any JSON tool"
+say "4. Lossless JSON lines: the same records, editable with any JSON tool"
 run "wsrr cat --jsonl captures/agent-1011.wsrr | sed -n '1p;25p'"
 run "wsrr cat --jsonl captures/agent-1011.wsrr | wsrr import --jsonl - -o $tmp/copy.wsrr"
 run "wsrr cat --jsonl $tmp/copy.wsrr | cmp - <(wsrr cat --jsonl captures/agent-1011.wsrr) && echo 'round trip: byte-identical'"
@@ -53,7 +77,7 @@ echo "# turn the backend's 1011 into a normal close, in the JSON lines, and impo
 run "wsrr cat --jsonl captures/agent-1011.wsrr | sed 's/\"code\":1011,\"reason\":\"Internal error\"/\"code\":1000,\"reason\":\"edited\"/' | wsrr import --jsonl - -o $tmp/edited.wsrr"
 run "wsrr cat $tmp/edited.wsrr --conn 1 --kind close"
 
-say "4. A crash cuts a capture short: what survives"
+say "5. A crash cuts a capture short: what survives"
 size=$(stat -c %s captures/agent-1011.wsrr)
 run "head -c $((size * 2 / 3)) captures/agent-1011.wsrr > $tmp/crashed.wsrr"
 printf '$ wsrr verify %s\n' "$tmp/crashed.wsrr"
@@ -63,7 +87,7 @@ echo "(exit status $status: 1 means damaged, with the records that are intact)"
 run wsrr recover "$tmp/crashed.wsrr" -o "$tmp/recovered.wsrr"
 run wsrr verify "$tmp/recovered.wsrr"
 
-say "5. Malformed traffic is recorded with what was wrong, and the server's answer"
+say "6. Malformed traffic is recorded with what was wrong, and the server's answer"
 run "wsrr cat captures/violations.wsrr --kind frame | head -12"
 
-say "done: 'wsrr --help' lists the verbs; docs/capture-format.md specifies the file"
+say "done: 'wsrr --help' lists the verbs; docs/capture-format.md specifies the file, docs/rules.md the faults"
