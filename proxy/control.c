@@ -557,15 +557,22 @@ static void get_conn(struct call *c, const char *arg)
         send_json(c, 200, o);
 }
 
+/* POST /connections/ID/...: the connection must exist (404 otherwise),
+ * then the body is a JSON object. NULL when answered already. */
+static cJSON *conn_body(struct call *c, const char *arg, uint32_t *id)
+{
+    cJSON *conn = lookup_conn(c, arg, id);
+    if (!conn)
+        return NULL;
+    cJSON_Delete(conn);
+    return body_object(c, true);
+}
+
 static void post_close(struct call *c, const char *arg)
 {
     static const char *const keys[] = {"code", "reason", "to", NULL};
     uint32_t id;
-    cJSON *conn = lookup_conn(c, arg, &id);
-    if (!conn)
-        return;
-    cJSON_Delete(conn);
-    cJSON *b = body_object(c, true);
+    cJSON *b = conn_body(c, arg, &id);
     if (!b)
         return;
     const char *bad = unknown_key(b, keys);
@@ -640,11 +647,7 @@ static void post_inject(struct call *c, const char *arg)
 {
     static const char *const keys[] = {"to", "opcode", "payload", "payload_b64", NULL};
     uint32_t id;
-    cJSON *conn = lookup_conn(c, arg, &id);
-    if (!conn)
-        return;
-    cJSON_Delete(conn);
-    cJSON *b = body_object(c, true);
+    cJSON *b = conn_body(c, arg, &id);
     if (!b)
         return;
     const char *bad = unknown_key(b, keys);

@@ -1507,6 +1507,20 @@ static bool on_event(struct conn *c, enum wsrr_dir dir, struct evbuffer *in,
     }
 }
 
+/* A parser cap was crossed: this direction can no longer be cut into
+ * messages; all of `in` and everything after it passes as it is. */
+static void go_broken(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
+{
+    struct fdir *d = &c->f->d[dir];
+    wsrr_log(WSRR_LOG_INFO, c->id, "%s: %s; faults no longer applied to it", sender_name(dir),
+             wsrr_frame_parser_error(&d->fp));
+    d->broken = true;
+    unit_reset(d);
+    d->parsed = evbuffer_get_length(in);
+    forward(c, dir, in, evbuffer_get_length(in));
+    d->parsed = 0;
+}
+
 /* wsrr's own frames that waited for a streamed message's end go now. */
 static void flush_pending(struct conn *c, enum wsrr_dir dir)
 {
@@ -1542,16 +1556,10 @@ bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const u
     for (;;) {
         struct wsrr_frame_event ev;
         ssize_t k = wsrr_frame_parse(&d->fp, p + at, n - at, &ev);
-        if (k < 0) { /* a cap: the buffered path says so and passes it all */
+        if (k < 0) { /* a cap: what came before goes, the rest passes as it is */
             px_send_bytes(c, dir, p, fwd);
             append_in(in, p + fwd, n - fwd);
-            d->broken = true;
-            wsrr_log(WSRR_LOG_INFO, c->id, "%s: %s; faults no longer applied to it",
-                     sender_name(dir), wsrr_frame_parser_error(&d->fp));
-            unit_reset(d);
-            d->parsed = evbuffer_get_length(in);
-            forward(c, dir, in, evbuffer_get_length(in));
-            d->parsed = 0;
+            go_broken(c, dir, in);
             return true;
         }
         at += (size_t)k;
@@ -1619,14 +1627,7 @@ void faults_relay(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
             struct wsrr_frame_event ev;
             ssize_t k = wsrr_frame_parse(&d->fp, p + at, n - at, &ev);
             if (k < 0) {
-                /* a cap was crossed: this direction can no longer be cut
-                 * into messages; it passes as it is from here on */
-                wsrr_log(WSRR_LOG_INFO, c->id, "%s: %s; faults no longer applied to it",
-                         sender_name(dir), wsrr_frame_parser_error(&d->fp));
-                d->broken = true;
-                unit_reset(d);
-                forward(c, dir, in, evbuffer_get_length(in));
-                d->parsed = 0;
+                go_broken(c, dir, in);
                 return;
             }
             at += (size_t)k;

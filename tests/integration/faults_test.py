@@ -1249,21 +1249,29 @@ async def test_reject():
                                            target=None, params={"status": 429}) for c in (1, 2)])
 
 
+async def timed_handshakes(proxy, up, prefix):
+    """Connections 1 and 2 on PREFIX1, PREFIX2: for each, (seconds until the
+    101, seconds until the upstream saw the request or None, the echo)."""
+    res = {}
+    for i in (1, 2):
+        path = "%s%d" % (prefix, i)
+        t0 = time.monotonic()
+        async with connect(proxy.port, path) as ws:
+            t_open = time.monotonic() - t0
+            await ws.send("x")
+            g, _ = await collect(ws, n=1, idle=2)
+        t_req = [t for t, p, _ in up.requests if p == path]
+        res[i] = (t_open, t_req[0] - t0 if t_req else None, msgs(g))
+    return res
+
+
 async def test_delay_upgrade():
     """delay_upgrade 600 ms (conn 1): the upstream is asked at once, the 101
     reaches the client >= 550 ms later; conn 2 is immediate."""
     up = Upstream()
     proxy = Proxy(up.url, {"rules": [
         {"name": "slow-101", "match": {"conn": 1}, "action": {"delay_upgrade": {"ms": 600}}}]})
-    res = {}
-    for i in (1, 2):
-        t0 = time.monotonic()
-        async with connect(proxy.port, "/du%d" % i) as ws:
-            t_open = time.monotonic() - t0
-            await ws.send("x")
-            g, _ = await collect(ws, n=1, idle=2)
-        t_req = [t for t, p, _ in up.requests if p == "/du%d" % i]
-        res[i] = (t_open, t_req[0] - t0 if t_req else None, msgs(g))
+    res = await timed_handshakes(proxy, up, "/du")
     proxy.stop()
     up.close()
     o, r, g = res[1]
@@ -1347,15 +1355,7 @@ async def test_delay_connect():
     up = Upstream()
     proxy = Proxy(up.url, {"rules": [
         {"name": "late", "match": {"conn": 1}, "action": {"delay_connect": {"ms": 600}}}]})
-    res = {}
-    for i in (1, 2):
-        t0 = time.monotonic()
-        async with connect(proxy.port, "/dc%d" % i) as ws:
-            t_open = time.monotonic() - t0
-            await ws.send("x")
-            g, _ = await collect(ws, n=1, idle=2)
-        t_req = [t for t, p, _ in up.requests if p == "/dc%d" % i]
-        res[i] = (t_open, t_req[0] - t0 if t_req else None, msgs(g))
+    res = await timed_handshakes(proxy, up, "/dc")
     proxy.stop()
     up.close()
     o, r, g = res[1]
@@ -1990,6 +1990,40 @@ async def test_match_large_pieces():
     expect_faults(records(proxy.capture), "needle", [dict(action="drop", conn=1, dir="client",
                                                           nth=1)])
 
+
+async def test_beyond_parser_cap():
+    """A frame declaring 2^40 bytes crosses the parser's cap: from there on
+    the direction passes byte for byte, rules no longer applied, and the
+    proxy survives; the message before it was still subject to the rules."""
+    got = {}
+
+    def sink(up, s, head, buf):
+        s.settimeout(1)
+        data = buf
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                data += d
+        except OSError:
+            pass
+        got["bytes"] = data
+
+    up = RawUpstream(sink)
+    proxy = Proxy(up.url, {"rules": [
+        {"name": "drop-a", "match": {"contains": "aaa"}, "action": {"drop": {}}}]})
+    c = RawClient(proxy.port, "/cap")
+    huge = bytes([0x82, 0xFF]) + (1 << 40).to_bytes(8, "big") + os.urandom(4) + b"aaa-raw-bytes"
+    c.sock.sendall(frame(0x81, b"aaa", mask=os.urandom(4)) + huge)
+    time.sleep(0.5)
+    c.close()
+    wait_for(lambda: "bytes" in got, 3)
+    proxy.stop()
+    up.close()
+    check(got.get("bytes") == huge, "after the dropped message, the rest went byte for byte: %r" %
+          (got.get("bytes") or b"")[:40])
+
 TESTS = [
     # message actions
     test_drop, test_delay, test_duplicate, test_reorder, test_corrupt, test_truncate,
@@ -2004,7 +2038,7 @@ TESTS = [
     test_deflate_message_actions, test_determinism,
     test_bad_rules, test_hostile_traffic,
     test_fin_flushes_held, test_close_behind_queue, test_own_frames_between_messages,
-    test_memory_bounded, test_match_large_pieces,
+    test_memory_bounded, test_match_large_pieces, test_beyond_parser_cap,
 ]
 
 
