@@ -38,7 +38,7 @@ import websockets
 WSRR = None
 TMP = None
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from wstest import accept_for, check, failures, frame  # noqa: E402
+from wstest import Drain, accept_for, check, failures, frame  # noqa: E402
 
 
 # ---- processes ----
@@ -64,17 +64,18 @@ class Proxy:
         if not m:
             raise RuntimeError("proxy did not start: %r %s" % (line, self.proc.stderr.read()))
         self.port = int(m.group(1))
+        self.drain = Drain(self.proc.stderr)
         self.log = []
         PROXIES.append(self)
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
         try:
-            out = self.proc.communicate(timeout=10)[1]
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out = self.proc.communicate()[1]
-        self.log = out.splitlines()
+            self.proc.wait()
+        self.log = self.drain.lines()
         # a sanitizer report: show its start (the error and the stacks)
         first = next((i for i, l in enumerate(self.log) if "ERROR: " in l or "runtime error" in l),
                      max(0, len(self.log) - 30))
@@ -2071,7 +2072,7 @@ def main():
                     if p.proc.poll() is None:
                         p.stop()
                     elif not p.log:
-                        p.log = p.proc.stderr.read().splitlines()
+                        p.log = p.drain.lines()
                         print("  a proxy died (%d):" % p.proc.returncode)
                     print("  proxy log:\n    " + "\n    ".join(p.log[-15:]))
             for p in PROXIES:

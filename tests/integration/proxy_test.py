@@ -39,7 +39,7 @@ import websockets
 WSRR = None
 TMP = None
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from wstest import accept_for, check, failures, frame  # noqa: E402
+from wstest import Drain, accept_for, check, failures, frame  # noqa: E402
 
 
 # ---- processes ----
@@ -63,17 +63,18 @@ class Proxy:
         if not m:
             raise RuntimeError("proxy did not start: %r %s" % (line, self.proc.stderr.read()))
         self.port = int(m.group(1))
+        self.drain = Drain(self.proc.stderr)
         self.log = []
         PROXIES.append(self)
 
     def stop(self, sig=signal.SIGINT):
         self.proc.send_signal(sig)
         try:
-            out = self.proc.communicate(timeout=10)[1]
+            self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out = self.proc.communicate()[1]
-        self.log = out.splitlines()
+            self.proc.wait()
+        self.log = self.drain.lines()
         # a sanitizer report (leak at exit, UB) makes the exit status non-zero
         check(self.proc.returncode == 0, "the proxy exits 0 (got %d):\n    %s" %
               (self.proc.returncode, "\n    ".join(self.log[-30:])))
@@ -836,7 +837,7 @@ def main():
                     if p.proc.poll() is None:
                         p.stop()  # and show what the proxy said
                     elif not p.log:
-                        p.log = p.proc.stderr.read().splitlines()
+                        p.log = p.drain.lines()
                         print("  a proxy died (%d):" % p.proc.returncode)
                     print("  proxy log:\n    " + "\n    ".join(p.log[-25:]))
                 PROXIES.clear()

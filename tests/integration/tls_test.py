@@ -33,7 +33,7 @@ import websockets
 WSRR = None
 TMP = None
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from wstest import check, failures  # noqa: E402
+from wstest import Drain, check, failures  # noqa: E402
 
 
 def sh(*args):
@@ -85,11 +85,13 @@ class Proxy:
         if not m:
             raise RuntimeError("proxy did not start: %r %s" % (line, self.proc.stderr.read()))
         self.port = int(m.group(1))
+        self.drain = Drain(self.proc.stderr)
         PROXIES.append(self)
 
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
-        out = self.proc.communicate(timeout=10)[1]
+        self.proc.wait(timeout=10)
+        out = "\n".join(self.drain.lines())
         check(self.proc.returncode == 0, "the proxy exits 0 (%d): %s" %
               (self.proc.returncode, out[-2000:]))
 

@@ -9,6 +9,7 @@
 import base64
 import hashlib
 import struct
+import threading
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 failures = []
@@ -43,3 +44,23 @@ def frame(b0, data, mask=None, width=None, length=None):
         data = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
         head += mask
     return head + data
+
+
+class Drain:
+    """Reads a child's stderr in a thread from now on: a process that logs a
+    line per connection must never block on a full pipe (1000 connections
+    fill 64 KiB). lines() waits for the end of the stream (the child has
+    exited or been killed)."""
+
+    def __init__(self, stream):
+        self._lines = []
+        self._t = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._t.start()
+
+    def _run(self, stream):
+        for line in stream:
+            self._lines.append(line.rstrip("\n"))
+
+    def lines(self, timeout=10):
+        self._t.join(timeout)
+        return list(self._lines)
