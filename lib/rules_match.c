@@ -6,10 +6,14 @@
  * direction, ordinal), never a generator advanced by traffic, so a decision
  * does not depend on anything else that flows.
  */
+#include "wsrr/frame.h"
 #include "wsrr/handshake.h"
 #include "wsrr/rules.h"
 
 #include <fnmatch.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -106,6 +110,17 @@ void wsrr_rules_conn_free(struct wsrr_rules_conn *rc)
     free(rc);
 }
 
+bool wsrr_rules_flat_payload(const struct wsrr_rules *rs)
+{
+    for (size_t i = 0; rs && i < rs->count; i++) {
+        const struct wsrr_match *m = &rs->rules[i].match;
+        if (rs->rules[i].enabled &&
+            (m->regex_src || m->json || m->contains_len > WSRR_PIECES_NEEDLE_MAX))
+            return true;
+    }
+    return false;
+}
+
 bool wsrr_rules_conn_any(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc)
 {
     for (size_t i = 0; i < rs->count && i < rc->count; i++)
@@ -133,6 +148,119 @@ bool wsrr_contains(const uint8_t *hay, size_t len, const char *needle, size_t n,
         if (memcmp(hit - rare, needle, n) == 0)
             return true;
         p = hit + 1;
+    }
+    return false;
+}
+
+/* ---- searching a payload where it lies ---- */
+
+/* 16 bytes compared at once: GCC and clang lower this to SSE2 / NEON */
+typedef uint8_t v16 __attribute__((vector_size(16)));
+
+/* Does any of the 64 bytes at p equal its byte of pat (repeated)? */
+static inline bool any_eq64(const uint8_t *p, v16 pat)
+{
+    v16 a, b, c, d;
+    memcpy(&a, p, 16);
+    memcpy(&b, p + 16, 16);
+    memcpy(&c, p + 32, 16);
+    memcpy(&d, p + 48, 16);
+    v16 eq = (v16)((a == pat) | (b == pat) | (c == pat) | (d == pat));
+#ifdef __SSE2__
+    return _mm_movemask_epi8((__m128i)eq) != 0;
+#else
+    uint64_t w[2];
+    memcpy(w, &eq, 16);
+    return (w[0] | w[1]) != 0;
+#endif
+}
+
+static void unmask_piece(uint8_t *dst, const struct wsrr_piece *pc, size_t from, size_t n)
+{
+    if (pc->masked)
+        wsrr_frame_mask(dst, pc->p + from, n, pc->mask, pc->phase + from);
+    else
+        memcpy(dst, pc->p + from, n);
+}
+
+/* needle inside one masked piece: the key byte, masked, takes one of four
+ * values by position mod 4, so the raw bytes are compared with that
+ * periodic pattern 16 at a time; each hit is unmasked and checked. A key
+ * that is not rare here (256 misses) sends the rest through unmasked
+ * chunks and wsrr_contains(). */
+static bool masked_contains(const struct wsrr_piece *pc, const char *needle, size_t n, size_t rare)
+{
+    const uint8_t *hay = pc->p;
+    size_t len = pc->len, first = rare, last = len - (n - rare); /* key positions */
+    v16 pat;
+    for (unsigned i = 0; i < 16; i++)
+        pat[i] = (uint8_t)needle[rare] ^ pc->mask[(pc->phase + i) & 3];
+    uint8_t tmp[WSRR_PIECES_NEEDLE_MAX];
+    unsigned misses = 0;
+    size_t next = 0, j = first & ~(size_t)15; /* blocks at multiples of 16 keep pat's phase */
+    while (j <= last) {
+        size_t blk = 16;
+        if (j + 64 <= len) {
+            blk = 64;
+            if (!any_eq64(hay + j, pat)) {
+                j += 64;
+                continue;
+            }
+        }
+        for (size_t k = j; k < j + blk && k <= last; k++) {
+            if (k < first || hay[k] != pat[k & 15])
+                continue;
+            unmask_piece(tmp, pc, k - rare, n);
+            if (memcmp(tmp, needle, n) == 0)
+                return true;
+            if (++misses == 256) {
+                next = k + 1;
+                goto chunks;
+            }
+        }
+        j += blk;
+    }
+    return false;
+chunks:;
+    /* key positions from `next` on: needles starting at next - rare */
+    uint8_t buf[4096 + WSRR_PIECES_NEEDLE_MAX];
+    size_t from = next - rare;
+    while (from + n <= len) {
+        size_t k = len - from < sizeof(buf) ? len - from : sizeof(buf);
+        unmask_piece(buf, pc, from, k);
+        if (wsrr_contains(buf, k, needle, n, rare))
+            return true;
+        from += k - (n - 1);
+    }
+    return false;
+}
+
+bool wsrr_contains_pieces(const struct wsrr_piece *pc, size_t npc, const char *needle, size_t n,
+                          size_t rare)
+{
+    /* the last n - 1 bytes before the piece, unmasked, and the first n - 1
+     * of it: a needle across a boundary is found there */
+    uint8_t edge[2 * WSRR_PIECES_NEEDLE_MAX];
+    size_t carry = 0, keep = n - 1;
+    if (n > WSRR_PIECES_NEEDLE_MAX)
+        return false;
+    for (size_t i = 0; i < npc; i++) {
+        const struct wsrr_piece *c = &pc[i];
+        size_t head = c->len < keep ? c->len : keep;
+        unmask_piece(edge + carry, c, 0, head);
+        if (carry && head && wsrr_contains(edge, carry + head, needle, n, rare))
+            return true;
+        if (c->len >= n && (c->masked ? masked_contains(c, needle, n, rare)
+                                      : wsrr_contains(c->p, c->len, needle, n, rare)))
+            return true;
+        if (c->len >= keep) {
+            unmask_piece(edge, c, c->len - keep, keep);
+            carry = keep;
+        } else { /* a short piece: the edge grows by it, its tail is kept */
+            size_t all = carry + head, drop = all > keep ? all - keep : 0;
+            memmove(edge, edge + drop, all - drop);
+            carry = all - drop;
+        }
     }
     return false;
 }
@@ -231,8 +359,10 @@ static bool message_ok(const struct wsrr_rules_conn *rc, const struct wsrr_rule 
         return false;
     if (c->after_rule >= 0 && rc->r[c->after_rule].fired == 0)
         return false;
-    if (c->contains &&
-        !wsrr_contains(m->payload, m->len, c->contains, c->contains_len, c->contains_rare))
+    if (c->contains && !(m->payload ? wsrr_contains(m->payload, m->len, c->contains,
+                                                    c->contains_len, c->contains_rare)
+                                    : wsrr_contains_pieces(m->pieces, m->npieces, c->contains,
+                                                           c->contains_len, c->contains_rare)))
         return false;
     if (c->regex_src && !regex_ok(&c->regex, m))
         return false;

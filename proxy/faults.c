@@ -96,6 +96,7 @@ struct faults {
     struct conn *c;
     struct fdir d[2];
     bool need_payload; /* some rule reads payloads (contains, regex, json) */
+    bool flat_payload; /* ... and needs them in one piece (regex, json) */
     bool need_time;    /* some rule looks at the time since the connection opened */
     /* connection-wide limits (both directions) */
     uint64_t dead_at;   /* timeout: nothing more goes after it; 0 none */
@@ -167,6 +168,7 @@ static struct wsrr_rules_conn *conn_rules(struct conn *c)
     c->rules_gen = p->rules_gen;
     if (c->f) {
         c->f->need_payload = reads_payload(p->rules);
+        c->f->flat_payload = wsrr_rules_flat_payload(p->rules);
         c->f->need_time = reads_time(p->rules);
     }
     return c->rc;
@@ -1271,30 +1273,92 @@ static void copy_payload(uint8_t *dst, const void *src, size_t n, const struct w
         memcpy(dst, src, n);
 }
 
-/* The payload of the complete unit [unit_start, ...) of dir, unmasked:
- * where it lies when it is one unmasked frame in a flat buffer, otherwise
- * gathered into the proxy's scratch (one per loop: units are looked at one
- * at a time). The unit is in `flat` when given, else in `in`. NULL when
- * out of memory. */
+/* Calls fn for each stretch of the payload of the complete unit
+ * [unit_start, ...) of dir, in order: its data frames' when it has any,
+ * else its control frame's; a stretch lies in `flat` when given, else in a
+ * chain of `in`. `at` is the stretch's offset in its frame's payload.
+ * Returns false when fn does or the buffer is not as the frames say. */
+typedef bool (*stretch_fn)(void *arg, const struct wsrr_frame *f, const uint8_t *src, size_t n,
+                           uint64_t at);
+static bool unit_walk(struct fdir *d, struct evbuffer *in, const uint8_t *flat, stretch_fn fn,
+                      void *arg)
+{
+    bool data = false;
+    for (size_t i = 0; i < d->nfr; i++)
+        data = data || d->fr[i].f.opcode < 8;
+    for (size_t i = 0; i < d->nfr; i++) {
+        const struct unit_frame *u = &d->fr[i];
+        size_t from = d->unit_start + u->off + u->f.hdr_len, n = (size_t)u->f.len;
+        if ((u->f.opcode < 8) != data || !n)
+            continue;
+        if (flat) {
+            if (!fn(arg, &u->f, flat + from, n, 0))
+                return false;
+            continue;
+        }
+        struct evbuffer_ptr ptr;
+        struct evbuffer_iovec v[8];
+        size_t done = 0;
+        if (evbuffer_ptr_set(in, &ptr, from, EVBUFFER_PTR_SET) < 0)
+            return false;
+        while (done < n) {
+            int k = evbuffer_peek(in, (ev_ssize_t)(n - done), &ptr, v, 8);
+            if (k <= 0)
+                return false;
+            size_t got = 0;
+            for (int j = 0; j < k && j < 8 && done + got < n; j++) {
+                size_t m = v[j].iov_len < n - done - got ? v[j].iov_len : n - done - got;
+                if (!fn(arg, &u->f, v[j].iov_base, m, done + got))
+                    return false;
+                got += m;
+            }
+            done += got;
+            if (done < n && evbuffer_ptr_set(in, &ptr, got, EVBUFFER_PTR_ADD) < 0)
+                return false;
+        }
+    }
+    return true;
+}
+
+static size_t unit_payload_len(const struct fdir *d)
+{
+    bool data = false;
+    size_t total = 0;
+    for (size_t i = 0; i < d->nfr; i++)
+        data = data || d->fr[i].f.opcode < 8;
+    for (size_t i = 0; i < d->nfr; i++)
+        if ((d->fr[i].f.opcode < 8) == data)
+            total += (size_t)d->fr[i].f.len;
+    return total;
+}
+
+struct gather {
+    uint8_t *dst;
+    size_t at;
+};
+
+static bool gather_stretch(void *arg, const struct wsrr_frame *f, const uint8_t *src, size_t n,
+                           uint64_t at)
+{
+    struct gather *g = arg;
+    copy_payload(g->dst + g->at, src, n, f, at);
+    g->at += n;
+    return true;
+}
+
+/* The payload of the complete unit of dir in one piece, unmasked: where it
+ * lies when it is one unmasked frame in `flat`, otherwise gathered into the
+ * proxy's scratch (one per loop: units are looked at one at a time). NULL
+ * when out of memory. */
 static const uint8_t *unit_payload(struct conn *c, struct fdir *d, struct evbuffer *in,
                                    const uint8_t *flat, size_t *len)
 {
     struct wsrr_proxy *p = c->p;
-    bool data = false;
-    size_t total = 0, npieces = 0, last = 0;
-    for (size_t i = 0; i < d->nfr; i++)
-        data = data || d->fr[i].f.opcode < 8;
-    for (size_t i = 0; i < d->nfr; i++)
-        if ((d->fr[i].f.opcode < 8) == data) {
-            total += (size_t)d->fr[i].f.len;
-            npieces++;
-            last = i;
-        }
-    *len = total;
+    size_t total = *len = unit_payload_len(d);
     if (!total)
         return (const uint8_t *)"";
-    if (flat && npieces == 1 && !d->fr[last].f.masked)
-        return flat + d->unit_start + d->fr[last].off + d->fr[last].f.hdr_len;
+    if (flat && d->nfr == 1 && !d->fr[0].f.masked)
+        return flat + d->unit_start + d->fr[0].off + d->fr[0].f.hdr_len;
     if (total > p->pay_cap) {
         uint8_t *np = realloc(p->pay, total);
         if (!np)
@@ -1302,39 +1366,39 @@ static const uint8_t *unit_payload(struct conn *c, struct fdir *d, struct evbuff
         p->pay = np;
         p->pay_cap = total;
     }
-    size_t at = 0;
-    for (size_t i = 0; i < d->nfr; i++) {
-        const struct unit_frame *u = &d->fr[i];
-        if ((u->f.opcode < 8) != data)
-            continue;
-        size_t from = d->unit_start + u->off + u->f.hdr_len, n = (size_t)u->f.len;
-        if (flat) {
-            copy_payload(p->pay + at, flat + from, n, &u->f, 0);
-        } else {
-            /* straight from the input's chains: one pass, unmasked on the way */
-            struct evbuffer_ptr ptr;
-            struct evbuffer_iovec v[8];
-            size_t done = 0;
-            if (evbuffer_ptr_set(in, &ptr, from, EVBUFFER_PTR_SET) < 0)
-                return NULL;
-            while (done < n) {
-                int k = evbuffer_peek(in, (ev_ssize_t)(n - done), &ptr, v, 8);
-                if (k <= 0)
-                    return NULL;
-                size_t got = 0;
-                for (int j = 0; j < k && j < 8 && done + got < n; j++) {
-                    size_t m = v[j].iov_len < n - done - got ? v[j].iov_len : n - done - got;
-                    copy_payload(p->pay + at + done + got, v[j].iov_base, m, &u->f, done + got);
-                    got += m;
-                }
-                done += got;
-                if (done < n && evbuffer_ptr_set(in, &ptr, got, EVBUFFER_PTR_ADD) < 0)
-                    return NULL;
-            }
-        }
-        at += n;
+    struct gather g = {p->pay, 0};
+    return unit_walk(d, in, flat, gather_stretch, &g) ? p->pay : NULL;
+}
+
+static bool piece_stretch(void *arg, const struct wsrr_frame *f, const uint8_t *src, size_t n,
+                          uint64_t at)
+{
+    struct wsrr_proxy *p = arg;
+    if (p->npcs == p->pcs_cap) {
+        size_t cap = p->pcs_cap ? 2 * p->pcs_cap : 16;
+        struct wsrr_piece *np = realloc(p->pcs, cap * sizeof(*np));
+        if (!np)
+            return false;
+        p->pcs = np;
+        p->pcs_cap = cap;
     }
-    return p->pay;
+    struct wsrr_piece *pc = &p->pcs[p->npcs++];
+    *pc = (struct wsrr_piece){.p = src, .len = n, .masked = f->masked, .phase = at & 3};
+    memcpy(pc->mask, f->mask, 4);
+    return true;
+}
+
+/* The same payload as pieces where it lies, masked or not: for rules that
+ * only search it, no copy and no unmasking pass (p->pcs, *npc of them). */
+static const struct wsrr_piece *unit_pieces(struct conn *c, struct fdir *d, struct evbuffer *in,
+                                            const uint8_t *flat, size_t *npc)
+{
+    struct wsrr_proxy *p = c->p;
+    p->npcs = 0;
+    if (!unit_walk(d, in, flat, piece_stretch, p))
+        return NULL;
+    *npc = p->npcs;
+    return p->pcs;
 }
 
 /* A unit of dir is complete (its frames in d->fr, its bytes in `flat` when
@@ -1368,9 +1432,14 @@ static int decide(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const 
         return -1;
     bool compressed = first && first->opcode < 8 && first->msg_compressed && f->deflate;
     const uint8_t *pl = NULL;
-    size_t plen = 0;
-    if (f->need_payload || compressed)
+    const struct wsrr_piece *pcs = NULL;
+    size_t plen = 0, npcs = 0;
+    if (f->need_payload && !f->flat_payload && !compressed) {
+        plen = unit_payload_len(d);
+        pcs = unit_pieces(c, d, in, flat, &npcs);
+    } else if (f->need_payload || compressed) {
         pl = unit_payload(c, d, in, flat, &plen);
+    }
     if (compressed && d->inflater) {
         if (!d->msg)
             d->msg = evbuffer_new();
@@ -1385,14 +1454,18 @@ static int decide(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const 
     struct wsrr_rules_conn *rc = conn_rules(c);
     if (!rc)
         return -1;
-    if (!f->need_payload || !pl)
-        plen = 0;
+    if (!f->need_payload || (!pl && !pcs))
+        plen = npcs = 0, pcs = NULL;
     struct wsrr_msg_info mi = {
         .dir = dir,
         .opcode = first ? first->opcode : 0,
         .nth = d->nth,
-        .payload = plen ? pl : (const uint8_t *)"",
+        .payload = pcs    ? NULL
+                   : plen ? pl
+                          : (const uint8_t *)"",
         .len = plen,
+        .pieces = pcs,
+        .npieces = npcs,
         .since_open_ms = f->need_time ? (wsrr_now_ns() - c->t_start) / 1000000 : 0,
     };
     return wsrr_rules_on_message(c->p->rules, rc, &mi);
@@ -1531,14 +1604,14 @@ static void flush_pending(struct conn *c, enum wsrr_dir dir)
 
 /* Append to a bufferevent's input, whose end the bufferevent keeps frozen
  * between its own reads. */
-static void append_in(struct evbuffer *in, const uint8_t *p, size_t n)
+static void append_in(struct conn *c, struct evbuffer *in, const uint8_t *p, size_t n)
 {
     evbuffer_unfreeze(in, 0);
-    evbuffer_add(in, p, n);
+    rb_keep(c->p->rb, in, p, n);
     evbuffer_freeze(in, 0);
 }
 
-/* Bytes just read into the proxy's scratch buffer, nothing of this
+/* Bytes just read into the proxy's read buffer, nothing of this
  * direction held or queued: cut them into units right there. Units no rule
  * catches leave straight from the buffer, as without rules; from the first
  * unit a rule catches (or an incomplete one at the end) the rest goes into
@@ -1558,7 +1631,7 @@ bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const u
         ssize_t k = wsrr_frame_parse(&d->fp, p + at, n - at, &ev);
         if (k < 0) { /* a cap: what came before goes, the rest passes as it is */
             px_send_bytes(c, dir, p, fwd);
-            append_in(in, p + fwd, n - fwd);
+            append_in(c, in, p + fwd, n - fwd);
             go_broken(c, dir, in);
             return true;
         }
@@ -1586,7 +1659,7 @@ bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const u
          * rest take the buffered path */
         size_t start = d->unit_start;
         px_send_bytes(c, dir, p, start);
-        append_in(in, p + start, n - start);
+        append_in(c, in, p + start, n - start);
         d->parsed = at - start;
         d->unit_start = 0;
         size_t none = 0;
@@ -1596,7 +1669,7 @@ bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const u
     }
     px_send_bytes(c, dir, p, fwd);
     if (fwd < n) { /* an incomplete unit: held in `in` */
-        append_in(in, p + fwd, n - fwd);
+        append_in(c, in, p + fwd, n - fwd);
         d->parsed = n - fwd;
         d->unit_start = d->unit_start >= fwd ? d->unit_start - fwd : 0;
     }
@@ -1677,6 +1750,7 @@ void faults_attach(struct conn *c)
         d->qtimer = evtimer_new(c->p->base, qtimer_cb, c);
     }
     f->need_payload = reads_payload(c->p->rules);
+    f->flat_payload = wsrr_rules_flat_payload(c->p->rules);
     f->need_time = reads_time(c->p->rules);
     f->kill_left = UINT64_MAX;
     c->f = f;

@@ -18,6 +18,19 @@
 
 struct faults;
 
+/* The read buffer (readbuf.c): fast_read() reads into rb_data(), RB_SIZE
+ * bytes. rb_keep() appends n of its bytes at p to an evbuffer (the input
+ * end unfrozen): a large stretch as a reference to the block, which the
+ * evbuffer gives back when done with it, while reads go on in another
+ * block (rb_data() changes); anything else is copied. 0, or -1 when out of
+ * memory. rb_free(): blocks still in evbuffers outlive it safely. */
+#define RB_SIZE (64 * 1024)
+struct readbuf;
+struct readbuf *rb_new(void);
+void rb_free(struct readbuf *rb);
+uint8_t *rb_data(struct readbuf *rb);
+int rb_keep(struct readbuf *rb, struct evbuffer *buf, const uint8_t *p, size_t n);
+
 enum conn_state { CS_REQUEST, CS_CONNECTING, CS_RESPONSE, CS_RELAY, CS_CLOSING };
 
 struct upstream {
@@ -65,9 +78,11 @@ struct wsrr_proxy {
     bool stopping;
     struct event *grace_ev;
     struct wsrr_proxy_stats st;
-    uint8_t scratch[64 * 1024]; /* fast_read(): one loop, one connection at a time */
-    uint8_t *pay;               /* faults.c: a unit's payload, unmasked, for the rules */
+    struct readbuf *rb; /* fast_read(): one loop, one connection at a time */
+    uint8_t *pay;       /* faults.c: a unit's payload, unmasked, for the rules */
     size_t pay_cap;
+    struct wsrr_piece *pcs; /* faults.c: the same, as pieces where it lies */
+    size_t npcs, pcs_cap;
 };
 
 /* the most one read or write moves on a plain socket (topup_read) */

@@ -788,12 +788,6 @@ static void set_reading(struct conn *c, enum wsrr_dir d, bool on)
     }
 }
 
-/* A relayed plain leg is readable. The bufferevent would ask FIONREAD before
- * every read and read at most 4 KiB (libevent 2.1): on small messages that
- * ioctl is a third of the proxy's system calls. Read into one scratch buffer
- * instead and append what came (exact-size chains, as evbuffer_read makes);
- * the bufferevent still does all the writing. End of stream, errors and the
- * idle timeout go to relay_event() as the bufferevent would report them. */
 /* The socket to send dir's bytes to at once, or -1 when they must queue:
  * a TLS destination, one we shut down or saw fail, or output already
  * waiting there (order). */
@@ -820,7 +814,7 @@ static size_t sent(struct conn *c, enum wsrr_dir dir, ssize_t r)
 }
 
 /* Bytes just read, with nothing of that direction waiting on either side:
- * record them and send them on from the scratch buffer; only what the
+ * record them and send them on from the read buffer; only what the
  * destination does not take goes into its output buffer. Returns false when
  * the bytes must take the buffered way (relay()). */
 static bool pass_through(struct conn *c, enum wsrr_dir d, struct evbuffer *in, const uint8_t *p,
@@ -849,11 +843,18 @@ void px_send_bytes(struct conn *c, enum wsrr_dir dir, const uint8_t *p, size_t n
     evutil_socket_t fd = send_fd(c, dir);
     size_t w = fd >= 0 ? sent(c, dir, send(fd, p, n, MSG_NOSIGNAL)) : 0;
     if (w < n) {
-        evbuffer_add(bufferevent_get_output(dst), p + w, n - w);
+        rb_keep(c->p->rb, bufferevent_get_output(dst), p + w, n - w);
         check_backpressure(c, dir);
     }
 }
 
+/* A relayed plain leg is readable. The bufferevent would ask FIONREAD before
+ * every read and read at most 4 KiB (libevent 2.1): on small messages that
+ * ioctl is a third of the proxy's system calls. Read into the proxy's read
+ * buffer instead and send from it; what must wait joins the input buffer
+ * (rb_keep(): large stretches lent, not copied). The bufferevent still does
+ * all the buffered writing. End of stream, errors and the idle timeout go to
+ * relay_event() as the bufferevent would report them. */
 static void fast_read(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
@@ -865,17 +866,17 @@ static void fast_read(evutil_socket_t fd, short what, void *arg)
         return;
     }
     struct evbuffer *in = bufferevent_get_input(bev);
-    uint8_t *buf = c->p->scratch;
-    size_t cap = sizeof(c->p->scratch), total = 0;
+    size_t cap = RB_SIZE, total = 0;
     ssize_t got;
     for (;;) {
+        uint8_t *buf = rb_data(c->p->rb); /* a new block after a handover */
         got = read(fd, buf, cap);
         if (got <= 0)
             break;
         if (total == 0 && (size_t)got < cap && pass_through(c, d, in, buf, (size_t)got))
             return; /* the common case: one read, one write, no buffer */
         evbuffer_unfreeze(in, 0);
-        int rc = evbuffer_add(in, buf, (size_t)got);
+        int rc = rb_keep(c->p->rb, in, buf, (size_t)got);
         evbuffer_freeze(in, 0);
         if (rc < 0) {
             errno = ENOMEM;
@@ -1647,6 +1648,10 @@ struct wsrr_proxy *wsrr_proxy_new(struct event_base *base, const struct wsrr_pro
     if (!p->cfg.max_buffer)
         p->cfg.max_buffer = DEFAULT_MAX_BUFFER;
 
+    if (!(p->rb = rb_new())) {
+        wsrr_seterr(err, errlen, ENOMEM, "out of memory");
+        goto err_free;
+    }
     if (!c->upstream) {
         wsrr_seterr(err, errlen, EINVAL, "--upstream is required");
         goto err_free;
@@ -1761,6 +1766,7 @@ err_tls:
     wsrr_redactor_free(p->red);
 err_free:
     wsrr_rules_free(p->rules);
+    rb_free(p->rb);
     free(p);
     return NULL;
 }
@@ -1828,6 +1834,8 @@ void wsrr_proxy_free(struct wsrr_proxy *p)
         fclose(p->keylog);
     wsrr_rules_free(p->rules);
     free(p->pay);
+    free(p->pcs);
+    rb_free(p->rb);
     free(p);
 }
 

@@ -135,6 +135,25 @@ size_t wsrr_rare_byte(const char *s, size_t n);
 /* Is needle (n bytes, rarest byte at index rare) in hay? */
 bool wsrr_contains(const uint8_t *hay, size_t len, const char *needle, size_t n, size_t rare);
 
+/* A payload as it lies in a buffer: pieces in order, each masked or not. A
+ * message held in the chains of an evbuffer, one frame or many, is searched
+ * where it lies: no copy, no unmasking pass. */
+struct wsrr_piece {
+    const uint8_t *p;
+    size_t len;
+    bool masked;
+    uint8_t mask[4];
+    uint8_t phase; /* payload offset of p[0] within its frame, mod 4 */
+};
+
+/* The longest needle wsrr_contains_pieces() takes. */
+#define WSRR_PIECES_NEEDLE_MAX 256
+
+/* wsrr_contains() over the payload the pieces make up, unmasked; n at most
+ * WSRR_PIECES_NEEDLE_MAX. */
+bool wsrr_contains_pieces(const struct wsrr_piece *pc, size_t npc, const char *needle, size_t n,
+                          size_t rare);
+
 /* Index of the rule with that name, or -1. */
 int wsrr_rules_find(const struct wsrr_rules *r, const char *name);
 
@@ -144,6 +163,10 @@ enum wsrr_action_scope wsrr_action_scope(enum wsrr_action_kind k);
 /* ---- deciding ---- */
 
 struct wsrr_http_head;
+
+/* Do the enabled rules need a message's payload in one piece (regex, JSON,
+ * a long `contains`)? When not, wsrr_msg_info may give it as pieces. */
+bool wsrr_rules_flat_payload(const struct wsrr_rules *rs);
 
 /* A connection as the rules see it when it opens. */
 struct wsrr_conn_info {
@@ -160,6 +183,11 @@ struct wsrr_msg_info {
     uint64_t nth;           /* 1-based, per direction on the connection */
     const uint8_t *payload; /* what the application sees (inflated) */
     size_t len;
+    /* with payload NULL: the payload as pieces, for rules whose only
+     * payload conditions are `contains` of at most WSRR_PIECES_NEEDLE_MAX
+     * bytes (wsrr_rules_flat_payload() false); len is still the total */
+    const struct wsrr_piece *pieces;
+    size_t npieces;
     uint64_t since_open_ms;
 };
 

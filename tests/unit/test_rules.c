@@ -265,7 +265,11 @@ static void test_load(void)
 
 static struct wsrr_msg_info msg(int dir, uint8_t opcode, uint64_t nth, const char *payload)
 {
-    return (struct wsrr_msg_info){dir, opcode, nth, (const uint8_t *)payload, strlen(payload), 0};
+    return (struct wsrr_msg_info){.dir = dir,
+                                  .opcode = opcode,
+                                  .nth = nth,
+                                  .payload = (const uint8_t *)payload,
+                                  .len = strlen(payload)};
 }
 
 static void test_decide_example(void)
@@ -473,6 +477,82 @@ static void test_contains_search(void)
     CHECK(!wsrr_contains((const uint8_t *)big, sizeof(big) - 1, "qz!", 3, 0));
 }
 
+/* A payload cut into pieces, each masked or not, as a message lies in an
+ * evbuffer; the search over them must say what memmem says over the whole. */
+static uint32_t rnd_state = 2463534242u;
+static uint32_t rnd(void)
+{
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 17;
+    rnd_state ^= rnd_state << 5;
+    return rnd_state;
+}
+
+static bool pieces_find(const uint8_t *plain, size_t len, const char *nd, size_t nl, size_t maxcut,
+                        bool all_masked)
+{
+    static uint8_t raw[1 << 16];
+    struct wsrr_piece pc[64];
+    size_t npc = 0, at = 0;
+    while (at < len || npc == 0) {
+        struct wsrr_piece *c = &pc[npc++];
+        size_t k = len - at;
+        if (npc < 64 && maxcut && k > 0)
+            k = rnd() % (k < maxcut ? k + 1 : maxcut + 1); /* pieces of 0 bytes too */
+        c->p = raw + at;
+        c->len = k;
+        c->masked = all_masked || (rnd() & 1);
+        c->phase = (uint8_t)(rnd() & 3);
+        uint32_t m = rnd();
+        memcpy(c->mask, &m, 4);
+        for (size_t i = 0; i < k; i++)
+            raw[at + i] = plain[at + i] ^ (c->masked ? c->mask[(c->phase + i) & 3] : 0);
+        at += k;
+    }
+    return wsrr_contains_pieces(pc, npc, nd, nl, wsrr_rare_byte(nd, nl));
+}
+
+static void test_contains_pieces(void)
+{
+    static uint8_t hay[1 << 16];
+    char nd[WSRR_PIECES_NEEDLE_MAX + 1];
+    for (int round = 0; round < 3000; round++) {
+        size_t len = rnd() % (round < 2500 ? 300 : sizeof(hay));
+        unsigned alpha = 2 + rnd() % 6; /* few letters: needles occur, often across cuts */
+        for (size_t i = 0; i < len; i++)
+            hay[i] = (uint8_t)('a' + rnd() % alpha);
+        size_t nl = 1 + rnd() % (round % 7 ? 12 : WSRR_PIECES_NEEDLE_MAX);
+        if (len >= nl && rnd() % 2) {
+            memcpy(nd, hay + rnd() % (len - nl + 1), nl);
+        } else {
+            for (size_t i = 0; i < nl; i++)
+                nd[i] = (char)('a' + rnd() % alpha);
+        }
+        bool want = memmem(hay, len, nd, nl) != NULL;
+        bool got = pieces_find(hay, len, nd, nl, 1 + rnd() % 40, false);
+        CHECK_MSG(want == got, "round %d: len %zu needle %zu: %d, memmem %d", round, len, nl, got,
+                  want);
+        if (want != got)
+            break;
+    }
+    /* a key that is everywhere in one large masked piece ("q" is rarer than
+     * " "): past 256 misses the search goes on in unmasked chunks; needles
+     * just after that point (key 256 of "qq " is at 256) and across a
+     * chunk's end (chunks of 4352 bytes from 256 overlap at 4606) are found */
+    CHECK(wsrr_rare_byte("qq ", 3) < 2);
+    static const size_t at[] = {250, 255, 256, 257, 258, 4605, 4606, 4607, 8955, 19997};
+    for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+        memset(hay, 'q', 20000);
+        memcpy(hay + at[i], "qq ", 3);
+        CHECK_MSG(pieces_find(hay, 20000, "qq ", 3, 0, true), "needle at %zu", at[i]);
+    }
+    memset(hay, 'q', 20000);
+    CHECK(!pieces_find(hay, 20000, "qq ", 3, 0, true));
+    /* longer than the pieces take: not searched (the proxy gathers those) */
+    memset(nd, 'q', sizeof(nd));
+    CHECK(!pieces_find(hay, 20000, nd, sizeof(nd), 0, true));
+}
+
 int main(void)
 {
     test_example();
@@ -485,5 +565,6 @@ int main(void)
     test_decide_seeded();
     test_decide_connection_once();
     test_contains_search();
+    test_contains_pieces();
     return check_finish("test_rules");
 }
