@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The demo's agent backend and client (Python websockets).
 
-    agent.py backend PORT          a streaming agent endpoint at ws://127.0.0.1:PORT/v1/agent
+    agent.py backend PORT [--fixed] a streaming agent endpoint at ws://127.0.0.1:PORT/v1/agent
+                                   (--fixed: the same without the bug)
     agent.py client URL [N]        N concurrent runs (default 3) against URL
 
 The backend streams agent_started, tool_executing (x2), agent_completed for
@@ -17,6 +18,7 @@ import sys
 import websockets
 
 shared_state = {}
+FIXED = False
 
 
 async def backend_handler(ws, path=None):
@@ -32,7 +34,7 @@ async def backend_handler(ws, path=None):
                 await asyncio.sleep(0.02)
                 await ws.send(json.dumps({"type": "tool_executing", "run": run,
                                           "step": step + 1, "tool": tool}))
-                if step == 1 and shared_state.get(user) not in (None, run):
+                if step == 1 and not FIXED and shared_state.get(user) not in (None, run):
                     # the race: another run of this user replaced our state
                     shared_state.pop(user, None)
                     await ws.close(1011, "Internal error")
@@ -75,7 +77,9 @@ async def clients(url, n=3):
 
 
 def main():
+    global FIXED
     if len(sys.argv) >= 3 and sys.argv[1] == "backend":
+        FIXED = "--fixed" in sys.argv[3:]
         asyncio.run(backend(int(sys.argv[2])))
     elif len(sys.argv) >= 3 and sys.argv[1] == "client":
         n = int(sys.argv[3]) if len(sys.argv) > 3 else 3

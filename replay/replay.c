@@ -1,0 +1,860 @@
+/* replay.c — one replay run of a session against a server (replay.h).
+ *
+ * One event loop, one bufferevent per connection (bufferevent_openssl for
+ * wss), our frame codec both ways. advance() walks the session's steps in
+ * order and stops at the first one that must wait; every event that can
+ * satisfy a wait (a handshake answered, a message received, a transport
+ * ended, a timer) calls it again. */
+#include "replay.h"
+
+#include "wsrr/common.h"
+#include "wsrr/frame.h"
+#include "wsrr/handshake.h"
+#include "wsrr/tls.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <openssl/ssl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum rc_state { RC_IDLE, RC_HANDSHAKE, RC_OPEN, RC_DONE };
+
+struct rconn {
+    struct run *run;
+    uint32_t idx;
+    enum rc_state st;
+    struct bufferevent *bev;
+    char key[32];
+    struct wsrr_http_parser hp;
+    struct wsrr_frame_parser fp;
+    struct evbuffer *msg;     /* the server message being received */
+    struct evbuffer *pending; /* asap/recorded: frames sent before the upgrade completed */
+    uint8_t msg_op;
+    uint32_t received; /* server messages */
+    uint32_t *expect;  /* step index of each recorded server message */
+    uint32_t nexpect;
+    bool close_sent, close_rcvd, ended;
+    bool failure_gone; /* its recorded failure did not come back in time */
+    /* asap and recorded: its own steps, a cursor, a timer */
+    size_t *steps, nsteps, cur, last_send;
+    struct event *timer;
+    size_t timer_step;
+};
+
+struct run {
+    const struct rp_session *s;
+    const struct rp_opts *o;
+    struct rp_result *res;
+    struct event_base *base;
+    SSL_CTX *ctx;
+    char host[256], hostport[300], path[1024];
+    int port;
+    bool tls;
+    struct rconn *c;
+    size_t next;         /* the first step not yet done */
+    struct event *timer; /* the wait's timeout, or the recorded mode's next due step */
+    size_t timer_step;   /* which step the timer is for */
+    bool draining;       /* every step done: waiting for the connections to end */
+    uint64_t t0;         /* run start (recorded timing) */
+};
+
+static void advance(struct run *r);
+
+static void vlog(struct run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void vlog(struct run *r, const char *fmt, ...)
+{
+    if (!r->o->log)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(r->o->log, "replay: ");
+    vfprintf(r->o->log, fmt, ap);
+    fputc('\n', r->o->log);
+    va_end(ap);
+}
+
+static struct rp_outcome *out_of(struct rconn *c)
+{
+    return &c->run->res->conns[c->idx].out;
+}
+
+/* The connection is over: what ended it is already in its outcome. */
+static void conn_done(struct rconn *c)
+{
+    if (c->st == RC_DONE)
+        return;
+    c->st = RC_DONE;
+    out_of(c)->messages = c->received;
+    if (c->bev) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    char d[200];
+    rp_outcome_describe(out_of(c), d, sizeof(d));
+    vlog(c->run, "connection %u: %s", c->run->s->conns[c->idx].id, d);
+}
+
+static void conn_fail(struct rconn *c, enum rp_end end, const char *why)
+{
+    struct rp_outcome *o = out_of(c);
+    o->end = end;
+    snprintf(o->reason, sizeof(o->reason), "%.*s", (int)sizeof(o->reason) - 1, why);
+    conn_done(c);
+}
+
+/* ---- sending ---- */
+
+static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t *p, size_t n)
+{
+    struct wsrr_frame f;
+    wsrr_frame_init(&f, WSRR_DIR_C2S, opcode, n);
+    f.fin = fin;
+    uint8_t hdr[WSRR_FRAME_MAX_HEADER];
+    size_t hl = wsrr_frame_encode_header(hdr, &f);
+    uint8_t *body = n ? malloc(n) : NULL;
+    if (n && !body) {
+        conn_fail(c, RP_END_FAILED, "out of memory");
+        return;
+    }
+    if (n)
+        wsrr_frame_mask(body, p, n, f.mask, 0);
+    struct evbuffer *dst = c->st == RC_OPEN ? bufferevent_get_output(c->bev) : c->pending;
+    evbuffer_add(dst, hdr, hl);
+    if (n)
+        evbuffer_add(dst, body, n);
+    free(body);
+    if (opcode == WSRR_OP_CLOSE)
+        c->close_sent = true;
+}
+
+static void send_close(struct rconn *c, uint16_t code, const uint8_t *reason, size_t rlen)
+{
+    uint8_t pl[125];
+    size_t n =
+        code ? wsrr_close_payload(pl, code, (const char *)reason, rlen > 123 ? 123 : rlen) : 0;
+    send_frame(c, WSRR_OP_CLOSE, true, pl, n);
+}
+
+/* ---- the upgrade ---- */
+
+static bool skip_header(const struct wsrr_http_field *f, const struct rp_opts *o)
+{
+    static const char *const ours[] = {"Host",
+                                       "Origin",
+                                       "Upgrade",
+                                       "Connection",
+                                       "Sec-WebSocket-Key",
+                                       "Sec-WebSocket-Version",
+                                       "Sec-WebSocket-Extensions",
+                                       "Sec-WebSocket-Protocol"};
+    for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)
+        if (f->name_len == strlen(ours[i]) && !strncasecmp(f->name, ours[i], f->name_len))
+            return true;
+    for (size_t i = 0; i < o->nheaders; i++) {
+        const char *colon = strchr(o->headers[i], ':');
+        if (colon && (size_t)(colon - o->headers[i]) == f->name_len &&
+            !strncasecmp(f->name, o->headers[i], f->name_len))
+            return true;
+    }
+    return false;
+}
+
+/* The recorded request, made for the target. */
+static int build_request(struct rconn *c, struct evbuffer *out, char *why, size_t cap)
+{
+    struct run *r = c->run;
+    const struct rp_conn *rc = &r->s->conns[c->idx];
+    struct wsrr_http_parser hp;
+    wsrr_http_parser_init(&hp, false, 0, 0);
+    const struct wsrr_http_head *h = NULL;
+    if (wsrr_http_parse(&hp, (const uint8_t *)rc->head, rc->head_len) > 0)
+        h = wsrr_http_parser_head(&hp);
+    if (!h) {
+        snprintf(why, cap, "the recorded request does not parse");
+        wsrr_http_parser_finish(&hp);
+        return -1;
+    }
+    struct evbuffer *extra = evbuffer_new();
+    char *target = r->path[0] ? strdup(r->path) : strndup(h->target, h->target_len);
+    char *proto = NULL, *origin = NULL;
+    const struct wsrr_http_field *pf = wsrr_http_find(h, "Sec-WebSocket-Protocol", NULL);
+    if (pf)
+        proto = strndup(pf->value, pf->value_len);
+    if (wsrr_http_find(h, "Origin", NULL) &&
+        asprintf(&origin, "%s://%s", r->tls ? "https" : "http", r->hostport) < 0)
+        origin = NULL;
+    for (size_t i = 0; extra && i < h->nfields; i++) {
+        const struct wsrr_http_field *f = &h->fields[i];
+        if (!skip_header(f, r->o))
+            evbuffer_add_printf(extra, "%.*s: %.*s\r\n", (int)f->name_len, f->name,
+                                (int)f->value_len, f->value);
+    }
+    for (size_t i = 0; extra && i < r->o->nheaders; i++)
+        evbuffer_add_printf(extra, "%s\r\n", r->o->headers[i]);
+    wsrr_http_parser_finish(&hp);
+    int rc2 = -1;
+    if (extra && target) {
+        evbuffer_add(extra, "", 1);
+        wsrr_handshake_make_key(c->key);
+        struct wsrr_ws_request_spec spec = {.target = target,
+                                            .host = r->hostport,
+                                            .origin = origin,
+                                            .key = c->key,
+                                            .protocols = proto,
+                                            .extra = (const char *)evbuffer_pullup(extra, -1)};
+        rc2 = wsrr_handshake_build_request(out, &spec);
+        if (rc2 < 0)
+            snprintf(why, cap, "the recorded request cannot be rebuilt (%s)", strerror(-rc2));
+    } else {
+        snprintf(why, cap, "out of memory");
+    }
+    if (extra)
+        evbuffer_free(extra);
+    free(target);
+    free(proto);
+    free(origin);
+    return rc2 < 0 ? -1 : 0;
+}
+
+/* The response head is complete: a 101 with the right accept opens the
+ * connection; another status is the recorded kind of ending, a rejection. */
+static int upgraded(struct rconn *c, const struct wsrr_http_head *h)
+{
+    if (h->status != 101) {
+        struct rp_outcome *o = out_of(c);
+        o->end = RP_END_REJECTED;
+        o->status = h->status;
+        o->by_server = true;
+        conn_done(c);
+        return -1;
+    }
+    char want[32];
+    wsrr_handshake_accept(c->key, strlen(c->key), want);
+    const struct wsrr_http_field *a = wsrr_http_find(h, "Sec-WebSocket-Accept", NULL);
+    if (!a || a->value_len != strlen(want) || memcmp(a->value, want, a->value_len)) {
+        conn_fail(c, RP_END_FAILED, "the 101 has a wrong Sec-WebSocket-Accept");
+        return -1;
+    }
+    c->st = RC_OPEN;
+    wsrr_frame_parser_init(&c->fp, WSRR_DIR_S2C, NULL);
+    if (evbuffer_get_length(c->pending))
+        evbuffer_add_buffer(bufferevent_get_output(c->bev), c->pending);
+    return 0;
+}
+
+/* ---- receiving ---- */
+
+/* Drop the value at a dotted path ("data.items.0.ts"). */
+static void drop_path(cJSON *j, const char *path)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", path);
+    char *save = NULL, *tok = strtok_r(buf, ".", &save);
+    while (j && tok) {
+        char *next = strtok_r(NULL, ".", &save);
+        if (!next) {
+            if (cJSON_IsArray(j))
+                cJSON_DeleteItemFromArray(j, atoi(tok));
+            else
+                cJSON_DeleteItemFromObjectCaseSensitive(j, tok);
+            return;
+        }
+        j = cJSON_IsArray(j) ? cJSON_GetArrayItem(j, atoi(tok))
+                             : cJSON_GetObjectItemCaseSensitive(j, tok);
+        tok = next;
+    }
+}
+
+static bool same_message(const struct rp_opts *o, const struct rp_step *want, uint8_t op,
+                         const uint8_t *p, size_t n)
+{
+    if (want->opcode != op)
+        return false;
+    if (want->len == n && (!n || !memcmp(want->data, p, n)))
+        return true;
+    if (op != WSRR_OP_TEXT)
+        return false;
+    cJSON *a = cJSON_ParseWithLength((const char *)want->data, want->len);
+    cJSON *b = cJSON_ParseWithLength((const char *)p, n);
+    bool same = false;
+    if (a && b) {
+        for (size_t i = 0; i < o->nignore; i++) {
+            drop_path(a, o->ignore[i]);
+            drop_path(b, o->ignore[i]);
+        }
+        same = cJSON_Compare(a, b, true);
+    }
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    return same;
+}
+
+static void shorten(char *out, size_t cap, const uint8_t *p, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 4 < cap; i++)
+        out[k++] = p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '.';
+    if (n && k < n && k + 4 <= cap) {
+        memcpy(out + k, "...", 3);
+        k += 3;
+    }
+    out[k] = '\0';
+}
+
+static void on_message(struct rconn *c, const uint8_t *p, size_t n)
+{
+    struct run *r = c->run;
+    struct rp_conn_result *cr = &r->res->conns[c->idx];
+    uint32_t nth = ++c->received;
+    if (cr->diverged)
+        return;
+    if (nth > c->nexpect) {
+        if (rp_outcome_failed(&r->s->conns[c->idx].rec))
+            return; /* the recording failed here; this run got further */
+        cr->diverged = true;
+        cr->div_nth = nth;
+        snprintf(cr->expected, sizeof(cr->expected), "(no message %u recorded)", nth);
+        shorten(cr->received, sizeof(cr->received), p, n);
+        return;
+    }
+    const struct rp_step *want = &r->s->steps[c->expect[nth - 1]];
+    if (!same_message(r->o, want, c->msg_op, p, n)) {
+        cr->diverged = true;
+        cr->div_nth = nth;
+        shorten(cr->expected, sizeof(cr->expected), want->data, want->len);
+        shorten(cr->received, sizeof(cr->received), p, n);
+        vlog(r, "connection %u: message %u differs", r->s->conns[c->idx].id, nth);
+    }
+}
+
+static void on_frame_end(struct rconn *c, const struct wsrr_frame_event *ev)
+{
+    const struct wsrr_frame *f = ev->frame;
+    if (f->opcode == WSRR_OP_PING) {
+        send_frame(c, WSRR_OP_PONG, true, ev->data, ev->len);
+    } else if (f->opcode == WSRR_OP_CLOSE) {
+        struct rp_outcome *o = out_of(c);
+        c->close_rcvd = true;
+        if (o->end == RP_END_OPEN) {
+            o->end = RP_END_CLOSED;
+            o->by_server = !c->close_sent;
+            o->code = f->close_code;
+            size_t rl = ev->len > 2 ? ev->len - 2 : 0;
+            rl = rl < sizeof(o->reason) - 1 ? rl : sizeof(o->reason) - 1;
+            memcpy(o->reason, ev->data + 2, rl);
+            o->reason[rl] = '\0';
+            o->messages = c->received;
+        }
+        if (!c->close_sent) /* answer as a client does: the same code */
+            send_close(c, f->close_code, NULL, 0);
+    } else if (f->opcode < 8 && f->msg_final) {
+        size_t n = evbuffer_get_length(c->msg);
+        on_message(c, n ? evbuffer_pullup(c->msg, -1) : NULL, n);
+        evbuffer_drain(c->msg, n);
+    }
+}
+
+static void read_frames(struct rconn *c, struct evbuffer *in)
+{
+    while (c->st == RC_OPEN && evbuffer_get_length(in)) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+            break;
+        const uint8_t *p = v.iov_base;
+        size_t at = 0;
+        for (;;) {
+            struct wsrr_frame_event ev;
+            ssize_t k = wsrr_frame_parse(&c->fp, p + at, v.iov_len - at, &ev);
+            if (k < 0) {
+                conn_fail(c, RP_END_FAILED, wsrr_frame_parser_error(&c->fp));
+                return;
+            }
+            at += (size_t)k;
+            if (ev.type == WSRR_FRAME_NEED_MORE)
+                break;
+            if (ev.type == WSRR_FRAME_HEADER && ev.frame->opcode < 8 && ev.frame->msg_first)
+                c->msg_op = ev.frame->opcode;
+            if (ev.type == WSRR_FRAME_PAYLOAD && ev.frame->opcode < 8) {
+                if (ev.frame->masked) { /* a server must not mask; we read it anyway */
+                    uint8_t tmp[4096];
+                    for (size_t i = 0; i < ev.len; i += sizeof(tmp)) {
+                        size_t m = ev.len - i < sizeof(tmp) ? ev.len - i : sizeof(tmp);
+                        wsrr_frame_mask(tmp, ev.data + i, m, ev.frame->mask, ev.offset + i);
+                        evbuffer_add(c->msg, tmp, m);
+                    }
+                } else {
+                    evbuffer_add(c->msg, ev.data, ev.len);
+                }
+            }
+            if (ev.type == WSRR_FRAME_END)
+                on_frame_end(c, &ev);
+            if (c->st != RC_OPEN)
+                return;
+        }
+        evbuffer_drain(in, at);
+    }
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct rconn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (c->st == RC_HANDSHAKE) {
+        size_t n = evbuffer_get_length(in);
+        ssize_t k = wsrr_http_parse(&c->hp, evbuffer_pullup(in, -1), n);
+        if (k < 0) {
+            conn_fail(c, RP_END_FAILED, wsrr_http_parser_error(&c->hp));
+            advance(c->run);
+            return;
+        }
+        if (k == WSRR_AGAIN) {
+            evbuffer_drain(in, n);
+            return;
+        }
+        evbuffer_drain(in, (size_t)k);
+        if (upgraded(c, wsrr_http_parser_head(&c->hp)) < 0) {
+            advance(c->run);
+            return;
+        }
+    }
+    read_frames(c, in);
+    advance(c->run);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct rconn *c = arg;
+    (void)bev;
+    if (what & BEV_EVENT_CONNECTED) {
+        vlog(c->run, "connection %u: connected", c->run->s->conns[c->idx].id);
+        return;
+    }
+    struct rp_outcome *o = out_of(c);
+    int err = EVUTIL_SOCKET_ERROR();
+    if (c->st == RC_OPEN && (what & BEV_EVENT_EOF))
+        read_frames(c, bufferevent_get_input(c->bev)); /* what came with the FIN */
+    c->ended = true;
+    if (o->end == RP_END_OPEN) {
+        if (c->st == RC_HANDSHAKE && !(what & BEV_EVENT_EOF)) {
+            o->end = RP_END_FAILED;
+            snprintf(o->reason, sizeof(o->reason), "cannot connect to %.50s: %.40s",
+                     c->run->hostport, err ? evutil_socket_error_to_string(err) : "error");
+        } else if ((what & BEV_EVENT_ERROR) && err == ECONNRESET) {
+            o->end = RP_END_RESET;
+            o->by_server = true;
+        } else {
+            o->end = RP_END_ABNORMAL;
+            o->by_server = true;
+        }
+    }
+    conn_done(c);
+    advance(c->run);
+}
+
+/* ---- the schedule ---- */
+
+static int open_conn(struct rconn *c)
+{
+    struct run *r = c->run;
+    char why[160];
+    if (r->tls) {
+        SSL *ssl = SSL_new(r->ctx);
+        if (!ssl || wsrr_tls_client_prepare(ssl, r->host) < 0) {
+            SSL_free(ssl);
+            conn_fail(c, RP_END_FAILED, "TLS setup failed");
+            return -1;
+        }
+        c->bev = bufferevent_openssl_socket_new(r->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                                BEV_OPT_CLOSE_ON_FREE);
+    } else {
+        c->bev = bufferevent_socket_new(r->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
+    c->msg = evbuffer_new();
+    c->pending = evbuffer_new();
+    if (!c->bev || !c->msg || !c->pending) {
+        conn_fail(c, RP_END_FAILED, "out of memory");
+        return -1;
+    }
+    wsrr_http_parser_init(&c->hp, true, 0, 0);
+    c->st = RC_HANDSHAKE;
+    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (build_request(c, bufferevent_get_output(c->bev), why, sizeof(why)) < 0) {
+        conn_fail(c, RP_END_FAILED, why);
+        return -1;
+    }
+    if (bufferevent_socket_connect_hostname(c->bev, NULL, AF_UNSPEC, r->host, r->port) < 0) {
+        conn_fail(c, RP_END_FAILED, "cannot start connecting");
+        return -1;
+    }
+    vlog(r, "connection %u: opening", r->s->conns[c->idx].id);
+    return 0;
+}
+
+/* Has this server step happened again (or can it no longer)? */
+static bool happened(struct run *r, const struct rp_step *st)
+{
+    struct rconn *c = &r->c[st->conn];
+    if (c->st == RC_DONE || c->ended || (st->failure && c->failure_gone))
+        return true;
+    switch (st->kind) {
+    case RP_UPGRADED: return c->st == RC_OPEN;
+    case RP_MESSAGE: return c->received >= st->nth;
+    case RP_CLOSE: return c->close_rcvd;
+    default: /* RP_END: the transport ends (c->ended) */ return false;
+    }
+}
+
+static bool server_step(enum rp_kind k)
+{
+    return k == RP_UPGRADED || k == RP_MESSAGE || k == RP_CLOSE || k == RP_END;
+}
+
+/* Run one client step on its connection. */
+static void client_step(struct run *r, const struct rp_step *st)
+{
+    struct rconn *c = &r->c[st->conn];
+    if (c->st == RC_DONE)
+        return; /* it ended earlier than recorded: the rest of it cannot happen */
+    switch (st->kind) {
+    case RP_OPEN:
+        if (c->st == RC_IDLE)
+            open_conn(c);
+        break;
+    case RP_SEND:
+        if (st->opcode == WSRR_OP_CLOSE)
+            send_close(c, st->code, st->data, st->len);
+        else
+            send_frame(c, st->opcode, st->fin, st->data, st->len);
+        break;
+    case RP_HANGUP:
+        if (c->failure_gone) { /* it left after the failure; this run had none */
+            if (c->st != RC_IDLE && !c->close_sent)
+                send_close(c, 1000, (const uint8_t *)"replay done", 11);
+            break;
+        }
+        if (c->st == RC_OPEN && !c->close_rcvd && out_of(c)->end == RP_END_OPEN) {
+            out_of(c)->end = RP_END_ABNORMAL; /* the client hung up, as recorded */
+            out_of(c)->by_server = false;
+        }
+        if (c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            conn_done(c);
+        break;
+    default: break;
+    }
+}
+
+/* A wait for the server ran out: a recorded failure that did not come back
+ * lets the connection go on; anything else is a timeout. */
+static void wait_expired(struct run *r, const struct rp_step *st)
+{
+    struct rconn *c = &r->c[st->conn];
+    if (st->failure) {
+        vlog(r, "connection %u: the recorded %s did not come", r->s->conns[st->conn].id,
+             st->kind == RP_CLOSE ? "close" : "end");
+        c->failure_gone = true;
+        return;
+    }
+    char why[120];
+    if (st->kind == RP_MESSAGE)
+        snprintf(why, sizeof(why), "no server message %u within %llu ms", st->nth,
+                 (unsigned long long)r->o->timeout_ms);
+    else
+        snprintf(why, sizeof(why), "the server did not %s within %llu ms",
+                 st->kind == RP_UPGRADED ? "answer the upgrade"
+                 : st->kind == RP_CLOSE  ? "send its close frame"
+                                         : "end the connection",
+                 (unsigned long long)r->o->timeout_ms);
+    conn_fail(c, RP_END_TIMEOUT, why);
+}
+
+static void arm(struct event *ev, size_t *armed_for, size_t step, uint64_t ms)
+{
+    if (*armed_for == step && evtimer_pending(ev, NULL))
+        return;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    *armed_for = step;
+    evtimer_add(ev, &tv);
+}
+
+/* causal: one cursor over the global order; a client step runs once every
+ * server step before it has happened. Returns true when every step is done. */
+static bool advance_causal(struct run *r)
+{
+    const struct rp_session *s = r->s;
+    while (r->next < s->nsteps) {
+        const struct rp_step *st = &s->steps[r->next];
+        if (server_step(st->kind) && !happened(r, st)) {
+            arm(r->timer, &r->timer_step, r->next, r->o->timeout_ms);
+            return false;
+        }
+        if (!server_step(st->kind))
+            client_step(r, st);
+        r->next++;
+    }
+    return true;
+}
+
+/* asap and recorded: each connection on its own. Its client steps go at
+ * once (or when due); it waits for the server only at its end, for the
+ * server steps after its last data frame (the answers, the close), so that
+ * a session does not degenerate into open-send-close. Returns true when the
+ * connection's steps are done. */
+static bool advance_conn(struct run *r, struct rconn *c)
+{
+    const struct rp_session *s = r->s;
+    while (c->cur < c->nsteps) {
+        size_t i = c->steps[c->cur];
+        const struct rp_step *st = &s->steps[i];
+        if (server_step(st->kind)) {
+            if (c->cur > c->last_send && !happened(r, st)) {
+                arm(c->timer, &c->timer_step, i, r->o->timeout_ms);
+                return false;
+            }
+            c->cur++;
+            continue;
+        }
+        if (r->o->timing == RP_RECORDED) {
+            uint64_t due = (uint64_t)((double)(st->ts - s->steps[0].ts) / r->o->speed / 1e6);
+            uint64_t now = (wsrr_now_ns() - r->t0) / 1000000;
+            if (now < due) {
+                arm(c->timer, &c->timer_step, i, due - now);
+                return false;
+            }
+        }
+        client_step(r, st);
+        c->cur++;
+    }
+    return true;
+}
+
+static void finish_if_done(struct run *r)
+{
+    for (size_t i = 0; i < r->s->nconns; i++)
+        if (r->c[i].st != RC_DONE && r->c[i].st != RC_IDLE)
+            return;
+    event_base_loopexit(r->base, NULL);
+}
+
+static void advance(struct run *r)
+{
+    bool done = true;
+    if (r->o->timing == RP_CAUSAL)
+        done = advance_causal(r);
+    else
+        for (size_t i = 0; i < r->s->nconns; i++)
+            done = advance_conn(r, &r->c[i]) && done;
+    if (!done)
+        return;
+    if (!r->draining) {
+        /* every step done: what is still open is closed as a client does,
+         * and gets the timeout to end */
+        r->draining = true;
+        for (size_t i = 0; i < r->s->nconns; i++)
+            if (r->c[i].st != RC_IDLE && r->c[i].st != RC_DONE && !r->c[i].close_sent)
+                send_close(&r->c[i], 1000, (const uint8_t *)"replay done", 11);
+        arm(r->timer, &r->timer_step, SIZE_MAX, r->o->timeout_ms);
+    }
+    finish_if_done(r);
+}
+
+/* the run's timer: causal's wait, or the end */
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct run *r = arg;
+    (void)fd;
+    (void)what;
+    if (r->timer_step == SIZE_MAX) { /* the end: what is still open stays "open" */
+        event_base_loopexit(r->base, NULL);
+        return;
+    }
+    const struct rp_step *st = &r->s->steps[r->timer_step];
+    if (r->timer_step == r->next && !happened(r, st))
+        wait_expired(r, st);
+    advance(r);
+}
+
+/* a connection's timer (asap, recorded): a step due, or a wait at its end */
+static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct rconn *c = arg;
+    (void)fd;
+    (void)what;
+    if (c->cur < c->nsteps && c->steps[c->cur] == c->timer_step) {
+        const struct rp_step *st = &c->run->s->steps[c->timer_step];
+        if (server_step(st->kind) && !happened(c->run, st))
+            wait_expired(c->run, st);
+    }
+    advance(c->run);
+}
+
+static int parse_target(struct run *r, const char *url, char *err, size_t errlen)
+{
+    struct evhttp_uri *u = evhttp_uri_parse(url);
+    const char *scheme = u ? evhttp_uri_get_scheme(u) : NULL;
+    const char *host = u ? evhttp_uri_get_host(u) : NULL;
+    if (!scheme || !host || (strcasecmp(scheme, "ws") && strcasecmp(scheme, "wss"))) {
+        snprintf(err, errlen, "--target %s: expected ws://HOST:PORT[/PATH] or wss://...", url);
+        evhttp_uri_free(u);
+        return -1;
+    }
+    r->tls = !strcasecmp(scheme, "wss");
+    snprintf(r->host, sizeof(r->host), "%s", host);
+    r->port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : r->tls ? 443 : 80;
+    bool v6 = strchr(host, ':') != NULL;
+    snprintf(r->hostport, sizeof(r->hostport), v6 ? "[%s]:%d" : "%s:%d", host, r->port);
+    const char *path = evhttp_uri_get_path(u), *query = evhttp_uri_get_query(u);
+    if (path && *path && strcmp(path, "/") != 0)
+        snprintf(r->path, sizeof(r->path), "%s%s%s", path, query ? "?" : "", query ? query : "");
+    evhttp_uri_free(u);
+    return 0;
+}
+
+int rp_check_target(const char *url, char *err, size_t errlen)
+{
+    struct run r = {0};
+    return parse_target(&r, url, err, errlen);
+}
+
+int rp_run(const struct rp_session *s, const struct rp_opts *o, struct rp_result *res, char *err,
+           size_t errlen)
+{
+    struct run r = {.s = s, .o = o, .res = res, .timer_step = SIZE_MAX};
+    memset(res, 0, sizeof(*res));
+    if (parse_target(&r, o->target, err, errlen) < 0)
+        return -1;
+    res->conns = calloc(s->nconns ? s->nconns : 1, sizeof(*res->conns));
+    r.c = calloc(s->nconns ? s->nconns : 1, sizeof(*r.c));
+    r.base = event_base_new();
+    r.timer = r.base ? evtimer_new(r.base, on_timer, &r) : NULL;
+    if (r.tls)
+        r.ctx = wsrr_tls_client_ctx(NULL, o->insecure, NULL, NULL, err, errlen);
+    int rc = -1;
+    if (!res->conns || !r.c || !r.timer || (r.tls && !r.ctx)) {
+        if (!(r.tls && !r.ctx))
+            snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    res->nconns = s->nconns;
+    for (size_t i = 0; i < s->nconns; i++) {
+        r.c[i].run = &r;
+        r.c[i].idx = (uint32_t)i;
+        res->conns[i].out.end = RP_END_OPEN;
+    }
+    /* where each recorded server message is, per connection */
+    for (size_t i = 0; i < s->nsteps; i++)
+        if (s->steps[i].kind == RP_MESSAGE)
+            r.c[s->steps[i].conn].nexpect++;
+    for (size_t i = 0; i < s->nconns; i++)
+        if (r.c[i].nexpect && !(r.c[i].expect = calloc(r.c[i].nexpect, sizeof(uint32_t)))) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+    for (size_t i = 0; i < s->nsteps; i++)
+        if (s->steps[i].kind == RP_MESSAGE)
+            r.c[s->steps[i].conn].expect[s->steps[i].nth - 1] = (uint32_t)i;
+    if (o->timing != RP_CAUSAL) {
+        for (size_t i = 0; i < s->nsteps; i++)
+            r.c[s->steps[i].conn].nsteps++;
+        for (size_t i = 0; i < s->nconns; i++) {
+            struct rconn *c = &r.c[i];
+            c->timer_step = SIZE_MAX;
+            c->steps = calloc(c->nsteps ? c->nsteps : 1, sizeof(size_t));
+            c->timer = evtimer_new(r.base, on_conn_timer, c);
+            if (!c->steps || !c->timer) {
+                snprintf(err, errlen, "out of memory");
+                goto out;
+            }
+            c->nsteps = 0;
+        }
+        for (size_t i = 0; i < s->nsteps; i++) {
+            struct rconn *c = &r.c[s->steps[i].conn];
+            const struct rp_step *st = &s->steps[i];
+            if (st->kind == RP_SEND && st->opcode != WSRR_OP_CLOSE)
+                c->last_send = c->nsteps;
+            c->steps[c->nsteps++] = i;
+        }
+    }
+    r.t0 = wsrr_now_ns();
+    advance(&r);
+    event_base_dispatch(r.base);
+    rc = 0;
+out:
+    for (size_t i = 0; r.c && i < s->nconns; i++) {
+        struct rconn *c = &r.c[i];
+        if (c->st != RC_IDLE && c->st != RC_DONE)
+            res->conns[i].out.messages = c->received;
+        if (c->bev)
+            bufferevent_free(c->bev);
+        if (c->msg)
+            evbuffer_free(c->msg);
+        if (c->pending)
+            evbuffer_free(c->pending);
+        if (c->st != RC_IDLE)
+            wsrr_http_parser_finish(&c->hp);
+        free(c->expect);
+        free(c->steps);
+        if (c->timer)
+            event_free(c->timer);
+    }
+    free(r.c);
+    if (r.timer)
+        event_free(r.timer);
+    SSL_CTX_free(r.ctx);
+    if (r.base)
+        event_base_free(r.base);
+    if (rc < 0)
+        rp_result_free(res);
+    return rc;
+}
+
+void rp_result_free(struct rp_result *res)
+{
+    free(res->conns);
+    res->conns = NULL;
+    res->nconns = 0;
+}
+
+bool rp_result_failed(const struct rp_result *res)
+{
+    for (size_t i = 0; i < res->nconns; i++)
+        if (rp_outcome_failed(&res->conns[i].out) || res->conns[i].diverged)
+            return true;
+    return false;
+}
+
+bool rp_result_reproduced(const struct rp_session *s, const struct rp_result *res, char *why,
+                          size_t cap)
+{
+    size_t failures = 0;
+    for (size_t i = 0; i < s->nconns && i < res->nconns; i++) {
+        const struct rp_outcome *want = &s->conns[i].rec, *got = &res->conns[i].out;
+        if (!rp_outcome_failed(want))
+            continue;
+        failures++;
+        bool same = want->end == got->end && want->messages == got->messages &&
+                    (want->end != RP_END_CLOSED ||
+                     (want->code == got->code && want->by_server == got->by_server)) &&
+                    (want->end != RP_END_REJECTED || want->status == got->status);
+        if (!same) {
+            char a[200], b[200];
+            rp_outcome_describe(want, a, sizeof(a));
+            rp_outcome_describe(got, b, sizeof(b));
+            snprintf(why, cap, "connection %u: recorded %s; this run %s", s->conns[i].id, a, b);
+            return false;
+        }
+    }
+    if (!failures) {
+        snprintf(why, cap, "the capture records no failure to reproduce");
+        return false;
+    }
+    snprintf(why, cap, "%zu recorded failure%s came back", failures, failures == 1 ? "" : "s");
+    return true;
+}

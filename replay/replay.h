@@ -1,0 +1,69 @@
+/* replay.h — drive a session (session.h) against a server as its client.
+ *
+ * Every connection of the capture is opened again, its upgrade request as
+ * recorded (Host and Origin rewritten for the target, a fresh key, no
+ * compression offered), its frames sent again, freshly masked. When each
+ * client step runs is the timing mode's business:
+ *   causal    (default) a client step waits until every server step before
+ *             it in the capture's global order, on any connection, has
+ *             happened again: the observed cross-connection order;
+ *   recorded  at the recorded offsets from the start, divided by speed;
+ *   asap      at once (a connection's frames still follow its upgrade).
+ * Server messages are matched to the recorded ones by position on their
+ * connection and compared JSON-aware (ignoring the given paths). */
+#ifndef WSRR_REPLAY_H
+#define WSRR_REPLAY_H
+
+#include "session.h"
+
+#include <stdio.h>
+
+enum rp_timing { RP_CAUSAL, RP_RECORDED, RP_ASAP };
+
+struct rp_opts {
+    const char *target; /* ws://HOST:PORT[/PATH] or wss://...; a path overrides the recorded one */
+    enum rp_timing timing;
+    double speed;        /* recorded: 2 = twice as fast */
+    uint64_t timeout_ms; /* per wait for the server (causal), and for the end */
+    const char **ignore; /* JSON paths left out of comparisons ("ts", "data.id") */
+    size_t nignore;
+    const char **headers; /* "Name: value", added or replacing the recorded one */
+    size_t nheaders;
+    bool insecure; /* wss: do not verify the server's certificate */
+    FILE *log;     /* --verbose: every step as it runs; NULL: quiet */
+};
+
+/* What one run saw, per connection of the session. */
+struct rp_conn_result {
+    struct rp_outcome out;
+    bool diverged;      /* a server message differed from the recorded one */
+    uint32_t div_nth;   /* the first such message, 1-based */
+    char expected[160]; /* its recorded and received payloads, shortened */
+    char received[160];
+};
+
+struct rp_result {
+    struct rp_conn_result *conns; /* session.nconns of them */
+    size_t nconns;
+};
+
+/* Is url a target rp_run() takes? 0, or -1 with a one-line error. */
+int rp_check_target(const char *url, char *err, size_t errlen);
+
+/* One run. Returns 0 with res filled (free with rp_result_free), or -1 with
+ * a one-line error when it could not start (bad target, no event base). */
+int rp_run(const struct rp_session *s, const struct rp_opts *o, struct rp_result *res, char *err,
+           size_t errlen);
+void rp_result_free(struct rp_result *res);
+
+/* --check: any failure (rp_outcome_failed) or divergence. */
+bool rp_result_failed(const struct rp_result *res);
+
+/* --reproduce: every failure the capture records came back, on the same
+ * connection, the same way (end, close code, sender) at the same point
+ * (messages received before it). why says what did not, or that the
+ * capture records no failure. */
+bool rp_result_reproduced(const struct rp_session *s, const struct rp_result *res, char *why,
+                          size_t cap);
+
+#endif

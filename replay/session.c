@@ -1,0 +1,414 @@
+/* session.c — a capture read into connections and one ordered list of steps
+ * (session.h). */
+#include "session.h"
+
+#include "wsrr/capture.h"
+#include "wsrr/common.h"
+#include "wsrr/frame.h"
+#include "wsrr/handshake.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_CONN_ID (16u << 20) /* ids index a table: a bigger one is not a capture of ours */
+
+/* What is being put together per connection while reading. */
+struct building {
+    bool seen_request, websocket, server_closed;
+    uint8_t first_end; /* which side's transport ended first: 1 client, 2 server */
+    uint8_t *msg[2];   /* a data message in progress, per sender */
+    size_t msg_len[2], msg_cap[2];
+    uint8_t msg_op[2];
+    bool in_msg[2], compressed[2];
+};
+
+struct loader {
+    struct rp_session *s;
+    uint32_t *index; /* capture id -> conns index + 1 (0: none) */
+    size_t index_cap;
+    struct building *b; /* parallel to s->conns */
+    size_t conns_cap, steps_cap;
+    char *err;
+    size_t errlen;
+};
+
+static int fail(struct loader *l, const struct wsrr_record *r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(struct loader *l, const struct wsrr_record *r, const char *fmt, ...)
+{
+    char what[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    if (r)
+        snprintf(l->err, l->errlen, "%s: record %llu (connection %u): %s", l->s->path,
+                 (unsigned long long)r->seq, r->conn, what);
+    else
+        snprintf(l->err, l->errlen, "%s: %s", l->s->path, what);
+    return -1;
+}
+
+static void *grow(void *p, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return p;
+    size_t n = *cap ? *cap : 16;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(p, n * size);
+    if (q) {
+        memset((char *)q + *cap * size, 0, (n - *cap) * size);
+        *cap = n;
+    }
+    return q;
+}
+
+/* The session's connection for a capture id, made on first sight; -1 when
+ * out of memory or the id is out of range. */
+static int conn_of(struct loader *l, uint32_t id)
+{
+    if (id == 0 || id > MAX_CONN_ID)
+        return -1;
+    uint32_t *ix = grow(l->index, &l->index_cap, (size_t)id + 1, sizeof(*ix));
+    if (!ix)
+        return -1;
+    l->index = ix;
+    if (ix[id])
+        return (int)ix[id] - 1;
+    struct rp_session *s = l->s;
+    size_t cap = l->conns_cap;
+    struct rp_conn *c = grow(s->conns, &cap, s->nconns + 1, sizeof(*c));
+    if (!c)
+        return -1;
+    s->conns = c;
+    size_t bcap = l->conns_cap;
+    struct building *b = grow(l->b, &bcap, s->nconns + 1, sizeof(*b));
+    if (!b)
+        return -1;
+    l->b = b;
+    l->conns_cap = cap;
+    c[s->nconns].id = id;
+    c[s->nconns].rec.end = RP_END_OPEN;
+    ix[id] = (uint32_t)++s->nconns;
+    return (int)s->nconns - 1;
+}
+
+static struct rp_step *add_step(struct loader *l, const struct wsrr_record *r, enum rp_kind k,
+                                int ci, const uint8_t *data, size_t len)
+{
+    struct rp_session *s = l->s;
+    struct rp_step *st = grow(s->steps, &l->steps_cap, s->nsteps + 1, sizeof(*st));
+    if (!st)
+        return NULL;
+    s->steps = st;
+    st = &st[s->nsteps];
+    *st = (struct rp_step){.kind = k, .conn = (uint32_t)ci, .seq = r->seq, .ts = r->ts};
+    if (len) {
+        if (!(st->data = malloc(len)))
+            return NULL;
+        memcpy(st->data, data, len);
+        st->len = len;
+    }
+    s->nsteps++;
+    return st;
+}
+
+static int on_request(struct loader *l, const struct wsrr_record *r, int ci)
+{
+    struct rp_conn *c = &l->s->conns[ci];
+    struct wsrr_http_parser hp;
+    wsrr_http_parser_init(&hp, false, 0, 0);
+    ssize_t n = wsrr_http_parse(&hp, r->u.http.head.p, r->u.http.head.n);
+    const struct wsrr_http_head *h = n > 0 ? wsrr_http_parser_head(&hp) : NULL;
+    l->b[ci].websocket = h && wsrr_http_has_token(h, "Upgrade", "websocket");
+    wsrr_http_parser_finish(&hp);
+    if (!l->b[ci].websocket)
+        return 0; /* plain HTTP through the proxy: not replayed */
+    if (!(c->head = malloc(r->u.http.head.n + 1)))
+        return fail(l, r, "out of memory");
+    memcpy(c->head, r->u.http.head.p, r->u.http.head.n);
+    c->head[r->u.http.head.n] = '\0';
+    c->head_len = r->u.http.head.n;
+    return add_step(l, r, RP_OPEN, ci, NULL, 0) ? 0 : fail(l, r, "out of memory");
+}
+
+static int on_response(struct loader *l, const struct wsrr_record *r, int ci)
+{
+    struct wsrr_http_parser hp;
+    wsrr_http_parser_init(&hp, true, 0, 0);
+    ssize_t n = wsrr_http_parse(&hp, r->u.http.head.p, r->u.http.head.n);
+    int status = n > 0 ? wsrr_http_parser_head(&hp)->status : 0;
+    wsrr_http_parser_finish(&hp);
+    if (!status)
+        return fail(l, r, "the response head does not parse");
+    struct rp_step *st = add_step(l, r, RP_UPGRADED, ci, NULL, 0);
+    if (!st)
+        return fail(l, r, "out of memory");
+    st->code = (uint16_t)status;
+    if (status != 101) {
+        l->s->conns[ci].rec.end = RP_END_REJECTED;
+        l->s->conns[ci].rec.status = status;
+        l->s->conns[ci].rec.by_server = true;
+    }
+    return 0;
+}
+
+static int append_msg(struct building *b, int dir, const uint8_t *p, size_t n)
+{
+    uint8_t *m = grow(b->msg[dir], &b->msg_cap[dir], b->msg_len[dir] + n, 1);
+    if (!m)
+        return -1;
+    b->msg[dir] = m;
+    memcpy(m + b->msg_len[dir], p, n);
+    b->msg_len[dir] += n;
+    return 0;
+}
+
+static int on_frame(struct loader *l, const struct wsrr_record *r, int ci)
+{
+    const struct wsrr_rec_frame *f = &r->u.frame;
+    struct building *b = &l->b[ci];
+    struct rp_conn *c = &l->s->conns[ci];
+    int dir = f->dir == WSRR_DIR_C2S ? 0 : 1;
+    struct rp_step *st;
+    if (f->opcode >= 8) { /* control frames */
+        uint16_t code = f->opcode == WSRR_OP_CLOSE && f->payload.n >= 2
+                            ? (uint16_t)(f->payload.p[0] << 8 | f->payload.p[1])
+                            : 0;
+        const uint8_t *reason = f->payload.n > 2 ? f->payload.p + 2 : NULL;
+        size_t rlen = f->payload.n > 2 ? f->payload.n - 2 : 0;
+        if (f->opcode == WSRR_OP_CLOSE) {
+            if (!dir && b->server_closed)
+                return 0; /* the client's answer to the server's close: replay answers itself */
+            if (dir)
+                b->server_closed = true;
+            st = add_step(l, r, dir ? RP_CLOSE : RP_SEND, ci, reason, rlen);
+            if (st) {
+                st->opcode = WSRR_OP_CLOSE;
+                st->fin = true;
+                st->code = code;
+            }
+        } else if (f->opcode == WSRR_OP_PING && !dir) {
+            st = add_step(l, r, RP_SEND, ci, f->payload.p, f->payload.n);
+            if (st) {
+                st->opcode = WSRR_OP_PING;
+                st->fin = true;
+            }
+        } else {
+            return 0; /* pongs are answered by the replay itself; server pings too */
+        }
+        return st ? 0 : fail(l, r, "out of memory");
+    }
+    if (f->opcode != WSRR_OP_CONT) {
+        b->in_msg[dir] = true;
+        b->msg_op[dir] = f->opcode;
+        b->compressed[dir] = (f->rsv & WSRR_RSV1) != 0;
+        b->msg_len[dir] = 0;
+    }
+    bool last = f->fin;
+    if (!dir && !b->compressed[dir]) { /* client, plain: frame by frame, as sent */
+        st = add_step(l, r, RP_SEND, ci, f->payload.p, f->payload.n);
+        if (!st)
+            return fail(l, r, "out of memory");
+        st->opcode = f->opcode;
+        st->fin = f->fin;
+        if (last)
+            b->in_msg[dir] = false;
+        return 0;
+    }
+    /* a server message, or a compressed client one: whole, inflated */
+    if (!b->compressed[dir] && append_msg(b, dir, f->payload.p, f->payload.n) < 0)
+        return fail(l, r, "out of memory");
+    if (!last)
+        return 0;
+    const uint8_t *m = b->msg[dir];
+    size_t mlen = b->msg_len[dir];
+    if (b->compressed[dir]) {
+        if (!(f->fflags & WSRR_FF_MESSAGE))
+            return fail(l, r, "a compressed message whose inflated text was not recorded%s",
+                        f->fflags & WSRR_FF_INFLATE_ERROR ? " (it did not inflate)" : "");
+        m = f->message.p;
+        mlen = f->message.n;
+    }
+    st = add_step(l, r, dir ? RP_MESSAGE : RP_SEND, ci, m, mlen);
+    if (!st)
+        return fail(l, r, "out of memory");
+    st->opcode = b->msg_op[dir] ? b->msg_op[dir] : WSRR_OP_BINARY;
+    st->fin = true;
+    if (dir)
+        st->nth = ++c->nmessages;
+    b->in_msg[dir] = false;
+    return 0;
+}
+
+static int on_close(struct loader *l, const struct wsrr_record *r, int ci)
+{
+    struct rp_outcome *o = &l->s->conns[ci].rec;
+    const struct wsrr_rec_close *cl = &r->u.close;
+    if (o->end == RP_END_REJECTED || o->end == RP_END_RESET)
+        return 0;
+    o->messages = l->s->conns[ci].nmessages;
+    if (cl->side == WSRR_SIDE_NONE) {
+        o->end = RP_END_ABNORMAL;
+        o->by_server = l->b[ci].first_end == 2; /* whose transport ended first */
+        return 0;
+    }
+    o->end = RP_END_CLOSED;
+    o->by_server = cl->side == WSRR_SIDE_SERVER;
+    o->code = cl->cflags & WSRR_CF_HAS_CODE ? cl->code : 0;
+    size_t n = cl->reason.n < sizeof(o->reason) - 1 ? cl->reason.n : sizeof(o->reason) - 1;
+    memcpy(o->reason, cl->reason.p, n);
+    o->reason[n] = '\0';
+    return 0;
+}
+
+static int on_tcp(struct loader *l, const struct wsrr_record *r, int ci)
+{
+    const struct wsrr_rec_tcp *t = &r->u.tcp;
+    bool fin = t->event == WSRR_TCP_FIN, rst = t->event == WSRR_TCP_RST;
+    struct rp_conn *c = &l->s->conns[ci];
+    if (!fin && !rst)
+        return 0;
+    if (!l->b[ci].first_end)
+        l->b[ci].first_end = t->leg == WSRR_LEG_UPSTREAM ? 2 : 1;
+    struct rp_step *st =
+        add_step(l, r, t->leg == WSRR_LEG_UPSTREAM ? RP_END : RP_HANGUP, ci, NULL, 0);
+    if (!st)
+        return fail(l, r, "out of memory");
+    st->rst = rst;
+    if (rst && t->leg == WSRR_LEG_UPSTREAM && c->rec.end != RP_END_CLOSED) {
+        c->rec.end = RP_END_RESET;
+        c->rec.by_server = true;
+        c->rec.messages = c->nmessages;
+    }
+    return 0;
+}
+
+struct rp_session *rp_session_load(const char *path, char *err, size_t errlen)
+{
+    struct loader l = {.err = err, .errlen = errlen};
+    struct rp_session *s = l.s = calloc(1, sizeof(*s));
+    if (!s || !(s->path = strdup(path))) {
+        free(s);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return NULL;
+    }
+    char rerr[256];
+    struct wsrr_capture_reader *rd = wsrr_capture_reader_open(path, rerr, sizeof(rerr));
+    if (!rd) {
+        snprintf(err, errlen, "%s", rerr);
+        rp_session_free(s);
+        return NULL;
+    }
+    struct wsrr_record r;
+    int rc, bad = 0;
+    while (!bad && (rc = wsrr_capture_reader_next(rd, &r)) > 0) {
+        if (!r.conn)
+            continue;
+        int ci = conn_of(&l, r.conn);
+        if (ci < 0) {
+            bad = fail(&l, &r, "connection id out of range or out of memory");
+            break;
+        }
+        switch (r.kind) {
+        case WSRR_REC_OPEN: s->conns[ci].tls = r.u.open.flags & WSRR_OF_CLIENT_TLS; break;
+        case WSRR_REC_REQUEST:
+            /* the first request decides: an upgrade, or plain HTTP (left out) */
+            bad = l.b[ci].seen_request
+                      ? (l.b[ci].websocket
+                             ? fail(&l, &r, "a second request on a WebSocket connection")
+                             : 0)
+                      : on_request(&l, &r, ci);
+            l.b[ci].seen_request = true;
+            break;
+        case WSRR_REC_RESPONSE: bad = l.b[ci].websocket ? on_response(&l, &r, ci) : 0; break;
+        case WSRR_REC_FRAME: bad = l.b[ci].websocket ? on_frame(&l, &r, ci) : 0; break;
+        case WSRR_REC_CLOSE: bad = l.b[ci].websocket ? on_close(&l, &r, ci) : 0; break;
+        case WSRR_REC_TCP: bad = l.b[ci].websocket ? on_tcp(&l, &r, ci) : 0; break;
+        default: break;
+        }
+    }
+    if (!bad && rc < 0)
+        bad = fail(&l, NULL, "%s", rerr[0] ? rerr : "the capture cannot be read to its end");
+    wsrr_capture_reader_close(rd);
+    for (size_t i = 0; i < s->nconns; i++) {
+        free(l.b[i].msg[0]);
+        free(l.b[i].msg[1]);
+    }
+    free(l.b);
+    free(l.index);
+    /* a connection that ended in a failure: its ending's server steps */
+    for (size_t i = s->nsteps; !bad && i-- > 0;) {
+        struct rp_step *st = &s->steps[i];
+        struct rp_conn *c = &s->conns[st->conn];
+        if ((st->kind == RP_CLOSE || st->kind == RP_END) && rp_outcome_failed(&c->rec) &&
+            (st->kind == RP_END || c->rec.end == RP_END_CLOSED))
+            st->failure = true;
+    }
+    if (!bad && !s->nsteps)
+        bad = fail(&l, NULL, "no WebSocket connection in the capture");
+    if (bad) {
+        rp_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void rp_session_free(struct rp_session *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nsteps; i++)
+        free(s->steps[i].data);
+    for (size_t i = 0; i < s->nconns; i++)
+        free(s->conns[i].head);
+    free(s->steps);
+    free(s->conns);
+    free(s->path);
+    free(s);
+}
+
+bool rp_outcome_failed(const struct rp_outcome *o)
+{
+    switch (o->end) {
+    case RP_END_CLOSED: /* the server's own close, not its answer to ours */
+        return o->by_server && (o->code == 1006 || (o->code >= 1011 && o->code <= 1014));
+    case RP_END_REJECTED: return o->status >= 500;
+    case RP_END_ABNORMAL: /* the server's transport ended first */ return o->by_server;
+    case RP_END_RESET:
+    case RP_END_TIMEOUT:
+    case RP_END_FAILED: return true;
+    case RP_END_OPEN: break;
+    }
+    return false;
+}
+
+void rp_outcome_describe(const struct rp_outcome *o, char *out, size_t cap)
+{
+    const char *who = o->by_server ? "the server" : "the client";
+    switch (o->end) {
+    case RP_END_OPEN: snprintf(out, cap, "still open after %u messages", o->messages); break;
+    case RP_END_REJECTED: snprintf(out, cap, "upgrade answered %d", o->status); break;
+    case RP_END_CLOSED:
+        if (o->code)
+            snprintf(out, cap, "closed %u (%s) by %s after %u messages", o->code,
+                     o->reason[0] ? o->reason : wsrr_close_code_name(o->code), who, o->messages);
+        else
+            snprintf(out, cap, "closed with no code by %s after %u messages", who, o->messages);
+        break;
+    case RP_END_ABNORMAL:
+        snprintf(out, cap, "abnormal end (1006, no close frame) after %u messages", o->messages);
+        break;
+    case RP_END_RESET:
+        snprintf(out, cap, "reset (RST) by the server after %u messages", o->messages);
+        break;
+    case RP_END_TIMEOUT:
+        snprintf(out, cap, "timed out after %u messages: %s", o->messages, o->reason);
+        break;
+    case RP_END_FAILED: snprintf(out, cap, "failed: %s", o->reason); break;
+    }
+}
