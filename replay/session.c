@@ -7,11 +7,14 @@
 #include "wsrr/frame.h"
 #include "wsrr/handshake.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <event2/buffer.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define MAX_CONN_ID (16u << 20) /* ids index a table: a bigger one is not a capture of ours */
 
@@ -370,6 +373,114 @@ void rp_session_free(struct rp_session *s)
     free(s->conns);
     free(s->path);
     free(s);
+}
+
+/* ---- secrets ---- */
+
+#define PLACEHOLDER "<redacted:"
+
+/* The value for a placeholder's NAME, or NULL. */
+static const char *secret_for(const char *name, size_t n, const char *const *secrets, size_t ns)
+{
+    for (size_t i = 0; i < ns; i++) {
+        const char *eq = strchr(secrets[i], '=');
+        if (eq && (size_t)(eq - secrets[i]) == n && !strncasecmp(secrets[i], name, n))
+            return eq + 1;
+    }
+    char env[160] = "WSRR_SECRET_";
+    size_t k = strlen(env);
+    for (size_t i = 0; i < n && k + 1 < sizeof(env); i++) {
+        unsigned char ch = (unsigned char)name[i];
+        env[k++] = isalnum(ch) ? (char)toupper(ch) : '_';
+    }
+    env[k] = '\0';
+    return getenv(env);
+}
+
+/* Replace every placeholder in *p (*n bytes). Returns 0, 1 with *missing
+ * set to the first placeholder that has no value, or -1 (memory). */
+static int fill(uint8_t **p, size_t *n, const char *const *secrets, size_t ns,
+                struct wsrr_span *missing)
+{
+    const size_t pl = strlen(PLACEHOLDER);
+    uint8_t *in = *p;
+    size_t len = *n;
+    if (!len || !memmem(in, len, PLACEHOLDER, pl))
+        return 0;
+    struct evbuffer *out = evbuffer_new();
+    if (!out)
+        return -1;
+    size_t at = 0;
+    for (;;) {
+        uint8_t *hit = memmem(in + at, len - at, PLACEHOLDER, pl);
+        uint8_t *name = hit ? hit + pl : NULL;
+        uint8_t *colon = name ? memchr(name, ':', len - (size_t)(name - in)) : NULL;
+        uint8_t *end = colon ? memchr(colon, '>', len - (size_t)(colon - in)) : NULL;
+        if (!end) {
+            evbuffer_add(out, in + at, len - at);
+            break;
+        }
+        const char *v = secret_for((const char *)name, (size_t)(colon - name), secrets, ns);
+        if (!v) {
+            missing->p = hit;
+            missing->n = (size_t)(end - hit) + 1;
+            evbuffer_free(out);
+            return 1;
+        }
+        evbuffer_add(out, in + at, (size_t)(hit - (in + at)));
+        evbuffer_add(out, v, strlen(v));
+        at = (size_t)(end - in) + 1;
+    }
+    size_t m = evbuffer_get_length(out);
+    uint8_t *np = malloc(m + 1);
+    if (!np) {
+        evbuffer_free(out);
+        return -1;
+    }
+    evbuffer_remove(out, np, m);
+    np[m] = '\0';
+    evbuffer_free(out);
+    free(*p);
+    *p = np;
+    *n = m;
+    return 0;
+}
+
+int rp_session_fill_secrets(struct rp_session *s, const char *const *secrets, size_t nsecrets,
+                            char *err, size_t errlen)
+{
+    struct wsrr_span miss = {0};
+    for (size_t i = 0; i < s->nconns + s->nsteps; i++) {
+        bool head = i < s->nconns;
+        struct rp_conn *c = head ? &s->conns[i] : NULL;
+        struct rp_step *st = head ? NULL : &s->steps[i - s->nconns];
+        if (st && st->kind != RP_SEND)
+            continue;
+        int rc = head ? fill((uint8_t **)&c->head, &c->head_len, secrets, nsecrets, &miss)
+                      : fill(&st->data, &st->len, secrets, nsecrets, &miss);
+        if (rc < 0) {
+            snprintf(err, errlen, "%s: out of memory", s->path);
+            return -1;
+        }
+        if (rc > 0) {
+            const char *name = (const char *)miss.p + strlen(PLACEHOLDER);
+            size_t nlen = (size_t)((const char *)memchr(name, ':', miss.n) - name);
+            char env[160] = "WSRR_SECRET_";
+            for (size_t k = 0, e = strlen(env); k < nlen && e + 1 < sizeof(env); k++, e++) {
+                unsigned char ch = (unsigned char)name[k];
+                env[e] = isalnum(ch) ? (char)toupper(ch) : '_';
+                env[e + 1] = '\0';
+            }
+            snprintf(err, errlen,
+                     "%s: connection %u: %s holds the redacted secret %.*s; give it with "
+                     "--secret %.*s=VALUE or %s",
+                     s->path, s->conns[head ? i : st->conn].id,
+                     head ? "the upgrade request" : "a client message", (int)miss.n,
+                     (const char *)miss.p, (int)nlen, name, env);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 bool rp_outcome_failed(const struct rp_outcome *o)

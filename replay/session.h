@@ -82,6 +82,16 @@ struct rp_session {
 struct rp_session *rp_session_load(const char *path, char *err, size_t errlen);
 void rp_session_free(struct rp_session *s);
 
+/* Put the real secrets back where the recorder left placeholders
+ * (`<redacted:NAME:FINGERPRINT>`, docs/redaction.md) in the upgrade
+ * requests and the client's messages. A value comes from secrets
+ * ("NAME=VALUE", NAME without case) or else from the environment variable
+ * WSRR_SECRET_<NAME> (upper case, other characters than letters and digits
+ * as '_'). Returns 0, or -1 with a one-line error naming the first
+ * placeholder without a value, where it is, and how to give it. */
+int rp_session_fill_secrets(struct rp_session *s, const char *const *secrets, size_t nsecrets,
+                            char *err, size_t errlen);
+
 /* Is this ending a failure (what --check reports): a close with 1011-1014
  * or 1006, an abnormal end, a reset, a timeout, a 5xx rejection. */
 bool rp_outcome_failed(const struct rp_outcome *o);

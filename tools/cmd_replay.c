@@ -30,6 +30,9 @@ static const char usage[] =
     "                       messages (\"ts\", \"data.run_id\"); repeatable\n"
     "  -H, --header 'N: V'  add this header, replacing a recorded one; repeatable\n"
     "  --insecure           wss: do not verify the server's certificate\n"
+    "  --secret NAME=VALUE  the value of the redacted secret NAME (a placeholder\n"
+    "                       <redacted:NAME:...> in the capture); else taken from\n"
+    "                       the environment variable WSRR_SECRET_NAME; repeatable\n"
     "  --check              (default) exit 1 on any 1011-1014 or 1006 close,\n"
     "                       abnormal end, reset, timeout, 5xx answer or\n"
     "                       divergence from the recorded server messages\n"
@@ -88,21 +91,16 @@ static bool report(const char *path, const struct rp_session *s, const struct rp
 static int run_replay(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"target", required_argument, NULL, 't'},
-        {"timing", required_argument, NULL, 'T'},
-        {"speed", required_argument, NULL, 'S'},
-        {"timeout", required_argument, NULL, 'o'},
-        {"ignore", required_argument, NULL, 'i'},
-        {"header", required_argument, NULL, 'H'},
-        {"insecure", no_argument, NULL, 'k'},
-        {"check", no_argument, NULL, 'c'},
-        {"reproduce", no_argument, NULL, 'r'},
-        {"repeat", required_argument, NULL, 'n'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"target", required_argument, NULL, 't'}, {"timing", required_argument, NULL, 'T'},
+        {"speed", required_argument, NULL, 'S'},  {"timeout", required_argument, NULL, 'o'},
+        {"ignore", required_argument, NULL, 'i'}, {"header", required_argument, NULL, 'H'},
+        {"insecure", no_argument, NULL, 'k'},     {"secret", required_argument, NULL, 's'},
+        {"check", no_argument, NULL, 'c'},        {"reproduce", no_argument, NULL, 'r'},
+        {"repeat", required_argument, NULL, 'n'}, {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
-    const char *ignore[MAX_LIST], *headers[MAX_LIST];
+    const char *ignore[MAX_LIST], *headers[MAX_LIST], *secrets[MAX_LIST];
+    size_t nsecrets = 0;
     struct rp_opts o = {
         .timing = RP_CAUSAL, .speed = 1, .timeout_ms = 5000, .ignore = ignore, .headers = headers};
     bool reproduce = false, verbose = false;
@@ -149,6 +147,15 @@ static int run_replay(int argc, char **argv)
             break;
         }
         case 'k': o.insecure = true; break;
+        case 's': {
+            const char *eq = strchr(optarg, '=');
+            if (!eq || eq == optarg)
+                return tool_usage_error("replay", "--secret %s: expected NAME=VALUE", optarg);
+            if (nsecrets == MAX_LIST)
+                return tool_usage_error("replay", "more than %d --secret", MAX_LIST);
+            secrets[nsecrets++] = optarg;
+            break;
+        }
         case 'c': reproduce = false; break;
         case 'r': reproduce = true; break;
         case 'n':
@@ -175,8 +182,10 @@ static int run_replay(int argc, char **argv)
     for (int a = optind; a < argc; a++) {
         char err[512];
         struct rp_session *s = rp_session_load(argv[a], err, sizeof(err));
-        if (!s)
+        if (!s || rp_session_fill_secrets(s, secrets, nsecrets, err, sizeof(err)) < 0) {
+            rp_session_free(s);
             return tool_fail("replay", EXIT_BAD_INPUT, "%s", err);
+        }
         unsigned hits = 0; /* runs that reproduced, or that failed (--check) */
         for (unsigned run = 1; run <= repeat; run++) {
             struct rp_result res;

@@ -248,7 +248,59 @@ async def test_bad_input():
               "an unreachable target: the connection failed, exit 1 (%d): %s" % (rc, out + err))
 
 
-TESTS = [test_demo_race, test_json_compare, test_timeout, test_bad_input]
+SEEN = []
+
+
+async def auth_handler(ws, path=None):
+    """Accepts a session only with the real credentials, and says what it got."""
+    auth = ws.request_headers.get("Authorization", "")
+    async for msg in ws:
+        token = json.loads(msg).get("access_token")
+        SEEN.append((auth, token))
+        if auth != "Bearer s3cr3t-header" or token != "tok-98765":
+            await ws.close(1008, "bad credentials")
+            return
+        await ws.send(json.dumps({"type": "welcome"}))
+
+
+async def test_secrets():
+    server = await websockets.serve(auth_handler, "127.0.0.1", 0, ping_interval=None)
+    port = server.sockets[0].getsockname()[1]
+    cap = os.path.join(TMP, "secret.wsrr")
+    px = proxy(port, cap)
+    async with websockets.connect("ws://127.0.0.1:%s/a" % px.m.group(1), ping_interval=None,
+                                  extra_headers={"Authorization": "Bearer s3cr3t-header"}) as ws:
+        await ws.send(json.dumps({"type": "hello", "access_token": "tok-98765"}))
+        check(json.loads(await ws.recv())["type"] == "welcome", "recorded with real credentials")
+    px.stop()
+    rc, text, _ = await wsrr("cat", cap)
+    check("s3cr3t-header" not in text and "tok-98765" not in text and "<redacted:" in text,
+          "the capture holds placeholders, not the secrets")
+    target = "ws://127.0.0.1:%d" % port
+    del SEEN[:]
+    rc, out, err = await wsrr("replay", cap, "--target", target)
+    check(rc == 2 and err.count("\n") == 1 and "<redacted:authorization:" in err
+          and "--secret authorization=VALUE" in err and "WSRR_SECRET_AUTHORIZATION" in err,
+          "no value: exit 2, one line naming the placeholder and how to give it (%d): %r"
+          % (rc, err))
+    check(not SEEN, "and nothing was sent")
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--secret",
+                              "authorization=s3cr3t-header")
+    check(rc == 2 and "<redacted:access_token:" in err and "a client message" in err,
+          "the message's placeholder is named next (%d): %r" % (rc, err))
+    os.environ["WSRR_SECRET_ACCESS_TOKEN"] = "tok-98765"
+    try:
+        rc, out, err = await wsrr("replay", cap, "--target", target, "--secret",
+                                  "Authorization=s3cr3t-header")
+    finally:
+        del os.environ["WSRR_SECRET_ACCESS_TOKEN"]
+    check(rc == 0 and SEEN == [("Bearer s3cr3t-header", "tok-98765")],
+          "with --secret and WSRR_SECRET_*: the server gets the real values (%d, %r): %s"
+          % (rc, SEEN, out + err))
+    server.close()
+
+
+TESTS = [test_demo_race, test_json_compare, test_timeout, test_secrets, test_bad_input]
 
 
 def main():
