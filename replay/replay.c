@@ -63,6 +63,9 @@ struct run {
     size_t timer_step;   /* which step the timer is for */
     bool draining;       /* every step done: waiting for the connections to end */
     uint64_t t0;         /* run start (recorded timing) */
+    size_t last_conn;    /* causal: the last client step's connection, SIZE_MAX after a
+                            server step */
+    uint64_t last_ns;
 };
 
 static void advance(struct run *r);
@@ -111,6 +114,21 @@ static void conn_fail(struct rconn *c, enum rp_end end, const char *why)
 
 /* ---- sending ---- */
 
+/* Hand what is queued to the kernel now, on a plain socket: the
+ * bufferevent would write it on a later turn of the loop, in an order of
+ * its own across connections, and the order in which the server sees two
+ * connections' frames is what causal replay is about. (On loopback the
+ * bytes are in the server's socket when send returns; an epoll server
+ * then sees the sockets ready in that order.) */
+static void push(struct rconn *c)
+{
+    if (c->st != RC_OPEN || c->run->tls || !c->bev)
+        return;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out))
+        evbuffer_write(out, bufferevent_getfd(c->bev));
+}
+
 static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t *p, size_t n)
 {
     struct wsrr_frame f;
@@ -132,6 +150,7 @@ static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t 
     free(body);
     if (opcode == WSRR_OP_CLOSE)
         c->close_sent = true;
+    push(c);
 }
 
 static void send_close(struct rconn *c, uint16_t code, const uint8_t *reason, size_t rlen)
@@ -575,13 +594,18 @@ static void wait_expired(struct run *r, const struct rp_step *st)
     conn_fail(c, RP_END_TIMEOUT, why);
 }
 
-static void arm(struct event *ev, size_t *armed_for, size_t step, uint64_t ms)
+static void arm_us(struct event *ev, size_t *armed_for, size_t step, uint64_t us)
 {
     if (*armed_for == step && evtimer_pending(ev, NULL))
         return;
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
     *armed_for = step;
     evtimer_add(ev, &tv);
+}
+
+static void arm(struct event *ev, size_t *armed_for, size_t step, uint64_t ms)
+{
+    arm_us(ev, armed_for, step, ms * 1000);
 }
 
 /* causal: one cursor over the global order; a client step runs once every
@@ -595,8 +619,21 @@ static bool advance_causal(struct run *r)
             arm(r->timer, &r->timer_step, r->next, r->o->timeout_ms);
             return false;
         }
-        if (!server_step(st->kind))
+        if (!server_step(st->kind)) {
+            /* two client steps on different connections with no server
+             * step between them: the second waits a little, or the
+             * server may see them the other way round */
+            uint64_t now = wsrr_now_ns(), gap = r->o->gap_us * 1000;
+            if (r->last_conn != SIZE_MAX && r->last_conn != st->conn && now < r->last_ns + gap) {
+                arm_us(r->timer, &r->timer_step, r->next, (r->last_ns + gap - now) / 1000);
+                return false;
+            }
             client_step(r, st);
+            r->last_conn = st->conn;
+            r->last_ns = wsrr_now_ns();
+        } else {
+            r->last_conn = SIZE_MAX; /* a server step in between orders them */
+        }
         r->next++;
     }
     return true;
@@ -676,7 +713,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         return;
     }
     const struct rp_step *st = &r->s->steps[r->timer_step];
-    if (r->timer_step == r->next && !happened(r, st))
+    if (r->timer_step == r->next && server_step(st->kind) && !happened(r, st))
         wait_expired(r, st);
     advance(r);
 }
@@ -726,7 +763,7 @@ int rp_check_target(const char *url, char *err, size_t errlen)
 int rp_run(const struct rp_session *s, const struct rp_opts *o, struct rp_result *res, char *err,
            size_t errlen)
 {
-    struct run r = {.s = s, .o = o, .res = res, .timer_step = SIZE_MAX};
+    struct run r = {.s = s, .o = o, .res = res, .timer_step = SIZE_MAX, .last_conn = SIZE_MAX};
     memset(res, 0, sizeof(*res));
     if (parse_target(&r, o->target, err, errlen) < 0)
         return -1;

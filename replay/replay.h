@@ -25,6 +25,8 @@ struct rp_opts {
     enum rp_timing timing;
     double speed;        /* recorded: 2 = twice as fast */
     uint64_t timeout_ms; /* per wait for the server (causal), and for the end */
+    uint64_t gap_us;     /* causal: between client steps on two connections with no server step
+                            between them (so that the server sees them in that order) */
     const char **ignore; /* JSON paths left out of comparisons ("ts", "data.id") */
     size_t nignore;
     const char **headers; /* "Name: value", added or replacing the recorded one */

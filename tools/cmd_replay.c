@@ -26,6 +26,10 @@ static const char usage[] =
     "                       before the connection counts as timed out; also how\n"
     "                       long connections get to end after the last step\n"
     "                       (default 5000)\n"
+    "  --gap MS             causal: two client steps on different connections\n"
+    "                       with no server step between them in the capture are\n"
+    "                       sent at least MS apart, so that the server sees them\n"
+    "                       in the recorded order (default 2; 0: back to back)\n"
     "  --ignore PATH        leave this JSON path out when comparing server\n"
     "                       messages (\"ts\", \"data.run_id\"); repeatable\n"
     "  -H, --header 'N: V'  add this header, replacing a recorded one; repeatable\n"
@@ -91,18 +95,30 @@ static bool report(const char *path, const struct rp_session *s, const struct rp
 static int run_replay(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"target", required_argument, NULL, 't'}, {"timing", required_argument, NULL, 'T'},
-        {"speed", required_argument, NULL, 'S'},  {"timeout", required_argument, NULL, 'o'},
-        {"ignore", required_argument, NULL, 'i'}, {"header", required_argument, NULL, 'H'},
-        {"insecure", no_argument, NULL, 'k'},     {"secret", required_argument, NULL, 's'},
-        {"check", no_argument, NULL, 'c'},        {"reproduce", no_argument, NULL, 'r'},
-        {"repeat", required_argument, NULL, 'n'}, {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"target", required_argument, NULL, 't'},
+        {"timing", required_argument, NULL, 'T'},
+        {"speed", required_argument, NULL, 'S'},
+        {"timeout", required_argument, NULL, 'o'},
+        {"gap", required_argument, NULL, 'g'},
+        {"ignore", required_argument, NULL, 'i'},
+        {"header", required_argument, NULL, 'H'},
+        {"insecure", no_argument, NULL, 'k'},
+        {"secret", required_argument, NULL, 's'},
+        {"check", no_argument, NULL, 'c'},
+        {"reproduce", no_argument, NULL, 'r'},
+        {"repeat", required_argument, NULL, 'n'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     const char *ignore[MAX_LIST], *headers[MAX_LIST], *secrets[MAX_LIST];
     size_t nsecrets = 0;
-    struct rp_opts o = {
-        .timing = RP_CAUSAL, .speed = 1, .timeout_ms = 5000, .ignore = ignore, .headers = headers};
+    struct rp_opts o = {.timing = RP_CAUSAL,
+                        .gap_us = 2000,
+                        .speed = 1,
+                        .timeout_ms = 5000,
+                        .ignore = ignore,
+                        .headers = headers};
     bool reproduce = false, verbose = false;
     uint64_t repeat = 1, v;
     int opt;
@@ -131,6 +147,11 @@ static int run_replay(int argc, char **argv)
         case 'o':
             if (!tool_parse_u64(optarg, 3600000, &o.timeout_ms) || !o.timeout_ms)
                 return tool_usage_error("replay", "--timeout %s: expected 1..3600000 ms", optarg);
+            break;
+        case 'g':
+            if (!tool_parse_u64(optarg, 10000, &v))
+                return tool_usage_error("replay", "--gap %s: expected 0..10000 ms", optarg);
+            o.gap_us = v * 1000;
             break;
         case 'i':
             if (o.nignore == MAX_LIST)
