@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # demo.sh — the built-in demo (run by './dev demo'): a small agent backend
 # behind `wsrr proxy`, a scripted client whose runs race, the capture shown,
-# the same crash made on purpose by a fault rule, then what the capture
-# tools do with it. Every step prints the command a
-# user would type. Usage: tools/demo.sh [PATH-TO-wsrr]
+# the race replayed until it comes back every time, the same crash made on
+# purpose by a fault rule, then what the capture tools do with it. Every
+# step prints the command a user would type. Usage: tools/demo.sh [PATH-TO-wsrr]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WSRR=${1:-build/tools/wsrr}
@@ -43,7 +43,19 @@ run wsrr verify "$tmp/demo.wsrr"
 run "wsrr cat $tmp/demo.wsrr --kind frame | head -8"
 run wsrr cat "$tmp/demo.wsrr" --kind close
 
-say "2. Break it on purpose: a fault rule makes the backend appear to crash"
+say "2. Replay: the race comes back on every run, not a few times in ten"
+echo "# every connection of the capture again, each client message sent once the server"
+echo "# messages that preceded it in the capture (on any connection) have come back"
+printf '$ wsrr replay %s --target ws://127.0.0.1:%s --reproduce --repeat 10\n' "$tmp/demo.wsrr" "$bport"
+wsrr replay "$tmp/demo.wsrr" --target "ws://127.0.0.1:$bport" --reproduce --repeat 10 || true
+echo "# the same capture against the backend with the bug fixed (per-run state): what CI runs"
+fixport=$(free_port)
+$PY tools/demo/agent.py backend "$fixport" --fixed & pids+=($!)
+for _ in $(seq 50); do $PY -c "import socket; socket.create_connection(('127.0.0.1', $fixport), 0.2)" 2>/dev/null && break; sleep 0.1; done
+run wsrr replay "$tmp/demo.wsrr" --target "ws://127.0.0.1:$fixport" --check --timeout 1000
+echo "(exit status 0: no 1011, no divergence; against the buggy backend --check exits 1)"
+
+say "3. Break it on purpose: a fault rule makes the backend appear to crash"
 echo "# alone, a run completes; with this rule (docs/rules.md) the proxy replaces the"
 echo "# second tool_executing event by the close a crashing handler sends"
 cat >"$tmp/rules.json" <<'EOF'
@@ -66,10 +78,10 @@ echo "# the capture keeps what the backend sent, and says what the rule did inst
 run "wsrr cat $tmp/faults.wsrr --kind frame --dir server | tail -4"
 run wsrr cat "$tmp/faults.wsrr" --kind fault
 
-say "3. The same story in the sample capture captures/agent-1011.wsrr, connection 1"
+say "4. The same story in the sample capture captures/agent-1011.wsrr, connection 1"
 run wsrr cat captures/agent-1011.wsrr --conn 1
 
-say "4. Lossless JSON lines: the same records, editable with any JSON tool"
+say "5. Lossless JSON lines: the same records, editable with any JSON tool"
 run "wsrr cat --jsonl captures/agent-1011.wsrr | sed -n '1p;25p'"
 run "wsrr cat --jsonl captures/agent-1011.wsrr | wsrr import --jsonl - -o $tmp/copy.wsrr"
 run "wsrr cat --jsonl $tmp/copy.wsrr | cmp - <(wsrr cat --jsonl captures/agent-1011.wsrr) && echo 'round trip: byte-identical'"
@@ -77,7 +89,7 @@ echo "# turn the backend's 1011 into a normal close, in the JSON lines, and impo
 run "wsrr cat --jsonl captures/agent-1011.wsrr | sed 's/\"code\":1011,\"reason\":\"Internal error\"/\"code\":1000,\"reason\":\"edited\"/' | wsrr import --jsonl - -o $tmp/edited.wsrr"
 run "wsrr cat $tmp/edited.wsrr --conn 1 --kind close"
 
-say "5. A crash cuts a capture short: what survives"
+say "6. A crash cuts a capture short: what survives"
 size=$(stat -c %s captures/agent-1011.wsrr)
 run "head -c $((size * 2 / 3)) captures/agent-1011.wsrr > $tmp/crashed.wsrr"
 printf '$ wsrr verify %s\n' "$tmp/crashed.wsrr"
@@ -87,7 +99,7 @@ echo "(exit status $status: 1 means damaged, with the records that are intact)"
 run wsrr recover "$tmp/crashed.wsrr" -o "$tmp/recovered.wsrr"
 run wsrr verify "$tmp/recovered.wsrr"
 
-say "6. Malformed traffic is recorded with what was wrong, and the server's answer"
+say "7. Malformed traffic is recorded with what was wrong, and the server's answer"
 run "wsrr cat captures/violations.wsrr --kind frame | head -12"
 
-say "done: 'wsrr --help' lists the verbs; docs/capture-format.md specifies the file, docs/rules.md the faults"
+say "done: 'wsrr --help' lists the verbs; docs/replay.md explains replay, docs/rules.md the faults, docs/capture-format.md the file"
