@@ -3,6 +3,12 @@
 #include "replay.h"
 #include "tool.h"
 
+#include "wsrr/common.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +50,11 @@ static const char usage[] =
     "                       back on the same connection, the same way, at the\n"
     "                       same message; 1 otherwise\n"
     "  --repeat N           run N times; print how many reproduced (or failed)\n"
+    "  --json               one JSON object per capture on standard output: the\n"
+    "                       mode, the rate, and every run's connections (how each\n"
+    "                       ended, after how many messages, any divergence)\n"
+    "  --junit FILE         a JUnit XML report: a test case per capture, failing\n"
+    "                       as the exit status would, with the report as text\n"
     "  -v, --verbose        every connection's steps and ending, per run\n"
     "  -h, --help           this text\n"
     "\n"
@@ -57,39 +68,176 @@ const struct verb verb_replay = {"replay", "replay a capture against a server; d
 
 #define MAX_LIST 64
 
+/* Where a capture's report goes: standard output (unless --json) and the
+ * capture's text for --junit. */
+struct sink {
+    bool quiet;
+    struct evbuffer *text;
+};
+
+static void say(struct sink *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(struct sink *k, const char *fmt, ...)
+{
+    va_list ap;
+    if (!k->quiet) {
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+    }
+    if (k->text) {
+        va_start(ap, fmt);
+        evbuffer_add_vprintf(k->text, fmt, ap);
+        va_end(ap);
+    }
+}
+
+static const char *const end_names[] = {"open",  "rejected", "closed", "abnormal",
+                                        "reset", "timeout",  "failed"};
+
+static cJSON *conn_json(const struct rp_session *s, const struct rp_result *res, size_t i)
+{
+    const struct rp_conn_result *cr = &res->conns[i];
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddNumberToObject(j, "conn", s->conns[i].id);
+    cJSON_AddStringToObject(j, "end", end_names[cr->out.end]);
+    if (cr->out.end == RP_END_CLOSED) {
+        cJSON_AddNumberToObject(j, "code", cr->out.code);
+        cJSON_AddStringToObject(j, "reason", cr->out.reason);
+        cJSON_AddStringToObject(j, "by", cr->out.by_server ? "server" : "client");
+    } else if (cr->out.end == RP_END_REJECTED) {
+        cJSON_AddNumberToObject(j, "status", cr->out.status);
+    } else if (cr->out.end == RP_END_TIMEOUT || cr->out.end == RP_END_FAILED) {
+        cJSON_AddStringToObject(j, "detail", cr->out.reason);
+    }
+    cJSON_AddNumberToObject(j, "messages", cr->out.messages);
+    cJSON_AddBoolToObject(j, "failed", rp_outcome_failed(&cr->out));
+    if (cr->diverged) {
+        cJSON *d = cJSON_AddObjectToObject(j, "diverged");
+        cJSON_AddNumberToObject(d, "message", cr->div_nth);
+        cJSON_AddStringToObject(d, "recorded", cr->expected);
+        cJSON_AddStringToObject(d, "received", cr->received);
+    }
+    return j;
+}
+
 /* One run's report: a line per connection that failed or diverged (every
- * connection with --verbose). Returns whether the run failed (--check) or
- * reproduced (--reproduce). */
-static bool report(const char *path, const struct rp_session *s, const struct rp_result *res,
-                   bool reproduce, bool verbose, unsigned run, unsigned runs)
+ * connection with --verbose), and for --json an entry in runs. Returns
+ * whether the run failed (--check) or reproduced (--reproduce). */
+static bool report(struct sink *k, const char *path, const struct rp_session *s,
+                   const struct rp_result *res, bool reproduce, bool verbose, unsigned run,
+                   unsigned runs, cJSON *jruns)
 {
     char tag[64] = "";
     if (runs > 1)
         snprintf(tag, sizeof(tag), " run %u/%u", run, runs);
+    cJSON *jr = jruns ? cJSON_CreateObject() : NULL, *jc = NULL;
+    if (jr) {
+        cJSON_AddItemToArray(jruns, jr);
+        cJSON_AddNumberToObject(jr, "run", run);
+        jc = cJSON_AddArrayToObject(jr, "connections");
+    }
     for (size_t i = 0; i < res->nconns; i++) {
         const struct rp_conn_result *cr = &res->conns[i];
         bool bad = rp_outcome_failed(&cr->out) || cr->diverged;
+        if (jc)
+            cJSON_AddItemToArray(jc, conn_json(s, res, i));
         if (!verbose && (!bad || runs > 1))
             continue;
         char d[200];
         rp_outcome_describe(&cr->out, d, sizeof(d));
-        printf("%s%s: connection %u: %s\n", path, tag, s->conns[i].id, d);
+        say(k, "%s%s: connection %u: %s\n", path, tag, s->conns[i].id, d);
         if (cr->diverged)
-            printf("%s%s: connection %u: server message %u differs\n    recorded: %s\n"
-                   "    received: %s\n",
-                   path, tag, s->conns[i].id, cr->div_nth, cr->expected, cr->received);
+            say(k,
+                "%s%s: connection %u: server message %u differs\n    recorded: %s\n"
+                "    received: %s\n",
+                path, tag, s->conns[i].id, cr->div_nth, cr->expected, cr->received);
     }
     if (reproduce) {
         char why[400];
         bool ok = rp_result_reproduced(s, res, why, sizeof(why));
         if (runs == 1 || verbose || !ok)
-            printf("%s%s: %s: %s\n", path, tag, ok ? "reproduced" : "not reproduced", why);
+            say(k, "%s%s: %s: %s\n", path, tag, ok ? "reproduced" : "not reproduced", why);
+        if (jr) {
+            cJSON_AddBoolToObject(jr, "reproduced", ok);
+            cJSON_AddStringToObject(jr, "why", why);
+        }
         return ok;
     }
     bool failed = rp_result_failed(res);
     if (verbose || runs == 1)
-        printf("%s%s: %s\n", path, tag, failed ? "FAILED" : "ok");
+        say(k, "%s%s: %s\n", path, tag, failed ? "FAILED" : "ok");
+    if (jr)
+        cJSON_AddBoolToObject(jr, "failed", failed);
     return failed;
+}
+
+/* XML text: &, <, >, " escaped, control characters dropped. */
+static void xml_text(FILE *f, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '&')
+            fputs("&amp;", f);
+        else if (ch == '<')
+            fputs("&lt;", f);
+        else if (ch == '>')
+            fputs("&gt;", f);
+        else if (ch == '"')
+            fputs("&quot;", f);
+        else if (ch >= 0x20 || ch == '\n' || ch == '\t')
+            fputc(ch, f);
+    }
+}
+
+struct junit_case {
+    char *name;
+    bool failed;
+    double secs;
+    char *text;
+};
+
+/* One <testsuite>, a <testcase> per capture; a failing one carries its
+ * report. */
+static int write_junit(const char *path, const struct junit_case *c, size_t n, bool reproduce)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return tool_fail("replay", EXIT_BAD_INPUT, "--junit %s: %s", path, strerror(errno));
+    size_t bad = 0;
+    double total = 0;
+    for (size_t i = 0; i < n; i++) {
+        bad += c[i].failed;
+        total += c[i].secs;
+    }
+    fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    fprintf(f,
+            "<testsuites>\n<testsuite name=\"wsrr replay %s\" tests=\"%zu\" failures=\"%zu\" "
+            "errors=\"0\" time=\"%.3f\">\n",
+            reproduce ? "--reproduce" : "--check", n, bad, total);
+    for (size_t i = 0; i < n; i++) {
+        fprintf(f, "  <testcase classname=\"wsrr.replay\" name=\"");
+        xml_text(f, c[i].name, strlen(c[i].name));
+        fprintf(f, "\" time=\"%.3f\">\n", c[i].secs);
+        if (c[i].failed) {
+            const char *nl = strchr(c[i].text, '\n');
+            const char *last = c[i].text, *q;
+            for (q = c[i].text; (q = strchr(q, '\n')) && q[1]; q++)
+                last = q + 1; /* the summary is the last line */
+            (void)nl;
+            fprintf(f, "    <failure message=\"");
+            xml_text(f, last, strcspn(last, "\n"));
+            fprintf(f, "\">");
+            xml_text(f, c[i].text, strlen(c[i].text));
+            fprintf(f, "</failure>\n");
+        }
+        fprintf(f, "    <system-out>");
+        xml_text(f, c[i].text, strlen(c[i].text));
+        fprintf(f, "</system-out>\n  </testcase>\n");
+    }
+    fprintf(f, "</testsuite>\n</testsuites>\n");
+    if (fclose(f) != 0)
+        return tool_fail("replay", EXIT_BAD_INPUT, "--junit %s: %s", path, strerror(errno));
+    return EXIT_OK;
 }
 
 static int run_replay(int argc, char **argv)
@@ -108,6 +256,8 @@ static int run_replay(int argc, char **argv)
         {"reproduce", no_argument, NULL, 'r'},
         {"repeat", required_argument, NULL, 'n'},
         {"verbose", no_argument, NULL, 'v'},
+        {"json", no_argument, NULL, 'j'},
+        {"junit", required_argument, NULL, 'J'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -119,7 +269,8 @@ static int run_replay(int argc, char **argv)
                         .timeout_ms = 5000,
                         .ignore = ignore,
                         .headers = headers};
-    bool reproduce = false, verbose = false;
+    bool reproduce = false, verbose = false, json = false;
+    const char *junit = NULL;
     uint64_t repeat = 1, v;
     int opt;
     while ((opt = tool_getopt(&verb_replay, argc, argv, "t:H:vh", longopts)) != -1) {
@@ -185,6 +336,8 @@ static int run_replay(int argc, char **argv)
             repeat = v;
             break;
         case 'v': verbose = true; break;
+        case 'j': json = true; break;
+        case 'J': junit = optarg; break;
         case 'h': return EXIT_OK;
         default: return EXIT_BAD_INPUT;
         }
@@ -200,30 +353,74 @@ static int run_replay(int argc, char **argv)
         return tool_usage_error("replay", "%s", terr);
 
     int status = EXIT_OK;
-    for (int a = optind; a < argc; a++) {
+    size_t ncases = (size_t)(argc - optind);
+    struct junit_case *cases = calloc(ncases, sizeof(*cases));
+    if (!cases)
+        return tool_fail("replay", EXIT_BAD_INPUT, "out of memory");
+    for (int a = optind; a < argc && status != EXIT_BAD_INPUT; a++) {
         char err[512];
         struct rp_session *s = rp_session_load(argv[a], err, sizeof(err));
         if (!s || rp_session_fill_secrets(s, secrets, nsecrets, err, sizeof(err)) < 0) {
             rp_session_free(s);
-            return tool_fail("replay", EXIT_BAD_INPUT, "%s", err);
+            status = tool_fail("replay", EXIT_BAD_INPUT, "%s", err);
+            break;
         }
+        struct sink k = {.quiet = json, .text = junit ? evbuffer_new() : NULL};
+        cJSON *jcap = json ? cJSON_CreateObject() : NULL;
+        cJSON *jruns = jcap ? cJSON_AddArrayToObject(jcap, "runs") : NULL;
+        uint64_t t0 = wsrr_now_ns();
         unsigned hits = 0; /* runs that reproduced, or that failed (--check) */
         for (unsigned run = 1; run <= repeat; run++) {
             struct rp_result res;
             if (rp_run(s, &o, &res, err, sizeof(err)) < 0) {
-                rp_session_free(s);
-                return tool_fail("replay", EXIT_BAD_INPUT, "%s", err);
+                status = tool_fail("replay", EXIT_BAD_INPUT, "%s", err);
+                break;
             }
-            hits += report(argv[a], s, &res, reproduce, verbose, run, (unsigned)repeat);
+            hits += report(&k, argv[a], s, &res, reproduce, verbose, run, (unsigned)repeat, jruns);
             rp_result_free(&res);
             fflush(stdout);
         }
         if (repeat > 1)
-            printf("%s: %s %u/%u runs (%.0f%%)\n", argv[a], reproduce ? "reproduced" : "failed",
-                   hits, (unsigned)repeat, 100.0 * hits / (double)repeat);
-        if (reproduce ? hits < repeat : hits > 0)
+            say(&k, "%s: %s %u/%u runs (%.0f%%)\n", argv[a], reproduce ? "reproduced" : "failed",
+                hits, (unsigned)repeat, 100.0 * hits / (double)repeat);
+        bool bad = reproduce ? hits < repeat : hits > 0;
+        if (bad && status == EXIT_OK)
             status = EXIT_FAILURE_FOUND;
+        if (jcap) {
+            cJSON_AddStringToObject(jcap, "capture", argv[a]);
+            cJSON_AddStringToObject(jcap, "mode", reproduce ? "reproduce" : "check");
+            cJSON_AddNumberToObject(jcap, "repeat", (double)repeat);
+            cJSON_AddNumberToObject(jcap, reproduce ? "reproduced" : "failed", hits);
+            cJSON_AddBoolToObject(jcap, "ok", !bad);
+            char *txt = cJSON_PrintUnformatted(jcap);
+            if (txt)
+                puts(txt);
+            cJSON_free(txt);
+            cJSON_Delete(jcap);
+        }
+        cases[a - optind].name = argv[a];
+        cases[a - optind].failed = bad;
+        cases[a - optind].secs = (double)(wsrr_now_ns() - t0) / 1e9;
+        if (k.text) {
+            size_t n = evbuffer_get_length(k.text);
+            if ((cases[a - optind].text = malloc(n + 1))) {
+                evbuffer_remove(k.text, cases[a - optind].text, n);
+                cases[a - optind].text[n] = '\0';
+            }
+            evbuffer_free(k.text);
+        }
         rp_session_free(s);
     }
+    if (junit && status != EXIT_BAD_INPUT) {
+        for (size_t i = 0; i < ncases; i++)
+            if (!cases[i].text)
+                cases[i].text = strdup("");
+        int rc = write_junit(junit, cases, ncases, reproduce);
+        if (rc != EXIT_OK)
+            status = rc;
+    }
+    for (size_t i = 0; i < ncases; i++)
+        free(cases[i].text);
+    free(cases);
     return status;
 }

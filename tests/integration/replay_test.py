@@ -3,6 +3,12 @@
 
 A session is recorded through `wsrr proxy`, then replayed, and every check
 reads what the replay reported and what the server really got:
+- the two race bugs of tests/integration/race_backend.py (FastAPI/uvicorn;
+  each fires only under one cross-connection interleaving) come back with
+  causal timing in at least 19 of 20 runs and clearly less often with asap
+  timing; --check is red on the buggy backend and green on the fixed one,
+  in the exit status, the JUnit report and --json; a sequential session
+  never fails;
 - the demo's race (tools/demo/agent.py: two runs of one user overlapping make
   the backend close the first with 1011) comes back with causal timing in
   (nearly) every run; --check fails
@@ -248,6 +254,116 @@ async def test_bad_input():
               "an unreachable target: the connection failed, exit 1 (%d): %s" % (rc, out + err))
 
 
+RACE_BACKEND = os.path.join(os.path.dirname(os.path.abspath(__file__)), "race_backend.py")
+RACE_CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "race_client.py")
+
+
+def race_backend(fixed=False):
+    return Process([PY, RACE_BACKEND, "--port", "0"] + (["--fixed"] if fixed else []),
+                   r"race_backend listening on 127\.0\.0\.1:(\d+)")
+
+
+async def record_race(scenario, port, mode="racy"):
+    """Record race_client.py runs through the proxy until one fails with 1011
+    (racy), or one run (sequential). Returns (capture, client output)."""
+    for seed in range(1, 16):
+        cap = os.path.join(TMP, "race-%s-%s-%d.wsrr" % (scenario, mode, seed))
+        px = proxy(port, cap)
+        p = await asyncio.create_subprocess_exec(
+            PY, RACE_CLIENT, "ws://127.0.0.1:%s" % px.m.group(1), "--scenario", scenario,
+            "--mode", mode, "--seed", str(seed), stdout=subprocess.PIPE)
+        out = (await asyncio.wait_for(p.communicate(), 30))[0].decode()
+        px.stop()
+        if mode != "racy" or "received 1011" in out:
+            return cap, out
+    return None, None
+
+
+def junit_report(path):
+    import xml.etree.ElementTree as ET
+    suite = ET.parse(path).getroot().find("testsuite")
+    cases = suite.findall("testcase")
+    return (int(suite.get("tests")), int(suite.get("failures")),
+            [(c.get("name"), c.find("failure") is not None,
+              c.find("failure").get("message") if c.find("failure") is not None else None)
+             for c in cases])
+
+
+async def race_scenario(scenario):
+    """One of race_backend.py's two bugs (see its docstring for the
+    interleaving): recorded failing, replayed with each timing, checked
+    against the buggy and the fixed backend."""
+    buggy, fixed = race_backend(), race_backend(fixed=True)
+    bport, fport = int(buggy.m.group(1)), int(fixed.m.group(1))
+    target, target_fixed = "ws://127.0.0.1:%d" % bport, "ws://127.0.0.1:%d" % fport
+    try:
+        cap, out = await record_race(scenario, bport)
+        if not check(cap, "bug %s: a racy run hit it within 15 recorded runs" % scenario):
+            return
+        n = 20
+        rc, out, err = await wsrr("replay", cap, "--target", target, "--reproduce", "--repeat",
+                                  str(n), "--timeout", "2000")
+        causal, _ = rate(out)
+        # (a run that does not see the 1011 waits --timeout for it: keep it short)
+        rc, out2, err = await wsrr("replay", cap, "--target", target, "--reproduce", "--repeat",
+                                   str(n), "--timeout", "300", "--timing", "asap")
+        asap, _ = rate(out2)
+        print("  bug %s: causal %s/%d, asap %s/%d" % (scenario, causal, n, asap, n))
+        check(causal is not None and causal >= n - 1,
+              "bug %s: causal replay reproduces the 1011 at least %d/%d times: %s"
+              % (scenario, n - 1, n, out))
+        check(asap is not None and causal is not None and asap <= causal - n // 4,
+              "bug %s: asap replay reproduces it clearly less often (%s vs %s of %d)"
+              % (scenario, asap, causal, n))
+
+        junit = os.path.join(TMP, "junit-%s.xml" % scenario)
+        rc, out, err = await wsrr("replay", cap, "--target", target, "--timeout", "2000",
+                                  "--ignore", "ts", "--junit", junit)
+        check(rc == 1 and "closed 1011 (Internal error) by the server" in out,
+              "bug %s: --check exits 1 against the buggy backend (%d): %s" % (scenario, rc, out))
+        tests, fails, cases = junit_report(junit)
+        check(tests == 1 and fails == 1 and cases[0][0] == cap and cases[0][1]
+              and "FAILED" in (cases[0][2] or ""),
+              "bug %s: the JUnit report has one failing case for the capture: %r"
+              % (scenario, (tests, fails, cases)))
+        rc, out, err = await wsrr("replay", cap, "--target", target_fixed, "--timeout", "500",
+                                  "--ignore", "ts", "--junit", junit)
+        check(rc == 0 and out.strip().endswith(": ok"),
+              "bug %s: --check exits 0 against the fixed backend (%d): %s" % (scenario, rc,
+                                                                              out + err))
+        tests, fails, cases = junit_report(junit)
+        check(tests == 1 and fails == 0 and not cases[0][1],
+              "bug %s: and the JUnit report passes: %r" % (scenario, (tests, fails, cases)))
+        rc, out, err = await wsrr("replay", cap, "--target", target, "--reproduce", "--json",
+                                  "--timeout", "2000")
+        j = json.loads(out)
+        failed_conns = [c for c in j["runs"][0]["connections"] if c["failed"]]
+        check(rc == 0 and j["ok"] and j["reproduced"] == 1 and len(failed_conns) == 1
+              and failed_conns[0]["code"] == 1011 and failed_conns[0]["by"] == "server",
+              "bug %s: --json says which connection got the 1011 (%d): %s" % (scenario, rc, out))
+
+        # a sequential session never hits it, and replays clean against the buggy backend
+        cap, out = await record_race(scenario, bport, mode="sequential")
+        check(cap and "received" not in out, "bug %s: a sequential run completes: %s"
+              % (scenario, out))
+        if cap:
+            rc, out, err = await wsrr("replay", cap, "--target", target, "--ignore", "ts",
+                                      "--repeat", "5")
+            check(rc == 0 and "failed 0/5 runs" in out,
+                  "bug %s: its causal replay never fails (%d): %s" % (scenario, rc, out + err))
+    finally:
+        for p in (buggy, fixed):
+            p.stop()
+
+
+async def test_race_agent():
+    await race_scenario("a")
+
+
+async def test_race_chat():
+    await race_scenario("b")
+
+
 SEEN = []
 
 
@@ -300,7 +416,8 @@ async def test_secrets():
     server.close()
 
 
-TESTS = [test_demo_race, test_json_compare, test_timeout, test_secrets, test_bad_input]
+TESTS = [test_demo_race, test_race_agent, test_race_chat, test_json_compare, test_timeout,
+         test_secrets, test_bad_input]
 
 
 def main():
