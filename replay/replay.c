@@ -270,51 +270,6 @@ static int upgraded(struct rconn *c, const struct wsrr_http_head *h)
 
 /* ---- receiving ---- */
 
-/* Drop the value at a dotted path ("data.items.0.ts"). */
-static void drop_path(cJSON *j, const char *path)
-{
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", path);
-    char *save = NULL, *tok = strtok_r(buf, ".", &save);
-    while (j && tok) {
-        char *next = strtok_r(NULL, ".", &save);
-        if (!next) {
-            if (cJSON_IsArray(j))
-                cJSON_DeleteItemFromArray(j, atoi(tok));
-            else
-                cJSON_DeleteItemFromObjectCaseSensitive(j, tok);
-            return;
-        }
-        j = cJSON_IsArray(j) ? cJSON_GetArrayItem(j, atoi(tok))
-                             : cJSON_GetObjectItemCaseSensitive(j, tok);
-        tok = next;
-    }
-}
-
-static bool same_message(const struct rp_opts *o, const struct rp_step *want, uint8_t op,
-                         const uint8_t *p, size_t n)
-{
-    if (want->opcode != op)
-        return false;
-    if (want->len == n && (!n || !memcmp(want->data, p, n)))
-        return true;
-    if (op != WSRR_OP_TEXT)
-        return false;
-    cJSON *a = cJSON_ParseWithLength((const char *)want->data, want->len);
-    cJSON *b = cJSON_ParseWithLength((const char *)p, n);
-    bool same = false;
-    if (a && b) {
-        for (size_t i = 0; i < o->nignore; i++) {
-            drop_path(a, o->ignore[i]);
-            drop_path(b, o->ignore[i]);
-        }
-        same = cJSON_Compare(a, b, true);
-    }
-    cJSON_Delete(a);
-    cJSON_Delete(b);
-    return same;
-}
-
 static void shorten(char *out, size_t cap, const uint8_t *p, size_t n)
 {
     size_t k = 0;
@@ -344,7 +299,8 @@ static void on_message(struct rconn *c, const uint8_t *p, size_t n)
         return;
     }
     const struct rp_step *want = &r->s->steps[c->expect[nth - 1]];
-    if (!same_message(r->o, want, c->msg_op, p, n)) {
+    if (!rp_same_message(r->o->ignore, r->o->nignore, want->opcode, want->data, want->len,
+                         c->msg_op, p, n)) {
         cr->diverged = true;
         cr->div_nth = nth;
         shorten(cr->expected, sizeof(cr->expected), want->data, want->len);

@@ -7,6 +7,7 @@
 #include "wsrr/frame.h"
 #include "wsrr/handshake.h"
 
+#include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
@@ -141,6 +142,11 @@ static int on_request(struct loader *l, const struct wsrr_record *r, int ci)
 
 static int on_response(struct loader *l, const struct wsrr_record *r, int ci)
 {
+    struct rp_conn *c = &l->s->conns[ci];
+    if (!c->response && (c->response = malloc(r->u.http.head.n + 1))) {
+        memcpy(c->response, r->u.http.head.p, r->u.http.head.n);
+        c->response[r->u.http.head.n] = '\0';
+    }
     struct wsrr_http_parser hp;
     wsrr_http_parser_init(&hp, true, 0, 0);
     ssize_t n = wsrr_http_parse(&hp, r->u.http.head.p, r->u.http.head.n);
@@ -367,8 +373,10 @@ void rp_session_free(struct rp_session *s)
         return;
     for (size_t i = 0; i < s->nsteps; i++)
         free(s->steps[i].data);
-    for (size_t i = 0; i < s->nconns; i++)
+    for (size_t i = 0; i < s->nconns; i++) {
         free(s->conns[i].head);
+        free(s->conns[i].response);
+    }
     free(s->steps);
     free(s->conns);
     free(s->path);
@@ -481,6 +489,51 @@ int rp_session_fill_secrets(struct rp_session *s, const char *const *secrets, si
         }
     }
     return 0;
+}
+
+/* Drop the value at a dotted path ("data.items.0.ts"). */
+static void drop_path(cJSON *j, const char *path)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", path);
+    char *save = NULL, *tok = strtok_r(buf, ".", &save);
+    while (j && tok) {
+        char *next = strtok_r(NULL, ".", &save);
+        if (!next) {
+            if (cJSON_IsArray(j))
+                cJSON_DeleteItemFromArray(j, atoi(tok));
+            else
+                cJSON_DeleteItemFromObjectCaseSensitive(j, tok);
+            return;
+        }
+        j = cJSON_IsArray(j) ? cJSON_GetArrayItem(j, atoi(tok))
+                             : cJSON_GetObjectItemCaseSensitive(j, tok);
+        tok = next;
+    }
+}
+
+bool rp_same_message(const char *const *ignore, size_t nignore, uint8_t want_op,
+                     const uint8_t *want, size_t wlen, uint8_t op, const uint8_t *p, size_t n)
+{
+    if (want_op != op)
+        return false;
+    if (wlen == n && (!n || !memcmp(want, p, n)))
+        return true;
+    if (op != WSRR_OP_TEXT)
+        return false;
+    cJSON *a = cJSON_ParseWithLength((const char *)want, wlen);
+    cJSON *b = cJSON_ParseWithLength((const char *)p, n);
+    bool same = false;
+    if (a && b) {
+        for (size_t i = 0; i < nignore; i++) {
+            drop_path(a, ignore[i]);
+            drop_path(b, ignore[i]);
+        }
+        same = cJSON_Compare(a, b, true);
+    }
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    return same;
 }
 
 bool rp_outcome_failed(const struct rp_outcome *o)

@@ -63,6 +63,7 @@ struct rp_conn {
     uint32_t id; /* in the capture */
     char *head;  /* the upgrade request as recorded (NUL-terminated) */
     size_t head_len;
+    char *response;     /* the answer to it as recorded (NUL-terminated), NULL when none */
     bool tls;           /* the client spoke TLS to the proxy */
     uint32_t nmessages; /* server messages recorded */
     struct rp_outcome rec;
@@ -91,6 +92,12 @@ void rp_session_free(struct rp_session *s);
  * placeholder without a value, where it is, and how to give it. */
 int rp_session_fill_secrets(struct rp_session *s, const char *const *secrets, size_t nsecrets,
                             char *err, size_t errlen);
+
+/* Is message (op, p, n) the recorded one (want_op, want, wlen)? Bytes equal,
+ * or both text holding equal JSON once the dotted paths in ignore are
+ * removed from both ("meta.ts", "items.0.id"). */
+bool rp_same_message(const char *const *ignore, size_t nignore, uint8_t want_op,
+                     const uint8_t *want, size_t wlen, uint8_t op, const uint8_t *p, size_t n);
 
 /* Is this ending a failure (what --check reports): a close with 1011-1014
  * or 1006, an abnormal end, a reset, a timeout, a 5xx rejection. */

@@ -66,6 +66,14 @@ class Process:
             raise RuntimeError("%s did not start: %r" % (args[0], line))
         self.drains = [Drain(self.proc.stdout), Drain(self.proc.stderr)]
 
+    def finish(self, timeout=10):
+        """It ends by itself (serve --exit-after): wait for that, then stop."""
+        try:
+            self.proc.wait(timeout=timeout)
+            return self.proc.returncode
+        except subprocess.TimeoutExpired:
+            return self.stop()
+
     def stop(self):
         self.proc.send_signal(2)
         try:
@@ -267,7 +275,8 @@ async def record_race(scenario, port, mode="racy"):
     """Record race_client.py runs through the proxy until one fails with 1011
     (racy), or one run (sequential). Returns (capture, client output)."""
     for seed in range(1, 16):
-        cap = os.path.join(TMP, "race-%s-%s-%d.wsrr" % (scenario, mode, seed))
+        cap = os.path.join(TMP, "race-%s-%s-%d-%d.wsrr" % (scenario, mode, seed,
+                                                           time.monotonic_ns()))
         px = proxy(port, cap)
         p = await asyncio.create_subprocess_exec(
             PY, RACE_CLIENT, "ws://127.0.0.1:%s" % px.m.group(1), "--scenario", scenario,
@@ -364,6 +373,112 @@ async def test_race_chat():
     await race_scenario("b")
 
 
+def serve(cap, *extra):
+    return Process([WSRR, "serve", cap, "--listen", "127.0.0.1:0"] + list(extra),
+                   r"listening on 127\.0\.0\.1:(\d+)", stream="stderr")
+
+
+async def client_lines(*args):
+    p = await asyncio.create_subprocess_exec(PY, *args, stdout=subprocess.PIPE)
+    return sorted((await asyncio.wait_for(p.communicate(), 30))[0].decode().splitlines())
+
+
+async def test_serve_demo():
+    """The demo client fails against `wsrr serve` exactly as it failed
+    against the backend: same run, same close code, same reason."""
+    backend, bport = agent_backend()
+    try:
+        cap, against_backend = None, None
+        for i in range(10):
+            cap = os.path.join(TMP, "serve-demo-%d.wsrr" % i)
+            px = proxy(bport, cap)
+            against_backend = await client_lines(AGENT, "client",
+                                                 "ws://127.0.0.1:%s/v1/agent" % px.m.group(1))
+            px.stop()
+            if any("received 1011" in line for line in against_backend):
+                break
+    finally:
+        backend.kill()
+        backend.wait()
+    check(any("received 1011 (internal error) Internal error" in line
+              for line in against_backend), "recorded a run that got the 1011")
+    for attempt in range(3):  # the client's runs overlap: each attempt, a fresh serve
+        sv = serve(cap, "--exit-after", "3")
+        against_serve = await client_lines(AGENT, "client",
+                                           "ws://127.0.0.1:%s/v1/agent" % sv.m.group(1))
+        rc = sv.finish()
+        log = "\n".join(sv.drains[1].lines())
+        check(against_serve == against_backend,
+              "against wsrr serve the client says what it said against the backend:\n"
+              "    backend: %r\n    serve:   %r" % (against_backend, against_serve))
+        check(rc == 0 and log.count("closed as recorded") == 3,
+              "serve played three connections as recorded (%d):\n%s" % (rc, log))
+
+
+async def raw_session(port, path, messages, wait=5):
+    """Send messages on one connection, then read until the server closes;
+    return its close code and reason."""
+    async with websockets.connect("ws://127.0.0.1:%d%s" % (port, path),
+                                  ping_interval=None) as ws:
+        try:
+            for m in messages:
+                await ws.send(m)
+            while True:
+                await asyncio.wait_for(ws.recv(), wait)
+        except websockets.ConnectionClosed as e:
+            return (e.rcvd.code, e.rcvd.reason) if e.rcvd else (1006, "")
+        except asyncio.TimeoutError:
+            return None
+
+
+async def test_serve_race_and_strict():
+    """race_backend bug A recorded failing; a raw client replaying the same
+    messages gets the 1011 from wsrr serve; a different message is reported
+    (exit 1), and with --strict answered by 1008."""
+    buggy = race_backend()
+    try:
+        cap, out = await record_race("a", int(buggy.m.group(1)))
+    finally:
+        buggy.stop()
+    if not check(cap, "bug a recorded failing"):
+        return
+    rc, text, _ = await wsrr("cat", "--jsonl", cap)
+    recs = [json.loads(line) for line in text.splitlines()[1:]]
+    closes = [r for r in recs if r.get("kind") == "close" and r.get("code") == 1011]
+    failing = closes[0]["conn"] if closes else None
+    sends = [r.get("message", r.get("text")) for r in recs if r.get("kind") == "frame"
+             and r.get("conn") == failing and r.get("dir") == "client"
+             and r.get("opcode") == "text"]
+    check(failing and sends, "the capture has the failing connection's client messages")
+    sv = serve(cap, "--exit-after", "1", "--ignore", "ts")
+    # the failing connection alone: serve waits for its messages, not for the
+    # other connection's (the order between them is the client's business here)
+    got = await raw_session(int(sv.m.group(1)), "/v1/agent", sends)
+    rc = sv.finish()
+    log = "\n".join(sv.drains[1].lines())
+    check(got == (1011, "Internal error"),
+          "the client gets the recorded 1011 from serve: %r\n%s" % (got, log))
+    sv = serve(cap, "--exit-after", "1")
+    got = await raw_session(int(sv.m.group(1)), "/v1/agent", ['{"type": "something else"}'],
+                            wait=0.5)
+    rc = sv.finish()
+    log = "\n".join(sv.drains[1].lines())
+    check(rc == 1 and "client message 1 is not the recorded one" in log,
+          "an unexpected client message is reported, exit 1 (%d):\n%s" % (rc, log))
+    sv = serve(cap, "--exit-after", "1", "--strict")
+    got = await raw_session(int(sv.m.group(1)), "/v1/agent", ['{"type": "something else"}'])
+    sv.finish()
+    check(got == (1008, "not the recorded message"), "--strict closes with 1008: %r" % (got,))
+    sv = serve(cap, "--exit-after", "1")
+    try:
+        await raw_session(int(sv.m.group(1)), "/nowhere", ["x"])
+        got = None
+    except websockets.InvalidStatusCode as e:
+        got = e.status_code
+    sv.finish()
+    check(got == 404, "a path with no recorded connection: 404 (%r)" % got)
+
+
 SEEN = []
 
 
@@ -416,8 +531,9 @@ async def test_secrets():
     server.close()
 
 
-TESTS = [test_demo_race, test_race_agent, test_race_chat, test_json_compare, test_timeout,
-         test_secrets, test_bad_input]
+TESTS = [test_demo_race, test_race_agent, test_race_chat, test_serve_demo,
+         test_serve_race_and_strict, test_json_compare, test_timeout, test_secrets,
+         test_bad_input]
 
 
 def main():
