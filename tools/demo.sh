@@ -54,6 +54,13 @@ $PY tools/demo/agent.py backend "$fixport" --fixed & pids+=($!)
 for _ in $(seq 50); do $PY -c "import socket; socket.create_connection(('127.0.0.1', $fixport), 0.2)" 2>/dev/null && break; sleep 0.1; done
 run wsrr replay "$tmp/demo.wsrr" --target "ws://127.0.0.1:$fixport" --check --timeout 1000
 echo "(exit status 0: no 1011, no divergence; against the buggy backend --check exits 1)"
+echo "# and with no backend at all: wsrr serve plays the backend's side of the capture,"
+echo "# so the client fails as it did on staging (same run, same code, same reason)"
+sport=$(free_port)
+printf '$ wsrr serve %s --listen 127.0.0.1:%s --exit-after 3 &\n' "$tmp/demo.wsrr" "$sport"
+wsrr serve "$tmp/demo.wsrr" --listen "127.0.0.1:$sport" --exit-after 3 2>"$tmp/serve.log" & pids+=($!)
+for _ in $(seq 50); do grep -q listening "$tmp/serve.log" 2>/dev/null && break; sleep 0.1; done
+run $PY tools/demo/agent.py client "ws://127.0.0.1:$sport/v1/agent"
 
 say "3. Break it on purpose: a fault rule makes the backend appear to crash"
 echo "# alone, a run completes; with this rule (docs/rules.md) the proxy replaces the"
