@@ -19,6 +19,7 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,7 @@ struct run {
     size_t last_conn;    /* causal: the last client step's connection, SIZE_MAX after a
                             server step */
     uint64_t last_ns;
+    char uuid[37]; /* --set PATH=@uuid: fresh per run */
 };
 
 static void advance(struct run *r);
@@ -159,6 +161,34 @@ static void send_close(struct rconn *c, uint16_t code, const uint8_t *reason, si
     size_t n =
         code ? wsrr_close_payload(pl, code, (const char *)reason, rlen > 123 ? 123 : rlen) : 0;
     send_frame(c, WSRR_OP_CLOSE, true, pl, n);
+}
+
+/* A whole text message that is JSON, with --set applied to the paths it
+ * has (printed again, compactly, when one applied). */
+static void send_with_sets(struct rconn *c, const struct rp_step *st)
+{
+    struct run *r = c->run;
+    cJSON *j = cJSON_ParseWithLength((const char *)st->data, st->len);
+    bool changed = false;
+    for (size_t i = 0; j && i < r->o->nsets; i++) {
+        const char *eq = strchr(r->o->sets[i], '=');
+        char path[256];
+        snprintf(path, sizeof(path), "%.*s", (int)(eq - r->o->sets[i]), r->o->sets[i]);
+        cJSON *v = !strcmp(eq + 1, "@uuid") ? cJSON_CreateString(r->uuid) : cJSON_Parse(eq + 1);
+        if (!v)
+            v = cJSON_CreateString(eq + 1);
+        if (rp_json_set(j, path, v))
+            changed = true;
+        else
+            cJSON_Delete(v);
+    }
+    char *out = changed ? cJSON_PrintUnformatted(j) : NULL;
+    if (out)
+        send_frame(c, st->opcode, true, (const uint8_t *)out, strlen(out));
+    else
+        send_frame(c, st->opcode, st->fin, st->data, st->len);
+    cJSON_free(out);
+    cJSON_Delete(j);
 }
 
 /* ---- the upgrade ---- */
@@ -506,6 +536,8 @@ static void client_step(struct run *r, const struct rp_step *st)
     case RP_SEND:
         if (st->opcode == WSRR_OP_CLOSE)
             send_close(c, st->code, st->data, st->len);
+        else if (r->o->nsets && st->opcode == WSRR_OP_TEXT && st->fin)
+            send_with_sets(c, st);
         else
             send_frame(c, st->opcode, st->fin, st->data, st->len);
         break;
@@ -775,6 +807,15 @@ int rp_run(const struct rp_session *s, const struct rp_opts *o, struct rp_result
             c->steps[c->nsteps++] = i;
         }
     }
+    uint8_t u[16];
+    if (RAND_bytes(u, sizeof(u)) != 1)
+        memset(u, 0x5a, sizeof(u));
+    u[6] = (uint8_t)((u[6] & 0x0f) | 0x40); /* version 4 */
+    u[8] = (uint8_t)((u[8] & 0x3f) | 0x80);
+    snprintf(r.uuid, sizeof(r.uuid),
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+             u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+             u[15]);
     r.t0 = wsrr_now_ns();
     advance(&r);
     event_base_dispatch(r.base);

@@ -30,6 +30,9 @@ struct rp_opts {
     const char **ignore; /* JSON paths left out of comparisons ("ts", "data.id") */
     size_t nignore;
     const char **headers; /* "Name: value", added or replacing the recorded one */
+    const char **sets;    /* "PATH=VALUE": in client JSON messages that have PATH, its value
+                             becomes VALUE (JSON, or else a string; "@uuid" a fresh one per run) */
+    size_t nsets;
     size_t nheaders;
     bool insecure; /* wss: do not verify the server's certificate */
     FILE *log;     /* --verbose: every step as it runs; NULL: quiet */

@@ -512,6 +512,29 @@ static void drop_path(cJSON *j, const char *path)
     }
 }
 
+bool rp_json_set(cJSON *j, const char *path, cJSON *v)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", path);
+    char *save = NULL, *tok = strtok_r(buf, ".", &save);
+    while (j && tok) {
+        char *next = strtok_r(NULL, ".", &save);
+        bool arr = cJSON_IsArray(j);
+        if (!arr && !cJSON_IsObject(j))
+            return false;
+        cJSON *item =
+            arr ? cJSON_GetArrayItem(j, atoi(tok)) : cJSON_GetObjectItemCaseSensitive(j, tok);
+        if (!item)
+            return false;
+        if (!next)
+            return arr ? cJSON_ReplaceItemInArray(j, atoi(tok), v)
+                       : cJSON_ReplaceItemInObjectCaseSensitive(j, tok, v);
+        j = item;
+        tok = next;
+    }
+    return false;
+}
+
 bool rp_same_message(const char *const *ignore, size_t nignore, uint8_t want_op,
                      const uint8_t *want, size_t wlen, uint8_t op, const uint8_t *p, size_t n)
 {

@@ -99,6 +99,11 @@ int rp_session_fill_secrets(struct rp_session *s, const char *const *secrets, si
 bool rp_same_message(const char *const *ignore, size_t nignore, uint8_t want_op,
                      const uint8_t *want, size_t wlen, uint8_t op, const uint8_t *p, size_t n);
 
+/* Put v at the dotted path of j when that path exists (v is then owned by
+ * j); false when it does not. */
+struct cJSON;
+bool rp_json_set(struct cJSON *j, const char *path, struct cJSON *v);
+
 /* Is this ending a failure (what --check reports): a close with 1011-1014
  * or 1006, an abnormal end, a reset, a timeout, a 5xx rejection. */
 bool rp_outcome_failed(const struct rp_outcome *o);

@@ -40,6 +40,11 @@ static const char usage[] =
     "                       messages (\"ts\", \"data.run_id\"); repeatable\n"
     "  -H, --header 'N: V'  add this header, replacing a recorded one; repeatable\n"
     "  --insecure           wss: do not verify the server's certificate\n"
+    "  --set PATH=VALUE     in client JSON messages that have PATH (dotted), put\n"
+    "                       VALUE there (JSON, else a string; @uuid: a fresh\n"
+    "                       UUID per run, the same in every message of the run)\n"
+    "  --shard K/N          replay only the captures of shard K of N (the Kth,\n"
+    "                       K+Nth, ... of the list): one CI machine each\n"
     "  --secret NAME=VALUE  the value of the redacted secret NAME (a placeholder\n"
     "                       <redacted:NAME:...> in the capture); else taken from\n"
     "                       the environment variable WSRR_SECRET_NAME; repeatable\n"
@@ -203,27 +208,28 @@ static int write_junit(const char *path, const struct junit_case *c, size_t n, b
     FILE *f = fopen(path, "w");
     if (!f)
         return tool_fail("replay", EXIT_BAD_INPUT, "--junit %s: %s", path, strerror(errno));
-    size_t bad = 0;
+    size_t bad = 0, tests = 0;
     double total = 0;
     for (size_t i = 0; i < n; i++) {
         bad += c[i].failed;
         total += c[i].secs;
+        tests += c[i].name != NULL; /* not in this shard */
     }
     fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     fprintf(f,
             "<testsuites>\n<testsuite name=\"wsrr replay %s\" tests=\"%zu\" failures=\"%zu\" "
             "errors=\"0\" time=\"%.3f\">\n",
-            reproduce ? "--reproduce" : "--check", n, bad, total);
+            reproduce ? "--reproduce" : "--check", tests, bad, total);
     for (size_t i = 0; i < n; i++) {
+        if (!c[i].name)
+            continue;
         fprintf(f, "  <testcase classname=\"wsrr.replay\" name=\"");
         xml_text(f, c[i].name, strlen(c[i].name));
         fprintf(f, "\" time=\"%.3f\">\n", c[i].secs);
         if (c[i].failed) {
-            const char *nl = strchr(c[i].text, '\n');
             const char *last = c[i].text, *q;
             for (q = c[i].text; (q = strchr(q, '\n')) && q[1]; q++)
                 last = q + 1; /* the summary is the last line */
-            (void)nl;
             fprintf(f, "    <failure message=\"");
             xml_text(f, last, strcspn(last, "\n"));
             fprintf(f, "\">");
@@ -252,6 +258,8 @@ static int run_replay(int argc, char **argv)
         {"header", required_argument, NULL, 'H'},
         {"insecure", no_argument, NULL, 'k'},
         {"secret", required_argument, NULL, 's'},
+        {"set", required_argument, NULL, 'E'},
+        {"shard", required_argument, NULL, 'P'},
         {"check", no_argument, NULL, 'c'},
         {"reproduce", no_argument, NULL, 'r'},
         {"repeat", required_argument, NULL, 'n'},
@@ -262,13 +270,16 @@ static int run_replay(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *ignore[MAX_LIST], *headers[MAX_LIST], *secrets[MAX_LIST];
+    const char *sets[MAX_LIST];
     size_t nsecrets = 0;
+    uint64_t shard_k = 1, shard_n = 1;
     struct rp_opts o = {.timing = RP_CAUSAL,
                         .gap_us = 2000,
                         .speed = 1,
                         .timeout_ms = 5000,
                         .ignore = ignore,
-                        .headers = headers};
+                        .headers = headers,
+                        .sets = sets};
     bool reproduce = false, verbose = false, json = false;
     const char *junit = NULL;
     uint64_t repeat = 1, v;
@@ -319,6 +330,20 @@ static int run_replay(int argc, char **argv)
             break;
         }
         case 'k': o.insecure = true; break;
+        case 'E':
+            if (!strchr(optarg, '=') || optarg[0] == '=')
+                return tool_usage_error("replay", "--set %s: expected PATH=VALUE", optarg);
+            if (o.nsets == MAX_LIST)
+                return tool_usage_error("replay", "more than %d --set", MAX_LIST);
+            sets[o.nsets++] = optarg;
+            break;
+        case 'P': {
+            char *slash = strchr(optarg, '/');
+            if (!slash || (*slash = '\0', false) || !tool_parse_u64(optarg, 100000, &shard_k) ||
+                !tool_parse_u64(slash + 1, 100000, &shard_n) || !shard_k || shard_k > shard_n)
+                return tool_usage_error("replay", "--shard: expected K/N with 1 <= K <= N");
+            break;
+        }
         case 's': {
             const char *eq = strchr(optarg, '=');
             if (!eq || eq == optarg)
@@ -358,6 +383,8 @@ static int run_replay(int argc, char **argv)
     if (!cases)
         return tool_fail("replay", EXIT_BAD_INPUT, "out of memory");
     for (int a = optind; a < argc && status != EXIT_BAD_INPUT; a++) {
+        if ((uint64_t)(a - optind) % shard_n != shard_k - 1)
+            continue;
         char err[512];
         struct rp_session *s = rp_session_load(argv[a], err, sizeof(err));
         if (!s || rp_session_fill_secrets(s, secrets, nsecrets, err, sizeof(err)) < 0) {

@@ -531,9 +531,63 @@ async def test_secrets():
     server.close()
 
 
+RUNS = []
+
+
+async def run_handler(ws, path=None):
+    async for msg in ws:
+        m = json.loads(msg)
+        RUNS.append((m.get("run_id"), m.get("n"), m.get("opts")))
+        await ws.send(json.dumps({"type": "ok"}))
+
+
+async def test_set_and_shard():
+    server = await websockets.serve(run_handler, "127.0.0.1", 0, ping_interval=None)
+    port = server.sockets[0].getsockname()[1]
+    cap = os.path.join(TMP, "runs.wsrr")
+    px = proxy(port, cap)
+    async with websockets.connect("ws://127.0.0.1:%s/r" % px.m.group(1),
+                                  ping_interval=None) as ws:
+        for n in (1, 2):
+            await ws.send(json.dumps({"type": "step", "run_id": "run-rec", "n": n,
+                                      "opts": {"fast": True}}))
+            await ws.recv()
+    px.stop()
+    target = "ws://127.0.0.1:%d" % port
+    del RUNS[:]
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--repeat", "2",
+                              "--set", "run_id=@uuid", "--set", "opts.fast=false",
+                              "--set", "absent.path=1")
+    ids = [r[0] for r in RUNS]
+    check(rc == 0 and len(RUNS) == 4 and all(re.fullmatch(r"[0-9a-f-]{36}", i) for i in ids)
+          and ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]
+          and all(r[2] == {"fast": False} for r in RUNS) and [r[1] for r in RUNS] == [1, 2, 1, 2],
+          "--set: a fresh UUID per run, the same within a run; a nested value; absent paths "
+          "left alone (%d): %r %s" % (rc, RUNS, out + err))
+    del RUNS[:]
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--set", "run_id=\"fixed\"")
+    check(rc == 0 and [r[0] for r in RUNS] == ["fixed", "fixed"], "--set a JSON string: %r"
+          % RUNS)
+    # shards: the first of two captures, then the second
+    cap2 = os.path.join(TMP, "runs2.wsrr")
+    shutil.copy(cap, cap2)
+    junit = os.path.join(TMP, "shard.xml")
+    outs = []
+    for k in (1, 2):
+        rc, out, err = await wsrr("replay", cap, cap2, "--target", target, "--shard", "%d/2" % k,
+                                  "--junit", junit)
+        tests, fails, cases = junit_report(junit)
+        outs.append((rc, out.strip(), tests, [c[0] for c in cases]))
+    check(outs == [(0, cap + ": ok", 1, [cap]), (0, cap2 + ": ok", 1, [cap2])],
+          "--shard 1/2 and 2/2 split the list: %r" % outs)
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--shard", "3/2")
+    check(rc == 2 and "--shard" in err, "--shard 3/2 refused (%d): %r" % (rc, err))
+    server.close()
+
+
 TESTS = [test_demo_race, test_race_agent, test_race_chat, test_serve_demo,
          test_serve_race_and_strict, test_json_compare, test_timeout, test_secrets,
-         test_bad_input]
+         test_set_and_shard, test_bad_input]
 
 
 def main():
