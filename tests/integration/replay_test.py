@@ -531,6 +531,25 @@ async def test_secrets():
     server.close()
 
 
+async def test_demo_verb():
+    """`wsrr demo` records the libwebsockets agent's race, replays it, checks
+    the fixed backend, serves it, and ends with the rate it measured."""
+    agent = os.path.join(os.path.dirname(WSRR), "wsrr-demo-agent")
+    if not check(os.access(agent, os.X_OK), "wsrr-demo-agent is built next to wsrr"):
+        return
+    rc, out, err = await wsrr("demo", timeout=120)
+    last = [line for line in out.splitlines() if line.startswith("== done")]
+    m = re.search(r"reproduced (\d+)/10 runs", last[0] if last else "")
+    check(rc == 0 and m and int(m.group(1)) >= 9,
+          "wsrr demo exits 0 and ends with the reproduction rate (%d): %r\n%s"
+          % (rc, last, out[-1500:] + err[-500:]))
+    served = out.split("$ wsrr serve")[-1]
+    check("ada run-1: received 1011 (internal error) Internal error" in served
+          and "bob run-3: completed" in served,
+          "against wsrr serve the demo client fails as against the backend: " + served[-400:])
+    check(": ok" in out, "the fixed backend passes --check")
+
+
 RUNS = []
 
 
@@ -585,7 +604,7 @@ async def test_set_and_shard():
     server.close()
 
 
-TESTS = [test_demo_race, test_race_agent, test_race_chat, test_serve_demo,
+TESTS = [test_demo_race, test_demo_verb, test_race_agent, test_race_chat, test_serve_demo,
          test_serve_race_and_strict, test_json_compare, test_timeout, test_secrets,
          test_set_and_shard, test_bad_input]
 
