@@ -447,7 +447,13 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         read_frames(c, bufferevent_get_input(c->bev)); /* what came with the FIN */
     c->ended = true;
     if (o->end == RP_END_OPEN) {
-        if (c->st == RC_HANDSHAKE && !(what & BEV_EVENT_EOF)) {
+        unsigned long tls_err = c->run->tls ? bufferevent_get_openssl_error(c->bev) : 0;
+        if (tls_err) {
+            char why[160];
+            wsrr_tls_error(bufferevent_openssl_get_ssl(c->bev), tls_err, why, sizeof(why));
+            o->end = RP_END_FAILED;
+            snprintf(o->reason, sizeof(o->reason), "TLS with %.30s: %.80s", c->run->hostport, why);
+        } else if (c->st == RC_HANDSHAKE && !(what & BEV_EVENT_EOF)) {
             o->end = RP_END_FAILED;
             snprintf(o->reason, sizeof(o->reason), "cannot connect to %.50s: %.40s",
                      c->run->hostport, err ? evutil_socket_error_to_string(err) : "error");
@@ -760,7 +766,7 @@ int rp_run(const struct rp_session *s, const struct rp_opts *o, struct rp_result
     r.base = event_base_new();
     r.timer = r.base ? evtimer_new(r.base, on_timer, &r) : NULL;
     if (r.tls)
-        r.ctx = wsrr_tls_client_ctx(NULL, o->insecure, NULL, NULL, err, errlen);
+        r.ctx = wsrr_tls_client_ctx(o->ca_file, o->insecure, NULL, NULL, err, errlen);
     int rc = -1;
     if (!res->conns || !r.c || !r.timer || (r.tls && !r.ctx)) {
         if (!(r.tls && !r.ctx))

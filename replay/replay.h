@@ -34,8 +34,9 @@ struct rp_opts {
                              becomes VALUE (JSON, or else a string; "@uuid" a fresh one per run) */
     size_t nsets;
     size_t nheaders;
-    bool insecure; /* wss: do not verify the server's certificate */
-    FILE *log;     /* --verbose: every step as it runs; NULL: quiet */
+    bool insecure;       /* wss: do not verify the server's certificate */
+    const char *ca_file; /* wss: verify the server against this CA (default: the system's) */
+    FILE *log;           /* --verbose: every step as it runs; NULL: quiet */
 };
 
 /* What one run saw, per connection of the session. */

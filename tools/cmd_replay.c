@@ -39,6 +39,8 @@ static const char usage[] =
     "  --ignore PATH        leave this JSON path out when comparing server\n"
     "                       messages (\"ts\", \"data.run_id\"); repeatable\n"
     "  -H, --header 'N: V'  add this header, replacing a recorded one; repeatable\n"
+    "  --ca FILE            wss: verify the server's certificate against this CA\n"
+    "                       (PEM; default: the system's trust store)\n"
     "  --insecure           wss: do not verify the server's certificate\n"
     "  --set PATH=VALUE     in client JSON messages that have PATH (dotted), put\n"
     "                       VALUE there (JSON, else a string; @uuid: a fresh\n"
@@ -249,25 +251,16 @@ static int write_junit(const char *path, const struct junit_case *c, size_t n, b
 static int run_replay(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"target", required_argument, NULL, 't'},
-        {"timing", required_argument, NULL, 'T'},
-        {"speed", required_argument, NULL, 'S'},
-        {"timeout", required_argument, NULL, 'o'},
-        {"gap", required_argument, NULL, 'g'},
-        {"ignore", required_argument, NULL, 'i'},
-        {"header", required_argument, NULL, 'H'},
-        {"insecure", no_argument, NULL, 'k'},
-        {"secret", required_argument, NULL, 's'},
-        {"set", required_argument, NULL, 'E'},
-        {"shard", required_argument, NULL, 'P'},
-        {"check", no_argument, NULL, 'c'},
-        {"reproduce", no_argument, NULL, 'r'},
-        {"repeat", required_argument, NULL, 'n'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"json", no_argument, NULL, 'j'},
-        {"junit", required_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"target", required_argument, NULL, 't'}, {"timing", required_argument, NULL, 'T'},
+        {"speed", required_argument, NULL, 'S'},  {"timeout", required_argument, NULL, 'o'},
+        {"gap", required_argument, NULL, 'g'},    {"ignore", required_argument, NULL, 'i'},
+        {"header", required_argument, NULL, 'H'}, {"insecure", no_argument, NULL, 'k'},
+        {"secret", required_argument, NULL, 's'}, {"ca", required_argument, NULL, 'A'},
+        {"set", required_argument, NULL, 'E'},    {"shard", required_argument, NULL, 'P'},
+        {"check", no_argument, NULL, 'c'},        {"reproduce", no_argument, NULL, 'r'},
+        {"repeat", required_argument, NULL, 'n'}, {"verbose", no_argument, NULL, 'v'},
+        {"json", no_argument, NULL, 'j'},         {"junit", required_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     const char *ignore[MAX_LIST], *headers[MAX_LIST], *secrets[MAX_LIST];
     const char *sets[MAX_LIST];
@@ -330,6 +323,7 @@ static int run_replay(int argc, char **argv)
             break;
         }
         case 'k': o.insecure = true; break;
+        case 'A': o.ca_file = optarg; break;
         case 'E':
             if (!strchr(optarg, '=') || optarg[0] == '=')
                 return tool_usage_error("replay", "--set %s: expected PATH=VALUE", optarg);

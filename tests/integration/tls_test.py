@@ -271,8 +271,62 @@ async def test_ca_permissions():
     check(rc.returncode == 2 and "wsrr ca init" in rc.stderr, "no CA yet: says how to make one")
 
 
-TESTS = [test_both_legs, test_untrusted_upstream, test_insecure_upstream, test_wrong_name,
-         test_mutual_tls, test_fixed_cert_and_plain_client, test_ca_permissions]
+async def test_replay_and_serve_tls():
+    """A session recorded over TLS replays against a wss server (verified
+    with --ca, refused without it, accepted with --insecure), and wsrr serve
+    --listen-tls plays it to a TLS client."""
+    server = await tls_server()
+    p = Proxy("wss://localhost:%d" % port_of(server), "--upstream-ca", f"{TMP}/upca.pem")
+    async with websockets.connect("ws://127.0.0.1:%d/r" % p.port, ping_interval=None) as ws:
+        for m in ("one", "two"):
+            await ws.send(m)
+            await ws.recv()
+    p.stop()
+    target = "wss://localhost:%d" % port_of(server)
+
+    def replay(*extra):
+        r = subprocess.run([WSRR, "replay", p.capture, "--target", target, "--timeout", "2000"]
+                           + list(extra), capture_output=True, text=True, timeout=60)
+        return r.returncode, r.stdout + r.stderr
+
+    rc, out = await asyncio.to_thread(replay, "--ca", f"{TMP}/upca.pem")
+    check(rc == 0 and out.strip().endswith(": ok"), "replay over wss, verified with --ca (%d): %s"
+          % (rc, out))
+    rc, out = await asyncio.to_thread(replay)
+    check(rc == 1 and "failed: TLS with localhost:" in out and "certificate verify failed" in out,
+          "not trusted by the system store: the connection fails, saying why (%d): %s"
+          % (rc, out))
+    rc, out = await asyncio.to_thread(replay, "--insecure")
+    check(rc == 0, "--insecure: replayed unverified (%d): %s" % (rc, out))
+    server.close()
+
+    sv = subprocess.Popen([WSRR, "serve", p.capture, "--listen", "127.0.0.1:0", "--listen-tls",
+                           "--tls-cert", f"{TMP}/server.pem", "--tls-key", f"{TMP}/server.key",
+                           "--exit-after", "1"], stderr=subprocess.PIPE, text=True)
+    m = re.search(r"listening on 127\.0\.0\.1:(\d+) \(TLS\)", sv.stderr.readline())
+    check(m, "serve says it listens with TLS")
+    got = []
+    if m:
+        async with websockets.connect("wss://localhost:%s/r" % m.group(1),
+                                      ssl=client_ctx(f"{TMP}/upca.pem"),
+                                      ping_interval=None) as ws:
+            for msg in ("one", "two"):
+                await ws.send(msg)
+                got.append(await ws.recv())
+    try:
+        sv.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        sv.kill()
+        sv.wait()
+    err = sv.stderr.read()
+    check(got == ["one", "two"] and sv.returncode == 0,
+          "serve --listen-tls plays the recorded answers over TLS (%r, %d): %s"
+          % (got, sv.returncode, err))
+
+
+TESTS = [test_replay_and_serve_tls, test_both_legs, test_untrusted_upstream,
+         test_insecure_upstream, test_wrong_name, test_mutual_tls,
+         test_fixed_cert_and_plain_client, test_ca_permissions]
 
 
 def main():
