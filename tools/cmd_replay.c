@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <event2/buffer.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,7 @@ static const char usage[] =
     "  --set PATH=VALUE     in client JSON messages that have PATH (dotted), put\n"
     "                       VALUE there (JSON, else a string; @uuid: a fresh\n"
     "                       UUID per run, the same in every message of the run)\n"
+    "  --jobs N             replay N captures at once (reports in list order)\n"
     "  --shard K/N          replay only the captures of shard K of N (the Kth,\n"
     "                       K+Nth, ... of the list): one CI machine each\n"
     "  --secret NAME=VALUE  the value of the redacted secret NAME (a placeholder\n"
@@ -79,7 +81,9 @@ const struct verb verb_replay = {"replay", "replay a capture against a server; d
  * capture's text for --junit. */
 struct sink {
     bool quiet;
-    struct evbuffer *text;
+    struct evbuffer *text; /* the report, for --junit */
+    struct evbuffer *all;  /* quiet (several jobs): what goes to standard output later */
+    bool json;             /* --json: the text report is not printed */
 };
 
 static void say(struct sink *k, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -94,6 +98,11 @@ static void say(struct sink *k, const char *fmt, ...)
     if (k->text) {
         va_start(ap, fmt);
         evbuffer_add_vprintf(k->text, fmt, ap);
+        va_end(ap);
+    }
+    if (k->quiet && k->all && !k->json) {
+        va_start(ap, fmt);
+        evbuffer_add_vprintf(k->all, fmt, ap);
         va_end(ap);
     }
 }
@@ -197,10 +206,12 @@ static void xml_text(FILE *f, const char *p, size_t n)
 }
 
 struct junit_case {
-    char *name;
+    const char *name; /* NULL: not in this shard */
     bool failed;
     double secs;
-    char *text;
+    char *text; /* the report */
+    char *out;  /* what goes to standard output (several jobs) */
+    char *err;  /* the capture could not be replayed */
 };
 
 /* One <testsuite>, a <testcase> per capture; a failing one carries its
@@ -248,24 +259,136 @@ static int write_junit(const char *path, const struct junit_case *c, size_t n, b
     return EXIT_OK;
 }
 
+/* Captures to replay, shared by the workers of --jobs. */
+struct job {
+    char **paths;
+    size_t n;
+    const struct rp_opts *o;
+    const char *const *secrets;
+    size_t nsecrets;
+    bool reproduce, verbose, json, stream;
+    unsigned repeat;
+    uint64_t shard_k, shard_n;
+    struct junit_case *cases;
+    size_t next;
+    pthread_mutex_t mu;
+};
+
+static char *take_text(struct evbuffer *b)
+{
+    size_t n = evbuffer_get_length(b);
+    char *t = malloc(n + 1);
+    if (t) {
+        evbuffer_remove(b, t, n);
+        t[n] = '\0';
+    }
+    return t;
+}
+
+/* Replay capture i repeat times; its report goes to standard output at once
+ * (one job) or into cases[i] (several). */
+static void replay_one(struct job *j, size_t i)
+{
+    struct junit_case *c = &j->cases[i];
+    const char *path = j->paths[i];
+    char err[512];
+    c->name = path;
+    struct rp_session *s = rp_session_load(path, err, sizeof(err));
+    if (!s || rp_session_fill_secrets(s, j->secrets, j->nsecrets, err, sizeof(err)) < 0) {
+        rp_session_free(s);
+        c->err = strdup(err);
+        return;
+    }
+    struct sink k = {.quiet = j->json || !j->stream,
+                     .text = evbuffer_new(),
+                     .all = evbuffer_new(),
+                     .json = j->json};
+    cJSON *jcap = j->json ? cJSON_CreateObject() : NULL;
+    cJSON *jruns = jcap ? cJSON_AddArrayToObject(jcap, "runs") : NULL;
+    uint64_t t0 = wsrr_now_ns();
+    unsigned hits = 0; /* runs that reproduced, or that failed (--check) */
+    for (unsigned run = 1; run <= j->repeat; run++) {
+        struct rp_result res;
+        if (rp_run(s, j->o, &res, err, sizeof(err)) < 0) {
+            c->err = strdup(err);
+            break;
+        }
+        hits += report(&k, path, s, &res, j->reproduce, j->verbose, run, j->repeat, jruns);
+        rp_result_free(&res);
+        if (j->stream)
+            fflush(stdout);
+    }
+    if (j->repeat > 1)
+        say(&k, "%s: %s %u/%u runs (%.0f%%)\n", path, j->reproduce ? "reproduced" : "failed", hits,
+            j->repeat, 100.0 * hits / (double)j->repeat);
+    c->failed = j->reproduce ? hits < j->repeat : hits > 0;
+    c->secs = (double)(wsrr_now_ns() - t0) / 1e9;
+    if (jcap) {
+        cJSON_AddStringToObject(jcap, "capture", path);
+        cJSON_AddStringToObject(jcap, "mode", j->reproduce ? "reproduce" : "check");
+        cJSON_AddNumberToObject(jcap, "repeat", j->repeat);
+        cJSON_AddNumberToObject(jcap, j->reproduce ? "reproduced" : "failed", hits);
+        cJSON_AddBoolToObject(jcap, "ok", !c->failed);
+        char *txt = cJSON_PrintUnformatted(jcap);
+        if (txt && j->stream)
+            puts(txt);
+        else if (txt && k.all)
+            evbuffer_add_printf(k.all, "%s\n", txt);
+        cJSON_free(txt);
+        cJSON_Delete(jcap);
+    }
+    c->text = k.text ? take_text(k.text) : NULL;
+    c->out = k.all ? take_text(k.all) : NULL;
+    if (k.text)
+        evbuffer_free(k.text);
+    if (k.all)
+        evbuffer_free(k.all);
+    rp_session_free(s);
+}
+
+static void *worker(void *arg)
+{
+    struct job *j = arg;
+    for (;;) {
+        pthread_mutex_lock(&j->mu);
+        size_t i = j->next++;
+        pthread_mutex_unlock(&j->mu);
+        if (i >= j->n)
+            return NULL;
+        if (i % j->shard_n == j->shard_k - 1)
+            replay_one(j, i);
+    }
+}
+
 static int run_replay(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"target", required_argument, NULL, 't'}, {"timing", required_argument, NULL, 'T'},
-        {"speed", required_argument, NULL, 'S'},  {"timeout", required_argument, NULL, 'o'},
-        {"gap", required_argument, NULL, 'g'},    {"ignore", required_argument, NULL, 'i'},
-        {"header", required_argument, NULL, 'H'}, {"insecure", no_argument, NULL, 'k'},
-        {"secret", required_argument, NULL, 's'}, {"ca", required_argument, NULL, 'A'},
-        {"set", required_argument, NULL, 'E'},    {"shard", required_argument, NULL, 'P'},
-        {"check", no_argument, NULL, 'c'},        {"reproduce", no_argument, NULL, 'r'},
-        {"repeat", required_argument, NULL, 'n'}, {"verbose", no_argument, NULL, 'v'},
-        {"json", no_argument, NULL, 'j'},         {"junit", required_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"target", required_argument, NULL, 't'},
+        {"timing", required_argument, NULL, 'T'},
+        {"speed", required_argument, NULL, 'S'},
+        {"timeout", required_argument, NULL, 'o'},
+        {"gap", required_argument, NULL, 'g'},
+        {"ignore", required_argument, NULL, 'i'},
+        {"header", required_argument, NULL, 'H'},
+        {"insecure", no_argument, NULL, 'k'},
+        {"secret", required_argument, NULL, 's'},
+        {"ca", required_argument, NULL, 'A'},
+        {"set", required_argument, NULL, 'E'},
+        {"shard", required_argument, NULL, 'P'},
+        {"jobs", required_argument, NULL, 'N'},
+        {"check", no_argument, NULL, 'c'},
+        {"reproduce", no_argument, NULL, 'r'},
+        {"repeat", required_argument, NULL, 'n'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"json", no_argument, NULL, 'j'},
+        {"junit", required_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     const char *ignore[MAX_LIST], *headers[MAX_LIST], *secrets[MAX_LIST];
     const char *sets[MAX_LIST];
     size_t nsecrets = 0;
-    uint64_t shard_k = 1, shard_n = 1;
+    uint64_t shard_k = 1, shard_n = 1, jobs = 1;
     struct rp_opts o = {.timing = RP_CAUSAL,
                         .gap_us = 2000,
                         .speed = 1,
@@ -324,6 +447,10 @@ static int run_replay(int argc, char **argv)
         }
         case 'k': o.insecure = true; break;
         case 'A': o.ca_file = optarg; break;
+        case 'N':
+            if (!tool_parse_u64(optarg, 64, &jobs) || !jobs)
+                return tool_usage_error("replay", "--jobs %s: expected 1..64", optarg);
+            break;
         case 'E':
             if (!strchr(optarg, '=') || optarg[0] == '=')
                 return tool_usage_error("replay", "--set %s: expected PATH=VALUE", optarg);
@@ -371,77 +498,60 @@ static int run_replay(int argc, char **argv)
     if (rp_check_target(o.target, terr, sizeof(terr)) < 0)
         return tool_usage_error("replay", "%s", terr);
 
-    int status = EXIT_OK;
-    size_t ncases = (size_t)(argc - optind);
-    struct junit_case *cases = calloc(ncases, sizeof(*cases));
-    if (!cases)
+    struct job j = {.paths = argv + optind,
+                    .n = (size_t)(argc - optind),
+                    .o = &o,
+                    .secrets = secrets,
+                    .nsecrets = nsecrets,
+                    .reproduce = reproduce,
+                    .verbose = verbose,
+                    .json = json,
+                    .repeat = (unsigned)repeat,
+                    .shard_k = shard_k,
+                    .shard_n = shard_n,
+                    .stream = jobs == 1};
+    if (!(j.cases = calloc(j.n, sizeof(*j.cases))))
         return tool_fail("replay", EXIT_BAD_INPUT, "out of memory");
-    for (int a = optind; a < argc && status != EXIT_BAD_INPUT; a++) {
-        if ((uint64_t)(a - optind) % shard_n != shard_k - 1)
-            continue;
-        char err[512];
-        struct rp_session *s = rp_session_load(argv[a], err, sizeof(err));
-        if (!s || rp_session_fill_secrets(s, secrets, nsecrets, err, sizeof(err)) < 0) {
-            rp_session_free(s);
-            status = tool_fail("replay", EXIT_BAD_INPUT, "%s", err);
-            break;
-        }
-        struct sink k = {.quiet = json, .text = junit ? evbuffer_new() : NULL};
-        cJSON *jcap = json ? cJSON_CreateObject() : NULL;
-        cJSON *jruns = jcap ? cJSON_AddArrayToObject(jcap, "runs") : NULL;
-        uint64_t t0 = wsrr_now_ns();
-        unsigned hits = 0; /* runs that reproduced, or that failed (--check) */
-        for (unsigned run = 1; run <= repeat; run++) {
-            struct rp_result res;
-            if (rp_run(s, &o, &res, err, sizeof(err)) < 0) {
-                status = tool_fail("replay", EXIT_BAD_INPUT, "%s", err);
-                break;
-            }
-            hits += report(&k, argv[a], s, &res, reproduce, verbose, run, (unsigned)repeat, jruns);
-            rp_result_free(&res);
-            fflush(stdout);
-        }
-        if (repeat > 1)
-            say(&k, "%s: %s %u/%u runs (%.0f%%)\n", argv[a], reproduce ? "reproduced" : "failed",
-                hits, (unsigned)repeat, 100.0 * hits / (double)repeat);
-        bool bad = reproduce ? hits < repeat : hits > 0;
-        if (bad && status == EXIT_OK)
-            status = EXIT_FAILURE_FOUND;
-        if (jcap) {
-            cJSON_AddStringToObject(jcap, "capture", argv[a]);
-            cJSON_AddStringToObject(jcap, "mode", reproduce ? "reproduce" : "check");
-            cJSON_AddNumberToObject(jcap, "repeat", (double)repeat);
-            cJSON_AddNumberToObject(jcap, reproduce ? "reproduced" : "failed", hits);
-            cJSON_AddBoolToObject(jcap, "ok", !bad);
-            char *txt = cJSON_PrintUnformatted(jcap);
-            if (txt)
-                puts(txt);
-            cJSON_free(txt);
-            cJSON_Delete(jcap);
-        }
-        cases[a - optind].name = argv[a];
-        cases[a - optind].failed = bad;
-        cases[a - optind].secs = (double)(wsrr_now_ns() - t0) / 1e9;
-        if (k.text) {
-            size_t n = evbuffer_get_length(k.text);
-            if ((cases[a - optind].text = malloc(n + 1))) {
-                evbuffer_remove(k.text, cases[a - optind].text, n);
-                cases[a - optind].text[n] = '\0';
-            }
-            evbuffer_free(k.text);
-        }
-        rp_session_free(s);
+    pthread_mutex_init(&j.mu, NULL);
+    if (jobs == 1) {
+        worker(&j);
+    } else {
+        pthread_t t[64];
+        size_t nt = jobs < j.n ? jobs : j.n, started = 0;
+        for (size_t i = 0; i < nt; i++)
+            started += pthread_create(&t[started], NULL, worker, &j) == 0;
+        if (!started)
+            worker(&j);
+        for (size_t i = 0; i < started; i++)
+            pthread_join(t[i], NULL);
     }
+    pthread_mutex_destroy(&j.mu);
+    int status = EXIT_OK;
+    for (size_t i = 0; i < j.n; i++) {
+        struct junit_case *c = &j.cases[i];
+        if (!j.stream && c->out)
+            fputs(c->out, stdout);
+        if (c->err) {
+            tool_fail("replay", EXIT_BAD_INPUT, "%s", c->err);
+            status = EXIT_BAD_INPUT;
+        } else if (c->failed && status == EXIT_OK) {
+            status = EXIT_FAILURE_FOUND;
+        }
+    }
+    fflush(stdout);
     if (junit && status != EXIT_BAD_INPUT) {
-        for (size_t i = 0; i < ncases; i++)
-            if (!cases[i].text)
-                cases[i].text = strdup("");
-        int rc = write_junit(junit, cases, ncases, reproduce);
+        for (size_t i = 0; i < j.n; i++)
+            if (!j.cases[i].text)
+                j.cases[i].text = strdup("");
+        int rc = write_junit(junit, j.cases, j.n, reproduce);
         if (rc != EXIT_OK)
             status = rc;
     }
-    for (size_t i = 0; i < ncases; i++)
-        free(cases[i].text);
-    free(cases);
+    for (size_t i = 0; i < j.n; i++) {
+        free(j.cases[i].text);
+        free(j.cases[i].out);
+        free(j.cases[i].err);
+    }
+    free(j.cases);
     return status;
 }

@@ -599,6 +599,12 @@ async def test_set_and_shard():
         outs.append((rc, out.strip(), tests, [c[0] for c in cases]))
     check(outs == [(0, cap + ": ok", 1, [cap]), (0, cap2 + ": ok", 1, [cap2])],
           "--shard 1/2 and 2/2 split the list: %r" % outs)
+    rc, out, err = await wsrr("replay", cap, cap2, cap, "--target", target, "--jobs", "2",
+                              "--json")
+    lines = [json.loads(line) for line in out.splitlines()]
+    check(rc == 0 and [(x["capture"], x["ok"]) for x in lines] == [(cap, True), (cap2, True),
+                                                                  (cap, True)],
+          "--jobs 2: every capture replayed, reports in list order (%d): %s" % (rc, out + err))
     rc, out, err = await wsrr("replay", cap, "--target", target, "--shard", "3/2")
     check(rc == 2 and "--shard" in err, "--shard 3/2 refused (%d): %r" % (rc, err))
     server.close()
