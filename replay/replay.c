@@ -312,14 +312,50 @@ static void shorten(char *out, size_t cap, const uint8_t *p, size_t n)
     out[k] = '\0';
 }
 
+/* Is this server message one --extra lets pass uncounted (a heartbeat)? */
+static bool extra_ok(const struct run *r, uint8_t op, const uint8_t *p, size_t n)
+{
+    cJSON *j = NULL;
+    bool ok = false;
+    for (size_t i = 0; i < r->o->nextras && !ok; i++) {
+        const char *pat = r->o->extras[i], *eq = strchr(pat, '=');
+        if (!strcmp(pat, "*")) {
+            ok = true;
+            break;
+        }
+        if (!eq || op != WSRR_OP_TEXT)
+            continue;
+        if (!j && !(j = cJSON_ParseWithLength((const char *)p, n)))
+            break;
+        char path[256];
+        snprintf(path, sizeof(path), "%.*s", (int)(eq - pat), pat);
+        const cJSON *have = rp_json_get(j, path);
+        cJSON *want = cJSON_Parse(eq + 1);
+        if (!want)
+            want = cJSON_CreateString(eq + 1);
+        ok = have && want && cJSON_Compare(have, want, true);
+        cJSON_Delete(want);
+    }
+    cJSON_Delete(j);
+    return ok;
+}
+
 static void on_message(struct rconn *c, const uint8_t *p, size_t n)
 {
     struct run *r = c->run;
     struct rp_conn_result *cr = &r->res->conns[c->idx];
-    uint32_t nth = ++c->received;
-    if (cr->diverged)
+    uint32_t nth = c->received + 1;
+    const struct rp_step *want = nth <= c->nexpect ? &r->s->steps[c->expect[nth - 1]] : NULL;
+    bool same = want && rp_same_message(r->o->ignore, r->o->nignore, want->opcode, want->data,
+                                        want->len, c->msg_op, p, n);
+    if (!same && r->o->nextras && extra_ok(r, c->msg_op, p, n)) {
+        cr->extras++; /* not counted, not compared: it does not satisfy a wait either */
         return;
-    if (nth > c->nexpect) {
+    }
+    c->received = nth;
+    if (cr->diverged || same)
+        return;
+    if (!want) {
         if (rp_outcome_failed(&r->s->conns[c->idx].rec))
             return; /* the recording failed here; this run got further */
         cr->diverged = true;
@@ -328,15 +364,11 @@ static void on_message(struct rconn *c, const uint8_t *p, size_t n)
         shorten(cr->received, sizeof(cr->received), p, n);
         return;
     }
-    const struct rp_step *want = &r->s->steps[c->expect[nth - 1]];
-    if (!rp_same_message(r->o->ignore, r->o->nignore, want->opcode, want->data, want->len,
-                         c->msg_op, p, n)) {
-        cr->diverged = true;
-        cr->div_nth = nth;
-        shorten(cr->expected, sizeof(cr->expected), want->data, want->len);
-        shorten(cr->received, sizeof(cr->received), p, n);
-        vlog(r, "connection %u: message %u differs", r->s->conns[c->idx].id, nth);
-    }
+    cr->diverged = true;
+    cr->div_nth = nth;
+    shorten(cr->expected, sizeof(cr->expected), want->data, want->len);
+    shorten(cr->received, sizeof(cr->received), p, n);
+    vlog(r, "connection %u: message %u differs", r->s->conns[c->idx].id, nth);
 }
 
 static void on_frame_end(struct rconn *c, const struct wsrr_frame_event *ev)

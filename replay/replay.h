@@ -30,8 +30,11 @@ struct rp_opts {
     const char **ignore; /* JSON paths left out of comparisons ("ts", "data.id") */
     size_t nignore;
     const char **headers; /* "Name: value", added or replacing the recorded one */
-    const char **sets;    /* "PATH=VALUE": in client JSON messages that have PATH, its value
-                             becomes VALUE (JSON, or else a string; "@uuid" a fresh one per run) */
+    const char **extras;  /* server messages let pass uncounted when they differ from the
+                             expected one: "PATH=VALUE" (JSON) or "*" (any) */
+    size_t nextras;
+    const char **sets; /* "PATH=VALUE": in client JSON messages that have PATH, its value
+                          becomes VALUE (JSON, or else a string; "@uuid" a fresh one per run) */
     size_t nsets;
     size_t nheaders;
     bool insecure;       /* wss: do not verify the server's certificate */
@@ -42,6 +45,7 @@ struct rp_opts {
 /* What one run saw, per connection of the session. */
 struct rp_conn_result {
     struct rp_outcome out;
+    uint32_t extras;    /* server messages let pass by --extra */
     bool diverged;      /* a server message differed from the recorded one */
     uint32_t div_nth;   /* the first such message, 1-based */
     char expected[160]; /* its recorded and received payloads, shortened */

@@ -512,6 +512,17 @@ static void drop_path(cJSON *j, const char *path)
     }
 }
 
+const cJSON *rp_json_get(const cJSON *j, const char *path)
+{
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", path);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ".", &save); j && tok; tok = strtok_r(NULL, ".", &save))
+        j = cJSON_IsArray(j) ? cJSON_GetArrayItem(j, atoi(tok))
+                             : cJSON_GetObjectItemCaseSensitive(j, tok);
+    return j;
+}
+
 bool rp_json_set(cJSON *j, const char *path, cJSON *v)
 {
     char buf[256];

@@ -39,6 +39,10 @@ static const char usage[] =
     "                       in the recorded order (default 2; 0: back to back)\n"
     "  --ignore PATH        leave this JSON path out when comparing server\n"
     "                       messages (\"ts\", \"data.run_id\"); repeatable\n"
+    "  --extra PATH=VALUE   a server message that is not the one expected but has\n"
+    "                       VALUE at PATH (a heartbeat: --extra type=heartbeat)\n"
+    "                       is let pass: not counted, not compared; '*' lets any\n"
+    "                       such message pass; repeatable\n"
     "  -H, --header 'N: V'  add this header, replacing a recorded one; repeatable\n"
     "  --ca FILE            wss: verify the server's certificate against this CA\n"
     "                       (PEM; default: the system's trust store)\n"
@@ -126,6 +130,8 @@ static cJSON *conn_json(const struct rp_session *s, const struct rp_result *res,
         cJSON_AddStringToObject(j, "detail", cr->out.reason);
     }
     cJSON_AddNumberToObject(j, "messages", cr->out.messages);
+    if (cr->extras)
+        cJSON_AddNumberToObject(j, "extra", cr->extras);
     cJSON_AddBoolToObject(j, "failed", rp_outcome_failed(&cr->out));
     if (cr->diverged) {
         cJSON *d = cJSON_AddObjectToObject(j, "diverged");
@@ -363,30 +369,20 @@ static void *worker(void *arg)
 static int run_replay(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"target", required_argument, NULL, 't'},
-        {"timing", required_argument, NULL, 'T'},
-        {"speed", required_argument, NULL, 'S'},
-        {"timeout", required_argument, NULL, 'o'},
-        {"gap", required_argument, NULL, 'g'},
-        {"ignore", required_argument, NULL, 'i'},
-        {"header", required_argument, NULL, 'H'},
-        {"insecure", no_argument, NULL, 'k'},
-        {"secret", required_argument, NULL, 's'},
-        {"ca", required_argument, NULL, 'A'},
-        {"set", required_argument, NULL, 'E'},
-        {"shard", required_argument, NULL, 'P'},
-        {"jobs", required_argument, NULL, 'N'},
-        {"check", no_argument, NULL, 'c'},
-        {"reproduce", no_argument, NULL, 'r'},
-        {"repeat", required_argument, NULL, 'n'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"json", no_argument, NULL, 'j'},
-        {"junit", required_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"target", required_argument, NULL, 't'}, {"timing", required_argument, NULL, 'T'},
+        {"speed", required_argument, NULL, 'S'},  {"timeout", required_argument, NULL, 'o'},
+        {"gap", required_argument, NULL, 'g'},    {"ignore", required_argument, NULL, 'i'},
+        {"header", required_argument, NULL, 'H'}, {"insecure", no_argument, NULL, 'k'},
+        {"secret", required_argument, NULL, 's'}, {"ca", required_argument, NULL, 'A'},
+        {"set", required_argument, NULL, 'E'},    {"shard", required_argument, NULL, 'P'},
+        {"jobs", required_argument, NULL, 'N'},   {"extra", required_argument, NULL, 'X'},
+        {"check", no_argument, NULL, 'c'},        {"reproduce", no_argument, NULL, 'r'},
+        {"repeat", required_argument, NULL, 'n'}, {"verbose", no_argument, NULL, 'v'},
+        {"json", no_argument, NULL, 'j'},         {"junit", required_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     const char *ignore[MAX_LIST], *headers[MAX_LIST], *secrets[MAX_LIST];
-    const char *sets[MAX_LIST];
+    const char *sets[MAX_LIST], *extras[MAX_LIST];
     size_t nsecrets = 0;
     uint64_t shard_k = 1, shard_n = 1, jobs = 1;
     struct rp_opts o = {.timing = RP_CAUSAL,
@@ -395,7 +391,8 @@ static int run_replay(int argc, char **argv)
                         .timeout_ms = 5000,
                         .ignore = ignore,
                         .headers = headers,
-                        .sets = sets};
+                        .sets = sets,
+                        .extras = extras};
     bool reproduce = false, verbose = false, json = false;
     const char *junit = NULL;
     uint64_t repeat = 1, v;
@@ -447,6 +444,13 @@ static int run_replay(int argc, char **argv)
         }
         case 'k': o.insecure = true; break;
         case 'A': o.ca_file = optarg; break;
+        case 'X':
+            if (strcmp(optarg, "*") && (!strchr(optarg, '=') || optarg[0] == '='))
+                return tool_usage_error("replay", "--extra %s: expected PATH=VALUE or '*'", optarg);
+            if (o.nextras == MAX_LIST)
+                return tool_usage_error("replay", "more than %d --extra", MAX_LIST);
+            extras[o.nextras++] = optarg;
+            break;
         case 'N':
             if (!tool_parse_u64(optarg, 64, &jobs) || !jobs)
                 return tool_usage_error("replay", "--jobs %s: expected 1..64", optarg);

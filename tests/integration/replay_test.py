@@ -208,6 +208,48 @@ async def test_json_compare():
     server.close()
 
 
+async def heartbeat_handler(ws, path=None):
+    """stamp_handler with a heartbeat before every answer (a server that
+    added heartbeats since the capture was recorded)."""
+    n = 0
+    async for msg in ws:
+        n += 1
+        await ws.send(json.dumps({"type": "heartbeat", "meta": {"ts": time.time()}}))
+        await ws.send(json.dumps({"type": "ack", "n": n, "echo": msg,
+                                  "meta": {"ts": time.time()}}))
+
+
+async def test_extra_messages():
+    server = await websockets.serve(stamp_handler, "127.0.0.1", 0, ping_interval=None)
+    port = server.sockets[0].getsockname()[1]
+    cap = os.path.join(TMP, "extra.wsrr")
+    px = proxy(port, cap)
+    async with websockets.connect("ws://127.0.0.1:%s/s" % px.m.group(1),
+                                  ping_interval=None) as ws:
+        for i in range(3):
+            await ws.send("m%d" % i)
+            await ws.recv()
+    px.stop()
+    server.close()
+    hb = await websockets.serve(heartbeat_handler, "127.0.0.1", 0, ping_interval=None)
+    target = "ws://127.0.0.1:%d" % hb.sockets[0].getsockname()[1]
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--ignore", "meta")
+    check(rc == 1 and "server message 1 differs" in out and "heartbeat" in out,
+          "an added heartbeat is a divergence (%d): %s" % (rc, out))
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--ignore", "meta",
+                              "--extra", "type=heartbeat", "--json")
+    conns = json.loads(out)["runs"][0]["connections"] if rc == 0 else []
+    check(rc == 0 and conns and conns[0]["extra"] == 3 and conns[0]["messages"] == 3,
+          "--extra type=heartbeat: let pass, counted apart (%d): %s" % (rc, out + err))
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--ignore", "meta",
+                              "--extra", "*")
+    check(rc == 0, "--extra '*' too (%d): %s" % (rc, out + err))
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--ignore", "meta",
+                              "--extra", "type=other")
+    check(rc == 1, "a pattern the heartbeat does not match: still a divergence (%d)" % rc)
+    hb.close()
+
+
 async def silent_handler(ws, path=None):
     try:
         async for msg in ws:
@@ -611,8 +653,8 @@ async def test_set_and_shard():
 
 
 TESTS = [test_demo_race, test_demo_verb, test_race_agent, test_race_chat, test_serve_demo,
-         test_serve_race_and_strict, test_json_compare, test_timeout, test_secrets,
-         test_set_and_shard, test_bad_input]
+         test_serve_race_and_strict, test_json_compare, test_extra_messages, test_timeout,
+         test_secrets, test_set_and_shard, test_bad_input]
 
 
 def main():
