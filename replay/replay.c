@@ -42,7 +42,9 @@ struct rconn {
     uint32_t *expect;  /* step index of each recorded server message */
     uint32_t nexpect;
     bool close_sent, close_rcvd, ended;
-    bool failure_gone; /* its recorded failure did not come back in time */
+    bool failure_gone;  /* its recorded failure did not come back in time */
+    uint16_t sent_code; /* the close frame we sent */
+    char sent_reason[124];
     /* asap and recorded: its own steps, a cursor, a timer */
     size_t *steps, nsteps, cur, last_send;
     struct event *timer;
@@ -157,10 +159,15 @@ static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t 
 
 static void send_close(struct rconn *c, uint16_t code, const uint8_t *reason, size_t rlen)
 {
-    uint8_t pl[125];
+    uint8_t pl[125] = {0};
     size_t n =
         code ? wsrr_close_payload(pl, code, (const char *)reason, rlen > 123 ? 123 : rlen) : 0;
     send_frame(c, WSRR_OP_CLOSE, true, pl, n);
+    c->sent_code = code;
+    c->sent_reason[0] = '\0';
+    if (n > 2)
+        snprintf(c->sent_reason, sizeof(c->sent_reason), "%.*s", (int)(n - 2),
+                 (const char *)pl + 2);
 }
 
 /* A whole text message that is JSON, with --set applied to the paths it
@@ -566,6 +573,13 @@ static void client_step(struct run *r, const struct rp_step *st)
     struct rconn *c = &r->c[st->conn];
     if (c->st == RC_DONE)
         return; /* it ended earlier than recorded: the rest of it cannot happen */
+    if (r->o->log && st->kind == RP_SEND)
+        vlog(r, "#%llu connection %u: sends %s%s (%zu bytes)%s", (unsigned long long)st->seq,
+             r->s->conns[st->conn].id, wsrr_opcode_name(st->opcode), st->fin ? "" : " (not final)",
+             st->len, c->st == RC_OPEN ? "" : ", queued until the upgrade");
+    else if (r->o->log && st->kind == RP_HANGUP)
+        vlog(r, "#%llu connection %u: the client hangs up", (unsigned long long)st->seq,
+             r->s->conns[st->conn].id);
     switch (st->kind) {
     case RP_OPEN:
         if (c->st == RC_IDLE)
@@ -586,8 +600,13 @@ static void client_step(struct run *r, const struct rp_step *st)
             break;
         }
         if (c->st == RC_OPEN && !c->close_rcvd && out_of(c)->end == RP_END_OPEN) {
-            out_of(c)->end = RP_END_ABNORMAL; /* the client hung up, as recorded */
-            out_of(c)->by_server = false;
+            /* the client hung up, as recorded: after its close frame, a
+             * close of its own; without one, an abnormal end */
+            struct rp_outcome *o = out_of(c);
+            o->by_server = false;
+            o->end = c->close_sent ? RP_END_CLOSED : RP_END_ABNORMAL;
+            o->code = c->close_sent ? c->sent_code : 0;
+            snprintf(o->reason, sizeof(o->reason), "%s", c->close_sent ? c->sent_reason : "");
         }
         if (c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
             conn_done(c);
@@ -642,6 +661,13 @@ static bool advance_causal(struct run *r)
     while (r->next < s->nsteps) {
         const struct rp_step *st = &s->steps[r->next];
         if (server_step(st->kind) && !happened(r, st)) {
+            if (r->timer_step != r->next)
+                vlog(r, "#%llu waits for connection %u: %s", (unsigned long long)st->seq,
+                     s->conns[st->conn].id,
+                     st->kind == RP_MESSAGE    ? "a server message"
+                     : st->kind == RP_UPGRADED ? "the upgrade's answer"
+                     : st->kind == RP_CLOSE    ? "the server's close"
+                                               : "the end of the server's transport");
             arm(r->timer, &r->timer_step, r->next, r->o->timeout_ms);
             return false;
         }

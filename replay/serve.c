@@ -138,7 +138,7 @@ static void send_frame(struct sconn *c, uint8_t opcode, const uint8_t *p, size_t
 
 static void send_close(struct sconn *c, uint16_t code, const uint8_t *reason, size_t rlen)
 {
-    uint8_t pl[125];
+    uint8_t pl[125] = {0};
     size_t n =
         code ? wsrr_close_payload(pl, code, (const char *)reason, rlen > 123 ? 123 : rlen) : 0;
     send_frame(c, WSRR_OP_CLOSE, pl, n);
