@@ -10,6 +10,7 @@
 #include "wsrr/common.h"
 #include "wsrr/frame.h"
 #include "wsrr/handshake.h"
+#include "wsrr/tap.h"
 #include "wsrr/tls.h"
 
 #include <cjson/cJSON.h>
@@ -42,8 +43,9 @@ struct rconn {
     uint32_t *expect;  /* step index of each recorded server message */
     uint32_t nexpect;
     bool close_sent, close_rcvd, ended;
-    bool failure_gone;  /* its recorded failure did not come back in time */
-    uint16_t sent_code; /* the close frame we sent */
+    bool failure_gone;    /* its recorded failure did not come back in time */
+    struct wsrr_tap *tap; /* --record */
+    uint16_t sent_code;   /* the close frame we sent */
     char sent_reason[124];
     /* asap and recorded: its own steps, a cursor, a timer */
     size_t *steps, nsteps, cur, last_send;
@@ -99,6 +101,17 @@ static void conn_done(struct rconn *c)
         return;
     c->st = RC_DONE;
     out_of(c)->messages = c->received;
+    if (c->tap) {
+        const struct rp_outcome *o = out_of(c);
+        if (o->end == RP_END_RESET)
+            wsrr_tap_tcp(c->tap, WSRR_LEG_UPSTREAM, WSRR_TCP_RST, ECONNRESET, NULL, WSRR_TS_NOW);
+        else if (o->end == RP_END_TIMEOUT || o->end == RP_END_FAILED)
+            wsrr_tap_note(c->tap, WSRR_TS_NOW, "replay: %s", o->reason);
+        wsrr_tap_tcp(c->tap, WSRR_LEG_CLIENT, WSRR_TCP_CLOSED, 0, "replay closed it", WSRR_TS_NOW);
+        wsrr_tap_end(c->tap, WSRR_TS_NOW);
+        wsrr_tap_free(c->tap);
+        c->tap = NULL;
+    }
     if (c->bev) {
         bufferevent_free(c->bev);
         c->bev = NULL;
@@ -151,6 +164,11 @@ static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t 
     evbuffer_add(dst, hdr, hl);
     if (n)
         evbuffer_add(dst, body, n);
+    if (c->tap) {
+        wsrr_tap_feed(c->tap, WSRR_DIR_C2S, hdr, hl, WSRR_TS_NOW);
+        if (n)
+            wsrr_tap_feed(c->tap, WSRR_DIR_C2S, body, n, WSRR_TS_NOW);
+    }
     free(body);
     if (opcode == WSRR_OP_CLOSE)
         c->close_sent = true;
@@ -446,10 +464,22 @@ static void read_frames(struct rconn *c, struct evbuffer *in)
     }
 }
 
+/* --record: what the server sent, as it came (the input holds only new
+ * bytes here: every read before drained what it parsed) */
+static void record_input(struct rconn *c, struct evbuffer *in)
+{
+    struct evbuffer_iovec v[16];
+    int k = evbuffer_peek(in, -1, NULL, v, 16);
+    for (int i = 0; i < k && i < 16; i++)
+        wsrr_tap_feed(c->tap, WSRR_DIR_S2C, v[i].iov_base, v[i].iov_len, WSRR_TS_NOW);
+}
+
 static void on_read(struct bufferevent *bev, void *arg)
 {
     struct rconn *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
+    if (c->tap)
+        record_input(c, in);
     if (c->st == RC_HANDSHAKE) {
         size_t n = evbuffer_get_length(in);
         ssize_t k = wsrr_http_parse(&c->hp, evbuffer_pullup(in, -1), n);
@@ -539,6 +569,25 @@ static int open_conn(struct rconn *c)
     if (build_request(c, bufferevent_get_output(c->bev), why, sizeof(why)) < 0) {
         conn_fail(c, RP_END_FAILED, why);
         return -1;
+    }
+    if (r->o->record) {
+        struct wsrr_tap_opts to = {.redact = r->o->redact};
+        c->tap = wsrr_tap_new(r->o->record, r->o->conn_base + c->idx + 1, &to);
+    }
+    if (c->tap) {
+        struct wsrr_rec_open op = {0};
+        op.client = (struct wsrr_span){(const uint8_t *)"wsrr replay", 11};
+        op.upstream = (struct wsrr_span){(const uint8_t *)r->o->target, strlen(r->o->target)};
+        if (r->tls)
+            op.flags |= WSRR_OF_UPSTREAM_TLS | (r->o->insecure ? WSRR_OF_UPSTREAM_INSECURE : 0);
+        wsrr_tap_open(c->tap, &op, WSRR_TS_NOW);
+        wsrr_tap_note(c->tap, WSRR_TS_NOW, "replay of connection %u of %s", r->s->conns[c->idx].id,
+                      r->s->path);
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        struct evbuffer_iovec v[4];
+        int k = evbuffer_peek(out, -1, NULL, v, 4);
+        for (int i = 0; i < k && i < 4; i++)
+            wsrr_tap_feed(c->tap, WSRR_DIR_C2S, v[i].iov_base, v[i].iov_len, WSRR_TS_NOW);
     }
     if (bufferevent_socket_connect_hostname(c->bev, NULL, AF_UNSPEC, r->host, r->port) < 0) {
         conn_fail(c, RP_END_FAILED, "cannot start connecting");
@@ -889,6 +938,8 @@ out:
         struct rconn *c = &r.c[i];
         if (c->st != RC_IDLE && c->st != RC_DONE)
             res->conns[i].out.messages = c->received;
+        if (c->st != RC_IDLE && c->st != RC_DONE)
+            conn_done(c); /* still open at the end: its records are finished */
         if (c->bev)
             bufferevent_free(c->bev);
         if (c->msg)

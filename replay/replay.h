@@ -16,6 +16,9 @@
 
 #include "session.h"
 
+#include "wsrr/capture.h"
+#include "wsrr/redact.h"
+
 #include <stdio.h>
 
 enum rp_timing { RP_CAUSAL, RP_RECORDED, RP_ASAP };
@@ -39,7 +42,10 @@ struct rp_opts {
     size_t nheaders;
     bool insecure;       /* wss: do not verify the server's certificate */
     const char *ca_file; /* wss: verify the server against this CA (default: the system's) */
-    FILE *log;           /* --verbose: every step as it runs; NULL: quiet */
+    struct wsrr_capture_writer *record; /* --record: the run's own traffic, NULL: none */
+    const struct wsrr_redactor *redact; /* ... with secrets redacted (NULL: as they are) */
+    uint32_t conn_base;                 /* ... connection ids from conn_base + 1 */
+    FILE *log;                          /* --verbose: every step as it runs; NULL: quiet */
 };
 
 /* What one run saw, per connection of the session. */

@@ -3,7 +3,10 @@
 #include "replay.h"
 #include "tool.h"
 
+#include "wsrr-config.h"
+#include "wsrr/capture.h"
 #include "wsrr/common.h"
+#include "wsrr/redact.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -50,6 +53,9 @@ static const char usage[] =
     "  --set PATH=VALUE     in client JSON messages that have PATH (dotted), put\n"
     "                       VALUE there (JSON, else a string; @uuid: a fresh\n"
     "                       UUID per run, the same in every message of the run)\n"
+    "  --record OUT         write the runs' own traffic to the capture OUT (every\n"
+    "                       run's connections, numbered on; secrets redacted\n"
+    "                       unless --no-redact); --force replaces OUT\n"
     "  --jobs N             replay N captures at once (reports in list order)\n"
     "  --shard K/N          replay only the captures of shard K of N (the Kth,\n"
     "                       K+Nth, ... of the list): one CI machine each\n"
@@ -273,6 +279,7 @@ struct job {
     const char *const *secrets;
     size_t nsecrets;
     bool reproduce, verbose, json, stream;
+    uint32_t conn_base; /* --record: ids used by the runs so far */
     unsigned repeat;
     uint64_t shard_k, shard_n;
     struct junit_case *cases;
@@ -315,7 +322,10 @@ static void replay_one(struct job *j, size_t i)
     unsigned hits = 0; /* runs that reproduced, or that failed (--check) */
     for (unsigned run = 1; run <= j->repeat; run++) {
         struct rp_result res;
-        if (rp_run(s, j->o, &res, err, sizeof(err)) < 0) {
+        struct rp_opts o = *j->o;
+        o.conn_base = j->conn_base;
+        j->conn_base += (uint32_t)s->nconns;
+        if (rp_run(s, &o, &res, err, sizeof(err)) < 0) {
             c->err = strdup(err);
             break;
         }
@@ -369,22 +379,38 @@ static void *worker(void *arg)
 static int run_replay(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"target", required_argument, NULL, 't'}, {"timing", required_argument, NULL, 'T'},
-        {"speed", required_argument, NULL, 'S'},  {"timeout", required_argument, NULL, 'o'},
-        {"gap", required_argument, NULL, 'g'},    {"ignore", required_argument, NULL, 'i'},
-        {"header", required_argument, NULL, 'H'}, {"insecure", no_argument, NULL, 'k'},
-        {"secret", required_argument, NULL, 's'}, {"ca", required_argument, NULL, 'A'},
-        {"set", required_argument, NULL, 'E'},    {"shard", required_argument, NULL, 'P'},
-        {"jobs", required_argument, NULL, 'N'},   {"extra", required_argument, NULL, 'X'},
-        {"check", no_argument, NULL, 'c'},        {"reproduce", no_argument, NULL, 'r'},
-        {"repeat", required_argument, NULL, 'n'}, {"verbose", no_argument, NULL, 'v'},
-        {"json", no_argument, NULL, 'j'},         {"junit", required_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"target", required_argument, NULL, 't'},
+        {"timing", required_argument, NULL, 'T'},
+        {"speed", required_argument, NULL, 'S'},
+        {"timeout", required_argument, NULL, 'o'},
+        {"gap", required_argument, NULL, 'g'},
+        {"ignore", required_argument, NULL, 'i'},
+        {"header", required_argument, NULL, 'H'},
+        {"insecure", no_argument, NULL, 'k'},
+        {"secret", required_argument, NULL, 's'},
+        {"ca", required_argument, NULL, 'A'},
+        {"set", required_argument, NULL, 'E'},
+        {"shard", required_argument, NULL, 'P'},
+        {"jobs", required_argument, NULL, 'N'},
+        {"record", required_argument, NULL, 'R'},
+        {"force", no_argument, NULL, 'F'},
+        {"no-redact", no_argument, NULL, 'U'},
+        {"extra", required_argument, NULL, 'X'},
+        {"check", no_argument, NULL, 'c'},
+        {"reproduce", no_argument, NULL, 'r'},
+        {"repeat", required_argument, NULL, 'n'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"json", no_argument, NULL, 'j'},
+        {"junit", required_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     const char *ignore[MAX_LIST], *headers[MAX_LIST], *secrets[MAX_LIST];
     const char *sets[MAX_LIST], *extras[MAX_LIST];
     size_t nsecrets = 0;
     uint64_t shard_k = 1, shard_n = 1, jobs = 1;
+    const char *record = NULL;
+    bool force = false, redact = true;
     struct rp_opts o = {.timing = RP_CAUSAL,
                         .gap_us = 2000,
                         .speed = 1,
@@ -451,6 +477,9 @@ static int run_replay(int argc, char **argv)
                 return tool_usage_error("replay", "more than %d --extra", MAX_LIST);
             extras[o.nextras++] = optarg;
             break;
+        case 'R': record = optarg; break;
+        case 'F': force = true; break;
+        case 'U': redact = false; break;
         case 'N':
             if (!tool_parse_u64(optarg, 64, &jobs) || !jobs)
                 return tool_usage_error("replay", "--jobs %s: expected 1..64", optarg);
@@ -502,6 +531,45 @@ static int run_replay(int argc, char **argv)
     if (rp_check_target(o.target, terr, sizeof(terr)) < 0)
         return tool_usage_error("replay", "%s", terr);
 
+    struct tool_output output = {0};
+    struct wsrr_redactor *red = NULL;
+    if (record) {
+        if (jobs > 1)
+            return tool_usage_error("replay", "--record takes one job at a time (no --jobs)");
+        /* the command line, without the secrets it carries: --secret
+         * values and --header values are starred */
+        char line[2048] = "wsrr";
+        for (int i = 0; i < argc; i++) {
+            size_t n = strlen(line);
+            const char *prev = i ? argv[i - 1] : "", *a = argv[i];
+            bool secret = !strcmp(prev, "--secret") || !strncmp(a, "--secret=", 9);
+            bool header = !strcmp(prev, "--header") || !strcmp(prev, "-H") ||
+                          !strncmp(a, "--header=", 9) || (!strncmp(a, "-H", 2) && a[2]);
+            const char *from = !strncmp(a, "--secret=", 9) || !strncmp(a, "--header=", 9) ? a + 9
+                               : !strncmp(a, "-H", 2) && a[2]                             ? a + 2
+                                                                                          : a;
+            const char *cut = secret ? strchr(from, '=') : header ? strchr(from, ':') : NULL;
+            if (cut)
+                snprintf(line + n, sizeof(line) - n, " %.*s%c***", (int)(cut - a), a, *cut);
+            else
+                snprintf(line + n, sizeof(line) - n, " %s", argv[i]);
+        }
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "tool", "wsrr " WSRR_VERSION);
+        cJSON_AddStringToObject(m, "command", line);
+        cJSON_AddStringToObject(m, "replay_target", o.target);
+        cJSON_AddStringToObject(m, "redaction", redact ? "default" : "none");
+        char *meta = cJSON_PrintUnformatted(m);
+        cJSON_Delete(m);
+        struct wsrr_capture_opts co = {.metadata = meta, .mode = redact ? 0644 : 0600};
+        int rc = tool_output_open("replay", &output, record, force, NULL, &co);
+        cJSON_free(meta);
+        if (rc != EXIT_OK)
+            return rc;
+        red = redact ? wsrr_redactor_new() : NULL;
+        o.record = output.w;
+        o.redact = red;
+    }
     struct job j = {.paths = argv + optind,
                     .n = (size_t)(argc - optind),
                     .o = &o,
@@ -557,5 +625,13 @@ static int run_replay(int argc, char **argv)
         free(j.cases[i].err);
     }
     free(j.cases);
+    if (record) {
+        int rc = tool_output_close("replay", &output, true);
+        if (rc != EXIT_OK)
+            status = rc;
+        else
+            fprintf(stderr, "wsrr replay: the runs' traffic is in %s\n", record);
+        wsrr_redactor_free(red);
+    }
     return status;
 }

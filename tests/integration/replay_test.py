@@ -570,6 +570,25 @@ async def test_secrets():
     check(rc == 0 and SEEN == [("Bearer s3cr3t-header", "tok-98765")],
           "with --secret and WSRR_SECRET_*: the server gets the real values (%d, %r): %s"
           % (rc, SEEN, out + err))
+    # --record: the replay's own traffic, secrets redacted again, replayable
+    rec = os.path.join(TMP, "replay-of-secret.wsrr")
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--secret",
+                              "authorization=s3cr3t-header", "--secret", "access_token=tok-98765",
+                              "--record", rec)
+    vrc, vout, _ = await wsrr("verify", rec)
+    _, text, _ = await wsrr("cat", "--jsonl", rec)
+    recs = [json.loads(line) for line in text.splitlines()[1:]]
+    frames = [r for r in recs if r.get("kind") == "frame"]
+    check(rc == 0 and vrc == 0 and len(frames) >= 2 and "welcome" in text
+          and "s3cr3t-header" not in text and "tok-98765" not in text
+          and "<redacted:authorization:" in text,
+          "--record: a clean capture of the run, what the server said, secrets redacted "
+          "(%d, %d): %s" % (rc, vrc, text[:600]))
+    del SEEN[:]
+    rc, out, err = await wsrr("replay", rec, "--target", target, "--secret",
+                              "authorization=s3cr3t-header", "--secret", "access_token=tok-98765")
+    check(rc == 0 and SEEN == [("Bearer s3cr3t-header", "tok-98765")],
+          "and it replays like the original (%d): %s" % (rc, out + err))
     server.close()
 
 
