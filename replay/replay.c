@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 enum rc_state { RC_IDLE, RC_HANDSHAKE, RC_OPEN, RC_DONE };
 
@@ -43,9 +44,10 @@ struct rconn {
     uint32_t *expect;  /* step index of each recorded server message */
     uint32_t nexpect;
     bool close_sent, close_rcvd, ended;
-    bool failure_gone;    /* its recorded failure did not come back in time */
-    struct wsrr_tap *tap; /* --record */
-    uint16_t sent_code;   /* the close frame we sent */
+    bool failure_gone;       /* its recorded failure did not come back in time */
+    struct wsrr_tap *tap;    /* --record */
+    uint16_t sent_code;      /* the close frame we sent */
+    bool hangup, hangup_rst; /* the recorded hang-up waits for the output to be written */
     char sent_reason[124];
     /* asap and recorded: its own steps, a cursor, a timer */
     size_t *steps, nsteps, cur, last_send;
@@ -71,10 +73,13 @@ struct run {
     size_t last_conn;    /* causal: the last client step's connection, SIZE_MAX after a
                             server step */
     uint64_t last_ns;
-    char uuid[37]; /* --set PATH=@uuid: fresh per run */
+    bool advancing, again; /* advance() is running; it was asked again meanwhile */
+    char uuid[37];         /* --set PATH=@uuid: fresh per run */
 };
 
 static void advance(struct run *r);
+static void advance_once(struct run *r);
+static void hang_up(struct rconn *c);
 
 static void vlog(struct run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void vlog(struct run *r, const char *fmt, ...)
@@ -137,13 +142,43 @@ static void conn_fail(struct rconn *c, enum rp_end end, const char *why)
  * connections' frames is what causal replay is about. (On loopback the
  * bytes are in the server's socket when send returns; an epoll server
  * then sees the sockets ready in that order.) */
+/* The recorded client hang-up, now that what it sent before is written:
+ * the socket is closed (with an RST when the recording had one). */
+static void hang_up(struct rconn *c)
+{
+    if (c->hangup_rst && c->bev) {
+        struct linger lg = {1, 0};
+        evutil_socket_t fd = bufferevent_getfd(c->bev);
+        if (fd >= 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    conn_done(c);
+}
+
+static void on_written(struct bufferevent *bev, void *arg)
+{
+    struct rconn *c = arg;
+    (void)bev;
+    if (c->hangup) {
+        hang_up(c);
+        advance(c->run);
+    }
+}
+
 static void push(struct rconn *c)
 {
     if (c->st != RC_OPEN || c->run->tls || !c->bev)
         return;
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    if (evbuffer_get_length(out))
-        evbuffer_write(out, bufferevent_getfd(c->bev));
+    if (!evbuffer_get_length(out))
+        return;
+    /* the bufferevent keeps the front of its output frozen between its
+     * own writes */
+    evbuffer_unfreeze(out, 1);
+    evbuffer_write(out, bufferevent_getfd(c->bev));
+    evbuffer_freeze(out, 1);
+    if (c->hangup && !evbuffer_get_length(out))
+        hang_up(c);
 }
 
 static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t *p, size_t n)
@@ -564,7 +599,7 @@ static int open_conn(struct rconn *c)
     }
     wsrr_http_parser_init(&c->hp, true, 0, 0);
     c->st = RC_HANDSHAKE;
-    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
+    bufferevent_setcb(c->bev, on_read, on_written, on_event, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     if (build_request(c, bufferevent_get_output(c->bev), why, sizeof(why)) < 0) {
         conn_fail(c, RP_END_FAILED, why);
@@ -657,8 +692,11 @@ static void client_step(struct run *r, const struct rp_step *st)
             o->code = c->close_sent ? c->sent_code : 0;
             snprintf(o->reason, sizeof(o->reason), "%s", c->close_sent ? c->sent_reason : "");
         }
-        if (c->bev && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-            conn_done(c);
+        /* once what it sent before has left */
+        c->hangup = true;
+        c->hangup_rst = st->rst;
+        if (!c->bev || evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            hang_up(c);
         break;
     default: break;
     }
@@ -783,6 +821,23 @@ static void finish_if_done(struct run *r)
 
 static void advance(struct run *r)
 {
+    /* a step can end a connection at once (a failed synchronous lookup),
+     * whose callback asks for advance() again: run the loop once more
+     * instead of inside itself */
+    if (r->advancing) {
+        r->again = true;
+        return;
+    }
+    r->advancing = true;
+    do {
+        r->again = false;
+        advance_once(r);
+    } while (r->again);
+    r->advancing = false;
+}
+
+static void advance_once(struct run *r)
+{
     bool done = true;
     if (r->o->timing == RP_CAUSAL)
         done = advance_causal(r);
@@ -796,7 +851,8 @@ static void advance(struct run *r)
          * and gets the timeout to end */
         r->draining = true;
         for (size_t i = 0; i < r->s->nconns; i++)
-            if (r->c[i].st != RC_IDLE && r->c[i].st != RC_DONE && !r->c[i].close_sent)
+            if (r->c[i].st != RC_IDLE && r->c[i].st != RC_DONE && !r->c[i].close_sent &&
+                !r->c[i].hangup)
                 send_close(&r->c[i], 1000, (const uint8_t *)"replay done", 11);
         arm(r->timer, &r->timer_step, SIZE_MAX, r->o->timeout_ms);
     }

@@ -258,7 +258,9 @@ static int on_close(struct loader *l, const struct wsrr_record *r, int ci)
 {
     struct rp_outcome *o = &l->s->conns[ci].rec;
     const struct wsrr_rec_close *cl = &r->u.close;
-    if (o->end == RP_END_REJECTED || o->end == RP_END_RESET)
+    /* the summary comes last: a reset after a clean close handshake is
+     * how that server leaves, not a failure */
+    if (o->end == RP_END_REJECTED || (o->end == RP_END_RESET && !(cl->cflags & WSRR_CF_CLEAN)))
         return 0;
     o->messages = l->s->conns[ci].nmessages;
     if (cl->side == WSRR_SIDE_NONE) {

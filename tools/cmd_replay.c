@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -527,6 +528,7 @@ static int run_replay(int argc, char **argv)
         return tool_usage_error("replay", "--target URL is required");
     if (verbose)
         o.log = stderr;
+    signal(SIGPIPE, SIG_IGN); /* a peer's reset is a verdict, not our end */
     char terr[300];
     if (rp_check_target(o.target, terr, sizeof(terr)) < 0)
         return tool_usage_error("replay", "%s", terr);
@@ -536,23 +538,17 @@ static int run_replay(int argc, char **argv)
     if (record) {
         if (jobs > 1)
             return tool_usage_error("replay", "--record takes one job at a time (no --jobs)");
-        /* the command line, without the secrets it carries: --secret
-         * values and --header values are starred */
-        char line[2048] = "wsrr";
-        for (int i = 0; i < argc; i++) {
+        /* the command, rebuilt from what was parsed and without the
+         * options that may carry secrets (--secret, --header, --set): the
+         * spelling on the command line cannot be trusted to find them
+         * (getopt takes abbreviations) */
+        static const char *const timing_names[] = {"causal", "recorded", "asap"};
+        char line[2048];
+        snprintf(line, sizeof(line), "wsrr replay --target %s --timing %s%s", o.target,
+                 timing_names[o.timing], reproduce ? " --reproduce" : "");
+        for (int i = optind; i < argc; i++) {
             size_t n = strlen(line);
-            const char *prev = i ? argv[i - 1] : "", *a = argv[i];
-            bool secret = !strcmp(prev, "--secret") || !strncmp(a, "--secret=", 9);
-            bool header = !strcmp(prev, "--header") || !strcmp(prev, "-H") ||
-                          !strncmp(a, "--header=", 9) || (!strncmp(a, "-H", 2) && a[2]);
-            const char *from = !strncmp(a, "--secret=", 9) || !strncmp(a, "--header=", 9) ? a + 9
-                               : !strncmp(a, "-H", 2) && a[2]                             ? a + 2
-                                                                                          : a;
-            const char *cut = secret ? strchr(from, '=') : header ? strchr(from, ':') : NULL;
-            if (cut)
-                snprintf(line + n, sizeof(line) - n, " %.*s%c***", (int)(cut - a), a, *cut);
-            else
-                snprintf(line + n, sizeof(line) - n, " %s", argv[i]);
+            snprintf(line + n, sizeof(line) - n, " %s", argv[i]);
         }
         cJSON *m = cJSON_CreateObject();
         cJSON_AddStringToObject(m, "tool", "wsrr " WSRR_VERSION);

@@ -250,6 +250,93 @@ async def test_extra_messages():
     hb.close()
 
 
+ENDS = []
+
+
+async def echo_note_end(ws, path=None):
+    """Echoes; notes how the client ended: its close frame's code, or None."""
+    try:
+        async for m in ws:
+            await ws.send(m)
+        ENDS.append(ws.close_rcvd.code if ws.close_rcvd else None)
+    except websockets.ConnectionClosed as e:
+        ENDS.append(e.rcvd.code if e.rcvd else None)
+
+
+async def rst_after_close(reader, writer):
+    """A raw server: answers the upgrade, echoes one text frame, answers the
+    client's close, then resets the connection (SO_LINGER 0)."""
+    import socket
+    import struct
+    from wstest import accept_for
+    head = await reader.readuntil(b"\r\n\r\n")
+    key = re.search(rb"Sec-WebSocket-Key: *(\S+)", head).group(1)
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_for(key) + b"\r\n\r\n")
+    for _ in range(2):
+        b0, b1 = await reader.readexactly(2)
+        n = b1 & 0x7F
+        mask = await reader.readexactly(4)
+        data = bytes(x ^ mask[i % 4] for i, x in enumerate(await reader.readexactly(n)))
+        writer.write(bytes([b0 & 0x8F, n]) + data)  # echo (the close too)
+        await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def test_hangups_and_resets():
+    # a clean close handshake followed by the server's RST: not a failure
+    raw = await asyncio.start_server(rst_after_close, "127.0.0.1", 0)
+    rport = raw.sockets[0].getsockname()[1]
+    cap = os.path.join(TMP, "close-then-rst.wsrr")
+    px = proxy(rport, cap)
+    async with websockets.connect("ws://127.0.0.1:%s/x" % px.m.group(1),
+                                  ping_interval=None) as ws:
+        await ws.send("hi")
+        await ws.recv()
+    await asyncio.sleep(0.2)
+    px.stop()
+    rc, out, err = await wsrr("replay", cap, "--target", "ws://127.0.0.1:%d" % rport,
+                              "--timeout", "1000")
+    check(rc == 0, "a clean close then a reset replays as ok (%d): %s" % (rc, out + err))
+    rc, out, err = await wsrr("replay", cap, "--target", "ws://127.0.0.1:%d" % rport,
+                              "--reproduce", "--timeout", "1000")
+    check(rc == 1 and "records no failure" in out,
+          "and is not a failure to reproduce (%d): %s" % (rc, out))
+    raw.close()
+
+    # a client that sends, reads, then resets its connection: replayed as a
+    # reset, not as a polite close
+    server = await websockets.serve(echo_note_end, "127.0.0.1", 0, ping_interval=None)
+    port = server.sockets[0].getsockname()[1]
+    cap = os.path.join(TMP, "client-rst.wsrr")
+    px = proxy(port, cap)
+    import socket
+    import struct
+    from wstest import frame as raw_frame
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(px.m.group(1)))
+    writer.write(b"GET /r HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                 + raw_frame(0x81, b"m1", mask=b"\x01\x02\x03\x04"))
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.readexactly(4)  # the echo of m1
+    writer.write(raw_frame(0x81, b"m2", mask=b"\x01\x02\x03\x04"))  # and leave at once
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+    await asyncio.sleep(0.3)
+    px.stop()
+    del ENDS[:]
+    rc, out, err = await wsrr("replay", cap, "--target", "ws://127.0.0.1:%d" % port, "-v",
+                              "--timeout", "1000")
+    await asyncio.sleep(0.3)
+    check(ENDS == [None], "the server saw the client leave with no close frame, as recorded: "
+          "%r (%d) %s" % (ENDS, rc, out + err[-600:]))
+    server.close()
+
+
 async def silent_handler(ws, path=None):
     try:
         async for msg in ws:
@@ -572,9 +659,9 @@ async def test_secrets():
           % (rc, SEEN, out + err))
     # --record: the replay's own traffic, secrets redacted again, replayable
     rec = os.path.join(TMP, "replay-of-secret.wsrr")
-    rc, out, err = await wsrr("replay", cap, "--target", target, "--secret",
-                              "authorization=s3cr3t-header", "--secret", "access_token=tok-98765",
-                              "--record", rec)
+    rc, out, err = await wsrr("replay", cap, "--target", target, "--sec",
+                              "authorization=s3cr3t-header", "--secret=access_token=tok-98765",
+                              "--head", "X-Api-Key: s3cr3t-header", "--record", rec)
     vrc, vout, _ = await wsrr("verify", rec)
     _, text, _ = await wsrr("cat", "--jsonl", rec)
     recs = [json.loads(line) for line in text.splitlines()[1:]]
@@ -586,7 +673,8 @@ async def test_secrets():
           "(%d, %d): %s" % (rc, vrc, text[:600]))
     del SEEN[:]
     rc, out, err = await wsrr("replay", rec, "--target", target, "--secret",
-                              "authorization=s3cr3t-header", "--secret", "access_token=tok-98765")
+                              "authorization=s3cr3t-header", "--secret", "access_token=tok-98765",
+                              "--secret", "x-api-key=k")
     check(rc == 0 and SEEN == [("Bearer s3cr3t-header", "tok-98765")],
           "and it replays like the original (%d): %s" % (rc, out + err))
     server.close()
@@ -673,7 +761,7 @@ async def test_set_and_shard():
 
 TESTS = [test_demo_race, test_demo_verb, test_race_agent, test_race_chat, test_serve_demo,
          test_serve_race_and_strict, test_json_compare, test_extra_messages, test_timeout,
-         test_secrets, test_set_and_shard, test_bad_input]
+         test_secrets, test_set_and_shard, test_hangups_and_resets, test_bad_input]
 
 
 def main():
