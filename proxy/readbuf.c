@@ -12,8 +12,10 @@
 
 #include <stdlib.h>
 
-#define RB_BY_REF (8 * 1024) /* shorter stretches are copied */
-#define RB_SPARE  8          /* blocks kept for reuse */
+#define RB_BY_REF                                                                                  \
+    (RB_SIZE / 2)  /* shorter stretches are copied: a lent block holds at most                     \
+                       twice the bytes it carries */
+#define RB_SPARE 8 /* blocks kept for reuse */
 
 struct rblock {
     struct readbuf *rb;

@@ -42,6 +42,7 @@ struct rec {
 };
 
 enum sc_state { SC_HEAD, SC_OPEN, SC_DONE };
+enum sc_ending { END_NONE, END_FIN, END_RST };
 
 struct sconn {
     struct sv_server *sv;
@@ -58,6 +59,7 @@ struct sconn {
     size_t cur;   /* next step of the recorded connection */
     uint32_t got; /* client messages received */
     bool close_sent, close_rcvd, unexpected;
+    enum sc_ending ending; /* once the output is written */
     struct event *timer;
     bool warned;
     struct sconn *next;
@@ -77,6 +79,8 @@ struct sv_server {
     char addr[80];
 };
 
+static void on_event(struct bufferevent *bev, short what, void *arg);
+static int fits(struct sv_server *sv, size_t i, const char *target);
 static void slog(struct sv_server *sv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void slog(struct sv_server *sv, const char *fmt, ...)
 {
@@ -144,21 +148,31 @@ static void send_close(struct sconn *c, uint16_t code, const uint8_t *reason, si
     send_frame(c, WSRR_OP_CLOSE, pl, n);
 }
 
-/* the output is written: the recorded end of the transport can happen */
-static void end_when_written(struct bufferevent *bev, void *arg)
+/* The output is written: the ending waiting for it (a close, the end of
+ * the transport, a reset) happens. */
+static void on_written(struct bufferevent *bev, void *arg)
 {
     struct sconn *c = arg;
-    (void)bev;
-    conn_end(c, c->close_sent ? "closed as recorded" : "transport ended as recorded");
+    if (c->ending == END_NONE || evbuffer_get_length(bufferevent_get_output(bev)))
+        return;
+    if (c->ending == END_RST) { /* close() then sends an RST */
+        struct linger lg = {1, 0};
+        evutil_socket_t fd = bufferevent_getfd(bev);
+        if (fd >= 0)
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        conn_end(c, "reset as recorded");
+    } else {
+        conn_end(c, c->close_sent ? "closed as recorded" : "transport ended as recorded");
+    }
 }
 
-static void reset(struct sconn *c)
+/* End the connection once what is queued has been written; reading stops,
+ * errors are still reported (on_event). */
+static void end_after_output(struct sconn *c, enum sc_ending how)
 {
-    struct linger lg = {1, 0}; /* close() then sends an RST */
-    evutil_socket_t fd = bufferevent_getfd(c->bev);
-    if (fd >= 0)
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    conn_end(c, "reset as recorded");
+    c->ending = how;
+    bufferevent_setcb(c->bev, NULL, on_written, on_event, c);
+    on_written(c->bev, c);
 }
 
 /* ---- the recorded server steps ---- */
@@ -206,15 +220,8 @@ static void play(struct sconn *c)
         } else if (st->kind == RP_CLOSE) {
             if (!c->close_sent)
                 send_close(c, st->code, st->data, st->len);
-        } else if (st->rst) {
-            reset(c);
-            return;
-        } else { /* the end of the transport, once what is queued is written */
-            if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
-                end_when_written(c->bev, c);
-                return;
-            }
-            bufferevent_setcb(c->bev, NULL, end_when_written, NULL, c);
+        } else { /* the end of the transport or a reset, once what is queued is written */
+            end_after_output(c, st->rst ? END_RST : END_FIN);
             return;
         }
     }
@@ -228,19 +235,22 @@ static bool same_path(const char *a, const char *b)
     return la == lb && !memcmp(a, b, la);
 }
 
-/* The recorded connections this request may be: the first unused with the
- * same target, else the same path. -1 when none. */
-static int candidate(struct sv_server *sv, const char *target, int after)
+/* The recorded connection this request plays: the first unused with the
+ * same target, else the same path; -1 when none. *several: more than one
+ * fits. */
+static int candidate(struct sv_server *sv, const char *target, bool *several)
 {
-    for (int pass = 0; pass < 2; pass++)
-        for (size_t i = (size_t)(after + 1); i < sv->s->nconns; i++) {
-            const struct rec *r = &sv->recs[i];
-            if (r->used || !r->path)
-                continue;
-            if (pass == 0 ? !strcmp(r->path, target) : same_path(r->path, target))
-                return (int)i;
-        }
-    return -1;
+    int best = -1, count = 0;
+    for (int want = 2; want >= 1; want--)
+        for (size_t i = 0; i < sv->s->nconns; i++)
+            if (fits(sv, i, target) == want) {
+                count++;
+                if (best < 0)
+                    best = (int)i;
+            }
+    if (several)
+        *several = count > 1;
+    return best;
 }
 
 static void bind_to(struct sconn *c, int ri)
@@ -251,22 +261,36 @@ static void bind_to(struct sconn *c, int ri)
     slog(c->sv, "connection %u plays recorded connection %u (%s)", c->id, rec_id(c), c->target);
 }
 
+/* Does recorded connection i fit this target: 2 the same target, 1 the
+ * same path, 0 no (or already played)? */
+static int fits(struct sv_server *sv, size_t i, const char *target)
+{
+    const struct rec *r = &sv->recs[i];
+    if (r->used || !r->path)
+        return 0;
+    return !strcmp(r->path, target) ? 2 : same_path(r->path, target) ? 1 : 0;
+}
+
 /* The client's first message decides between recorded connections of the
- * same path: the first whose first client message it is. */
+ * same target (then path): the first whose first client message it is,
+ * else the first that fits. */
 static void bind_by_message(struct sconn *c, const uint8_t *p, size_t n)
 {
     struct sv_server *sv = c->sv;
     int first = -1;
-    for (int i = candidate(sv, c->target, -1); i >= 0; i = candidate(sv, c->target, i)) {
-        const struct rec *r = &sv->recs[i];
-        if (first < 0)
-            first = i;
-        if (r->nmsgs && rp_same_message(sv->o->ignore, sv->o->nignore, r->msgs[0].opcode,
-                                        r->msgs[0].data, r->msgs[0].len, c->msg_op, p, n)) {
-            bind_to(c, i);
-            return;
+    for (int want = 2; want >= 1; want--)
+        for (size_t i = 0; i < sv->s->nconns; i++) {
+            const struct rec *r = &sv->recs[i];
+            if (fits(sv, i, c->target) != want)
+                continue;
+            if (first < 0)
+                first = (int)i;
+            if (r->nmsgs && rp_same_message(sv->o->ignore, sv->o->nignore, r->msgs[0].opcode,
+                                            r->msgs[0].data, r->msgs[0].len, c->msg_op, p, n)) {
+                bind_to(c, (int)i);
+                return;
+            }
         }
-    }
     if (first >= 0)
         bind_to(c, first);
 }
@@ -296,8 +320,8 @@ static void on_client_message(struct sconn *c, const uint8_t *p, size_t n)
              c->id, rec_id(c), k + 1, got, m < n ? "..." : "");
         if (sv->o->strict) {
             send_close(c, 1008, (const uint8_t *)"not the recorded message", 24);
-            bufferevent_setcb(c->bev, NULL, end_when_written, NULL, c);
             c->cur = r->nsteps; /* nothing more of the recording */
+            end_after_output(c, END_FIN);
             return;
         }
     }
@@ -314,7 +338,7 @@ static void on_frame_end(struct sconn *c, const struct wsrr_frame_event *ev)
         play(c); /* a recorded close that answered the client's goes now */
         if (c->st == SC_OPEN && !c->close_sent) {
             send_close(c, f->close_code, NULL, 0);
-            bufferevent_setcb(c->bev, NULL, end_when_written, NULL, c);
+            end_after_output(c, END_FIN);
         }
     } else if (f->opcode < 8 && f->msg_final) {
         size_t n = evbuffer_get_length(c->msg);
@@ -372,15 +396,16 @@ static void on_request(struct sconn *c, const struct wsrr_http_head *h)
     struct wsrr_ws_info info;
     char why[200];
     int bad = wsrr_handshake_check_request(h, &info, why, sizeof(why));
-    int ri = c->target ? candidate(sv, c->target, -1) : -1;
+    bool several = false;
+    int ri = c->target ? candidate(sv, c->target, &several) : -1;
     if (bad || ri < 0) {
         if (!bad)
-            snprintf(why, sizeof(why), "wsrr serve: no recorded connection (left) for %s",
+            snprintf(why, sizeof(why), "no recorded connection (left) for %s",
                      c->target ? c->target : "?");
         wsrr_http_build_error(out, bad ? bad : 404, why);
-        bufferevent_setcb(c->bev, NULL, end_when_written, NULL, c);
         slog(sv, "connection %u: answered %d: %s", c->id, bad ? bad : 404, why);
         c->st = SC_OPEN; /* the answer goes, then the end */
+        end_after_output(c, END_FIN);
         return;
     }
     const struct rec *r = &sv->recs[ri];
@@ -404,9 +429,9 @@ static void on_request(struct sconn *c, const struct wsrr_http_head *h)
         bind_to(c, ri);
         wsrr_http_build_error(out, status, "rejected as recorded");
         free(proto);
-        bufferevent_setcb(c->bev, NULL, end_when_written, NULL, c);
         c->st = SC_OPEN;
         c->cur = r->nsteps;
+        end_after_output(c, END_FIN);
         return;
     }
     wsrr_handshake_build_response(out, info.key, info.key_len, proto, NULL, NULL);
@@ -415,7 +440,7 @@ static void on_request(struct sconn *c, const struct wsrr_http_head *h)
     wsrr_frame_parser_init(&c->fp, WSRR_DIR_C2S, NULL);
     /* several recorded connections of this path whose client speaks
      * first: its first message says which one this is */
-    if (r->client_first && candidate(sv, c->target, ri) >= 0)
+    if (r->client_first && several)
         c->bind_later = true;
     else
         bind_to(c, ri);
@@ -461,10 +486,39 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
                                        : "a transport error");
 }
 
+static void conn_free(struct sconn *c)
+{
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->msg)
+        evbuffer_free(c->msg);
+    if (c->timer)
+        event_free(c->timer);
+    wsrr_http_parser_finish(&c->hp);
+    free(c->target);
+    free(c);
+}
+
+/* Connections that ended in earlier callbacks: nothing refers to them any
+ * more, their memory goes back (a long-running serve does not grow). */
+static void sweep(struct sv_server *sv)
+{
+    for (struct sconn **pp = &sv->conns; *pp;) {
+        struct sconn *c = *pp;
+        if (c->st == SC_DONE) {
+            *pp = c->next;
+            conn_free(c);
+        } else {
+            pp = &c->next;
+        }
+    }
+}
+
 static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
 {
     struct sv_server *sv = arg;
+    sweep(sv);
     (void)lis;
     (void)sa;
     (void)salen;
@@ -670,15 +724,7 @@ void sv_server_free(struct sv_server *sv)
     while (sv->conns) {
         struct sconn *c = sv->conns;
         sv->conns = c->next;
-        if (c->bev)
-            bufferevent_free(c->bev);
-        if (c->msg)
-            evbuffer_free(c->msg);
-        if (c->timer)
-            event_free(c->timer);
-        wsrr_http_parser_finish(&c->hp);
-        free(c->target);
-        free(c);
+        conn_free(c);
     }
     for (size_t i = 0; sv->recs && i < sv->s->nconns; i++) {
         struct rec *r = &sv->recs[i];

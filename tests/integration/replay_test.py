@@ -67,12 +67,15 @@ class Process:
         self.drains = [Drain(self.proc.stdout), Drain(self.proc.stderr)]
 
     def finish(self, timeout=10):
-        """It ends by itself (serve --exit-after): wait for that, then stop."""
+        """It ends by itself (serve --exit-after): wait for that. When it does
+        not, stop it and return None, so that a test expecting its exit
+        status fails."""
         try:
             self.proc.wait(timeout=timeout)
             return self.proc.returncode
         except subprocess.TimeoutExpired:
-            return self.stop()
+            self.stop()
+            return None
 
     def stop(self):
         self.proc.send_signal(2)
@@ -283,6 +286,59 @@ async def rst_after_close(reader, writer):
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+async def two_then_rst(reader, writer):
+    """A raw server: answers the upgrade, reads one client frame, sends two
+    text frames and resets the connection at once."""
+    import socket
+    import struct
+    from wstest import accept_for
+    head = await reader.readuntil(b"\r\n\r\n")
+    key = re.search(rb"Sec-WebSocket-Key: *(\S+)", head).group(1)
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_for(key) + b"\r\n\r\n")
+    b0, b1 = await reader.readexactly(2)
+    await reader.readexactly(4 + (b1 & 0x7F))
+    writer.write(b"\x81\x02r1\x81\x02r2")
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def test_serve_reset_after_messages():
+    """serve plays a recorded reset after the messages queued before it."""
+    raw = await asyncio.start_server(two_then_rst, "127.0.0.1", 0)
+    cap = os.path.join(TMP, "two-then-rst.wsrr")
+    px = proxy(raw.sockets[0].getsockname()[1], cap)
+    got = []
+    try:
+        async with websockets.connect("ws://127.0.0.1:%s/t" % px.m.group(1),
+                                      ping_interval=None) as ws:
+            await ws.send("go")
+            while True:
+                got.append(await asyncio.wait_for(ws.recv(), 5))
+    except websockets.ConnectionClosed:
+        pass
+    px.stop()
+    raw.close()
+    check(got == ["r1", "r2"], "recorded: two messages then the reset (%r)" % got)
+    sv = serve(cap, "--exit-after", "1")
+    got, rcvd = [], "open"
+    try:
+        async with websockets.connect("ws://127.0.0.1:%s/t" % sv.m.group(1),
+                                      ping_interval=None) as ws:
+            await ws.send("go")
+            while True:
+                got.append(await asyncio.wait_for(ws.recv(), 5))
+    except websockets.ConnectionClosed as e:
+        rcvd = e.rcvd
+    rc = sv.finish()
+    log = "\n".join(sv.drains[1].lines())
+    check(got == ["r1", "r2"] and rcvd is None and "reset as recorded" in log and rc == 0,
+          "serve: both messages, then the reset, no close frame (%r, %r, %d):\n%s"
+          % (got, rcvd, rc, log))
 
 
 async def test_hangups_and_resets():
@@ -761,7 +817,8 @@ async def test_set_and_shard():
 
 TESTS = [test_demo_race, test_demo_verb, test_race_agent, test_race_chat, test_serve_demo,
          test_serve_race_and_strict, test_json_compare, test_extra_messages, test_timeout,
-         test_secrets, test_set_and_shard, test_hangups_and_resets, test_bad_input]
+         test_secrets, test_set_and_shard, test_hangups_and_resets, test_serve_reset_after_messages,
+         test_bad_input]
 
 
 def main():

@@ -197,6 +197,8 @@ static int nruns = 3, left, open_conns;
 static char host[128], path[256];
 static int port;
 
+static void maybe_stop(void);
+
 static void finish(struct run *r, const char *result)
 {
     if (r->over)
@@ -227,8 +229,10 @@ static void start(lws_sorted_usec_list_t *sul)
     ci.userdata = r;
     ci.pwsi = &r->wsi;
     ci.protocol = NULL;
-    if (!lws_client_connect_via_info(&ci))
+    if (!lws_client_connect_via_info(&ci)) {
         finish(r, "could not connect");
+        maybe_stop();
+    }
 }
 
 static int client_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -292,6 +296,16 @@ static int client_cb(struct lws *wsi, enum lws_callback_reasons reason, void *us
     return 0;
 }
 
+/* the client never waits more than 10 s for its runs */
+static lws_sorted_usec_list_t deadline;
+static void give_up(lws_sorted_usec_list_t *sul)
+{
+    (void)sul;
+    for (int i = 0; i < nruns; i++)
+        finish(&runs[i], "no answer within 10 s");
+    stop_now = true;
+}
+
 static void on_sigint(int sig)
 {
     (void)sig;
@@ -351,6 +365,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < nruns; i++)
             lws_sul_schedule(ctx, 0, &runs[i].sul, start,
                              (lws_usec_t)runs[i].delay_ms * LWS_US_PER_MS);
+        lws_sul_schedule(ctx, 0, &deadline, give_up, 10 * LWS_US_PER_SEC);
     }
     while (!stop_now && lws_service(ctx, 0) >= 0)
         ;
