@@ -266,7 +266,7 @@ bool wsrr_contains_pieces(const struct wsrr_piece *pc, size_t npc, const char *n
 }
 
 /* The node at a dotted path ("data.items.0.type"); digits index arrays. */
-static const cJSON *at_path(const cJSON *j, const char *path)
+const cJSON *wsrr_json_at(const cJSON *j, const char *path)
 {
     char seg[256];
     const char *p = path;
@@ -311,7 +311,7 @@ static bool json_ok(const cJSON *want, const struct wsrr_msg_info *m)
         return false;
     bool ok = true;
     for (const cJSON *e = want->child; e && ok; e = e->next) {
-        const cJSON *got = at_path(doc, e->string);
+        const cJSON *got = wsrr_json_at(doc, e->string);
         if (cJSON_IsObject(e))
             ok = (got != NULL) == cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "exists"));
         else

@@ -10,6 +10,7 @@
 #include "wsrr/common.h"
 #include "wsrr/frame.h"
 #include "wsrr/handshake.h"
+#include "wsrr/rules.h"
 #include "wsrr/tap.h"
 #include "wsrr/tls.h"
 
@@ -389,7 +390,7 @@ static bool extra_ok(const struct run *r, uint8_t op, const uint8_t *p, size_t n
             break;
         char path[256];
         snprintf(path, sizeof(path), "%.*s", (int)(eq - pat), pat);
-        const cJSON *have = rp_json_get(j, path);
+        const cJSON *have = wsrr_json_at(j, path);
         cJSON *want = cJSON_Parse(eq + 1);
         if (!want)
             want = cJSON_CreateString(eq + 1);

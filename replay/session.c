@@ -6,6 +6,7 @@
 #include "wsrr/common.h"
 #include "wsrr/frame.h"
 #include "wsrr/handshake.h"
+#include "wsrr/rules.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -389,6 +390,18 @@ void rp_session_free(struct rp_session *s)
 
 #define PLACEHOLDER "<redacted:"
 
+/* WSRR_SECRET_<NAME>: upper case, other characters than letters and
+ * digits as '_'. */
+static void secret_env(const char *name, size_t n, char *env, size_t cap)
+{
+    size_t k = (size_t)snprintf(env, cap, "WSRR_SECRET_");
+    for (size_t i = 0; i < n && k + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)name[i];
+        env[k++] = isalnum(ch) ? (char)toupper(ch) : '_';
+    }
+    env[k] = '\0';
+}
+
 /* The value for a placeholder's NAME, or NULL. */
 static const char *secret_for(const char *name, size_t n, const char *const *secrets, size_t ns)
 {
@@ -397,13 +410,8 @@ static const char *secret_for(const char *name, size_t n, const char *const *sec
         if (eq && (size_t)(eq - secrets[i]) == n && !strncasecmp(secrets[i], name, n))
             return eq + 1;
     }
-    char env[160] = "WSRR_SECRET_";
-    size_t k = strlen(env);
-    for (size_t i = 0; i < n && k + 1 < sizeof(env); i++) {
-        unsigned char ch = (unsigned char)name[i];
-        env[k++] = isalnum(ch) ? (char)toupper(ch) : '_';
-    }
-    env[k] = '\0';
+    char env[160];
+    secret_env(name, n, env, sizeof(env));
     return getenv(env);
 }
 
@@ -475,12 +483,8 @@ int rp_session_fill_secrets(struct rp_session *s, const char *const *secrets, si
         if (rc > 0) {
             const char *name = (const char *)miss.p + strlen(PLACEHOLDER);
             size_t nlen = (size_t)((const char *)memchr(name, ':', miss.n) - name);
-            char env[160] = "WSRR_SECRET_";
-            for (size_t k = 0, e = strlen(env); k < nlen && e + 1 < sizeof(env); k++, e++) {
-                unsigned char ch = (unsigned char)name[k];
-                env[e] = isalnum(ch) ? (char)toupper(ch) : '_';
-                env[e + 1] = '\0';
-            }
+            char env[160];
+            secret_env(name, nlen, env, sizeof(env));
             snprintf(err, errlen,
                      "%s: connection %u: %s holds the redacted secret %.*s; give it with "
                      "--secret %.*s=VALUE or %s",
@@ -493,59 +497,39 @@ int rp_session_fill_secrets(struct rp_session *s, const char *const *secrets, si
     return 0;
 }
 
+/* The parent of the node at a dotted path, and the last segment in key[];
+ * NULL when the parent is not there or is not an object or array. */
+static cJSON *parent_of(cJSON *j, const char *path, char *key, size_t cap)
+{
+    const char *dot = strrchr(path, '.');
+    snprintf(key, cap, "%s", dot ? dot + 1 : path);
+    if (dot) {
+        char head[256];
+        snprintf(head, sizeof(head), "%.*s", (int)(dot - path), path);
+        j = (cJSON *)(uintptr_t)wsrr_json_at(j, head); /* our own document */
+    }
+    return cJSON_IsObject(j) || cJSON_IsArray(j) ? j : NULL;
+}
+
 /* Drop the value at a dotted path ("data.items.0.ts"). */
 static void drop_path(cJSON *j, const char *path)
 {
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", path);
-    char *save = NULL, *tok = strtok_r(buf, ".", &save);
-    while (j && tok) {
-        char *next = strtok_r(NULL, ".", &save);
-        if (!next) {
-            if (cJSON_IsArray(j))
-                cJSON_DeleteItemFromArray(j, atoi(tok));
-            else
-                cJSON_DeleteItemFromObjectCaseSensitive(j, tok);
-            return;
-        }
-        j = cJSON_IsArray(j) ? cJSON_GetArrayItem(j, atoi(tok))
-                             : cJSON_GetObjectItemCaseSensitive(j, tok);
-        tok = next;
-    }
-}
-
-const cJSON *rp_json_get(const cJSON *j, const char *path)
-{
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", path);
-    char *save = NULL;
-    for (char *tok = strtok_r(buf, ".", &save); j && tok; tok = strtok_r(NULL, ".", &save))
-        j = cJSON_IsArray(j) ? cJSON_GetArrayItem(j, atoi(tok))
-                             : cJSON_GetObjectItemCaseSensitive(j, tok);
-    return j;
+    char key[256];
+    cJSON *p = parent_of(j, path, key, sizeof(key));
+    if (p && cJSON_IsArray(p))
+        cJSON_DeleteItemFromArray(p, atoi(key));
+    else if (p)
+        cJSON_DeleteItemFromObjectCaseSensitive(p, key);
 }
 
 bool rp_json_set(cJSON *j, const char *path, cJSON *v)
 {
-    char buf[256];
-    snprintf(buf, sizeof(buf), "%s", path);
-    char *save = NULL, *tok = strtok_r(buf, ".", &save);
-    while (j && tok) {
-        char *next = strtok_r(NULL, ".", &save);
-        bool arr = cJSON_IsArray(j);
-        if (!arr && !cJSON_IsObject(j))
-            return false;
-        cJSON *item =
-            arr ? cJSON_GetArrayItem(j, atoi(tok)) : cJSON_GetObjectItemCaseSensitive(j, tok);
-        if (!item)
-            return false;
-        if (!next)
-            return arr ? cJSON_ReplaceItemInArray(j, atoi(tok), v)
-                       : cJSON_ReplaceItemInObjectCaseSensitive(j, tok, v);
-        j = item;
-        tok = next;
-    }
-    return false;
+    char key[256];
+    cJSON *p = parent_of(j, path, key, sizeof(key));
+    if (!p || !wsrr_json_at(p, key))
+        return false;
+    return cJSON_IsArray(p) ? cJSON_ReplaceItemInArray(p, atoi(key), v)
+                            : cJSON_ReplaceItemInObjectCaseSensitive(p, key, v);
 }
 
 bool rp_same_message(const char *const *ignore, size_t nignore, uint8_t want_op,

@@ -103,8 +103,6 @@ bool rp_same_message(const char *const *ignore, size_t nignore, uint8_t want_op,
  * j); false when it does not. */
 struct cJSON;
 bool rp_json_set(struct cJSON *j, const char *path, struct cJSON *v);
-/* The value at the dotted path of j, or NULL. */
-const struct cJSON *rp_json_get(const struct cJSON *j, const char *path);
 
 /* Is this ending a failure (what --check reports): a close with 1011-1014
  * or 1006, an abnormal end, a reset, a timeout, a 5xx rejection. */

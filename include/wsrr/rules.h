@@ -154,6 +154,11 @@ struct wsrr_piece {
 bool wsrr_contains_pieces(const struct wsrr_piece *pc, size_t npc, const char *needle, size_t n,
                           size_t rare);
 
+/* The node at a dotted path of j ("data.items.0.type": digits index
+ * arrays), or NULL. */
+struct cJSON;
+const struct cJSON *wsrr_json_at(const struct cJSON *j, const char *path);
+
 /* Index of the rule with that name, or -1. */
 int wsrr_rules_find(const struct wsrr_rules *r, const char *name);
 
