@@ -18,8 +18,6 @@
 #include <string.h>
 #include <strings.h>
 
-#define MAX_CONN_ID (16u << 20) /* ids index a table: a bigger one is not a capture of ours */
-
 /* What is being put together per connection while reading. */
 struct building {
     bool seen_request, websocket, server_closed;
@@ -32,8 +30,8 @@ struct building {
 
 struct loader {
     struct rp_session *s;
-    uint32_t *index; /* capture id -> conns index + 1 (0: none) */
-    size_t index_cap;
+    uint32_t *index;    /* capture id -> conns index + 1, slot_of() */
+    size_t index_cap;   /* slots */
     struct building *b; /* parallel to s->conns */
     size_t conns_cap, steps_cap;
     char *err;
@@ -74,17 +72,45 @@ static void *grow(void *p, size_t *cap, size_t need, size_t size)
 
 /* The session's connection for a capture id, made on first sight; -1 when
  * out of memory or the id is out of range. */
+/* The id -> index map: open addressing over a power-of-two table kept at
+ * most half full; slots hold id and index + 1 (0: empty). Ids are anything
+ * a capture holds, dense or not. */
+static uint32_t *slot_of(uint32_t *tab, size_t cap, uint32_t id)
+{
+    size_t i = (id * 2654435761u) & (cap - 1);
+    while (tab[2 * i] && tab[2 * i] != id)
+        i = (i + 1) & (cap - 1);
+    return &tab[2 * i];
+}
+
+static bool index_grow(struct loader *l)
+{
+    size_t cap = l->index_cap ? 2 * l->index_cap : 64;
+    uint32_t *tab = calloc(2 * cap, sizeof(*tab));
+    if (!tab)
+        return false;
+    for (size_t i = 0; i < l->index_cap; i++)
+        if (l->index[2 * i]) {
+            uint32_t *sl = slot_of(tab, cap, l->index[2 * i]);
+            sl[0] = l->index[2 * i];
+            sl[1] = l->index[2 * i + 1];
+        }
+    free(l->index);
+    l->index = tab;
+    l->index_cap = cap;
+    return true;
+}
+
+/* The session's connection for a capture id, made on first sight; -1 when
+ * out of memory. */
 static int conn_of(struct loader *l, uint32_t id)
 {
-    if (id == 0 || id > MAX_CONN_ID)
-        return -1;
-    uint32_t *ix = grow(l->index, &l->index_cap, (size_t)id + 1, sizeof(*ix));
-    if (!ix)
-        return -1;
-    l->index = ix;
-    if (ix[id])
-        return (int)ix[id] - 1;
     struct rp_session *s = l->s;
+    if (2 * (s->nconns + 1) > l->index_cap && !index_grow(l))
+        return -1;
+    uint32_t *sl = slot_of(l->index, l->index_cap, id);
+    if (sl[0])
+        return (int)sl[1] - 1;
     size_t cap = l->conns_cap;
     struct rp_conn *c = grow(s->conns, &cap, s->nconns + 1, sizeof(*c));
     if (!c)
@@ -98,7 +124,8 @@ static int conn_of(struct loader *l, uint32_t id)
     l->conns_cap = cap;
     c[s->nconns].id = id;
     c[s->nconns].rec.end = RP_END_OPEN;
-    ix[id] = (uint32_t)++s->nconns;
+    sl[0] = id;
+    sl[1] = (uint32_t)++s->nconns;
     return (int)s->nconns - 1;
 }
 
@@ -185,6 +212,17 @@ static int on_frame(struct loader *l, const struct wsrr_record *r, int ci)
     struct rp_conn *c = &l->s->conns[ci];
     int dir = f->dir == WSRR_DIR_C2S ? 0 : 1;
     struct rp_step *st;
+    if (dir && (r->flags & WSRR_RF_INJECTED))
+        return 0; /* wsrr sent it (a fault), not the server: nothing to expect */
+    /* a payload kept shorter than it was cannot be sent or compared as it
+     * was (redaction's empty compressed frames are fine: the message is
+     * read from the inflated text) */
+    bool whole_from_message = (f->rsv & WSRR_RSV1) || (b->in_msg[dir] && b->compressed[dir]);
+    if ((r->flags & WSRR_RF_TRUNCATED) && f->opcode < 8 && !whole_from_message)
+        return fail(l, r,
+                    "the payload was recorded cut short (%zu of %llu bytes): it cannot be "
+                    "replayed as it was",
+                    f->payload.n, (unsigned long long)f->len);
     if (f->opcode >= 8) { /* control frames */
         uint16_t code = f->opcode == WSRR_OP_CLOSE && f->payload.n >= 2
                             ? (uint16_t)(f->payload.p[0] << 8 | f->payload.p[1])
@@ -323,7 +361,7 @@ struct rp_session *rp_session_load(const char *path, char *err, size_t errlen)
             continue;
         int ci = conn_of(&l, r.conn);
         if (ci < 0) {
-            bad = fail(&l, &r, "connection id out of range or out of memory");
+            bad = fail(&l, &r, "out of memory");
             break;
         }
         switch (r.kind) {
