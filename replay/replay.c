@@ -13,6 +13,7 @@
 #include "wsrr/rules.h"
 #include "wsrr/tap.h"
 #include "wsrr/tls.h"
+#include "wire.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -37,12 +38,10 @@ struct rconn {
     struct bufferevent *bev;
     char key[32];
     struct wsrr_http_parser hp;
-    struct wsrr_frame_parser fp;
-    struct evbuffer *msg;     /* the server message being received */
+    struct rp_reader rd;      /* the server's frames and messages */
     struct evbuffer *pending; /* asap/recorded: frames sent before the upgrade completed */
-    uint8_t msg_op;
-    uint32_t received; /* server messages */
-    uint32_t *expect;  /* step index of each recorded server message */
+    uint32_t received;        /* server messages */
+    uint32_t *expect;         /* step index of each recorded server message */
     uint32_t nexpect;
     bool close_sent, close_rcvd, ended;
     bool failure_gone;       /* its recorded failure did not come back in time */
@@ -184,28 +183,11 @@ static void push(struct rconn *c)
 
 static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t *p, size_t n)
 {
-    struct wsrr_frame f;
-    wsrr_frame_init(&f, WSRR_DIR_C2S, opcode, n);
-    f.fin = fin;
-    uint8_t hdr[WSRR_FRAME_MAX_HEADER];
-    size_t hl = wsrr_frame_encode_header(hdr, &f);
-    uint8_t *body = n ? malloc(n) : NULL;
-    if (n && !body) {
+    struct evbuffer *dst = c->st == RC_OPEN ? bufferevent_get_output(c->bev) : c->pending;
+    if (rp_frame_append(dst, WSRR_DIR_C2S, opcode, fin, p, n, c->tap) < 0) {
         conn_fail(c, RP_END_FAILED, "out of memory");
         return;
     }
-    if (n)
-        wsrr_frame_mask(body, p, n, f.mask, 0);
-    struct evbuffer *dst = c->st == RC_OPEN ? bufferevent_get_output(c->bev) : c->pending;
-    evbuffer_add(dst, hdr, hl);
-    if (n)
-        evbuffer_add(dst, body, n);
-    if (c->tap) {
-        wsrr_tap_feed(c->tap, WSRR_DIR_C2S, hdr, hl, WSRR_TS_NOW);
-        if (n)
-            wsrr_tap_feed(c->tap, WSRR_DIR_C2S, body, n, WSRR_TS_NOW);
-    }
-    free(body);
     if (opcode == WSRR_OP_CLOSE)
         c->close_sent = true;
     push(c);
@@ -213,15 +195,17 @@ static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t 
 
 static void send_close(struct rconn *c, uint16_t code, const uint8_t *reason, size_t rlen)
 {
-    uint8_t pl[125] = {0};
-    size_t n =
-        code ? wsrr_close_payload(pl, code, (const char *)reason, rlen > 123 ? 123 : rlen) : 0;
-    send_frame(c, WSRR_OP_CLOSE, true, pl, n);
+    rlen = code ? (rlen > 123 ? 123 : rlen) : 0;
+    struct evbuffer *dst = c->st == RC_OPEN ? bufferevent_get_output(c->bev) : c->pending;
+    if (rp_close_append(dst, WSRR_DIR_C2S, code, (const char *)reason, rlen, c->tap) < 0) {
+        conn_fail(c, RP_END_FAILED, "out of memory");
+        return;
+    }
+    c->close_sent = true;
     c->sent_code = code;
-    c->sent_reason[0] = '\0';
-    if (n > 2)
-        snprintf(c->sent_reason, sizeof(c->sent_reason), "%.*s", (int)(n - 2),
-                 (const char *)pl + 2);
+    snprintf(c->sent_reason, sizeof(c->sent_reason), "%.*s", (int)rlen,
+             rlen ? (const char *)reason : "");
+    push(c);
 }
 
 /* A whole text message that is JSON, with --set applied to the paths it
@@ -353,7 +337,6 @@ static int upgraded(struct rconn *c, const struct wsrr_http_head *h)
         return -1;
     }
     c->st = RC_OPEN;
-    wsrr_frame_parser_init(&c->fp, WSRR_DIR_S2C, NULL);
     if (evbuffer_get_length(c->pending))
         evbuffer_add_buffer(bufferevent_get_output(c->bev), c->pending);
     return 0;
@@ -408,8 +391,8 @@ static void on_message(struct rconn *c, const uint8_t *p, size_t n)
     uint32_t nth = c->received + 1;
     const struct rp_step *want = nth <= c->nexpect ? &r->s->steps[c->expect[nth - 1]] : NULL;
     bool same = want && rp_same_message(r->o->ignore, r->o->nignore, want->opcode, want->data,
-                                        want->len, c->msg_op, p, n);
-    if (!same && r->o->nextras && extra_ok(r, c->msg_op, p, n)) {
+                                        want->len, c->rd.msg_op, p, n);
+    if (!same && r->o->nextras && extra_ok(r, c->rd.msg_op, p, n)) {
         cr->extras++; /* not counted, not compared: it does not satisfy a wait either */
         return;
     }
@@ -453,51 +436,24 @@ static void on_frame_end(struct rconn *c, const struct wsrr_frame_event *ev)
         if (!c->close_sent) /* answer as a client does: the same code */
             send_close(c, f->close_code, NULL, 0);
     } else if (f->opcode < 8 && f->msg_final) {
-        size_t n = evbuffer_get_length(c->msg);
-        on_message(c, n ? evbuffer_pullup(c->msg, -1) : NULL, n);
-        evbuffer_drain(c->msg, n);
+        size_t n = evbuffer_get_length(c->rd.msg);
+        on_message(c, n ? evbuffer_pullup(c->rd.msg, -1) : NULL, n);
+        evbuffer_drain(c->rd.msg, n);
     }
+}
+
+static bool frame_end(void *arg, struct rp_reader *rd, const struct wsrr_frame_event *ev)
+{
+    struct rconn *c = arg;
+    (void)rd;
+    on_frame_end(c, ev);
+    return c->st == RC_OPEN;
 }
 
 static void read_frames(struct rconn *c, struct evbuffer *in)
 {
-    while (c->st == RC_OPEN && evbuffer_get_length(in)) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
-        const uint8_t *p = v.iov_base;
-        size_t at = 0;
-        for (;;) {
-            struct wsrr_frame_event ev;
-            ssize_t k = wsrr_frame_parse(&c->fp, p + at, v.iov_len - at, &ev);
-            if (k < 0) {
-                conn_fail(c, RP_END_FAILED, wsrr_frame_parser_error(&c->fp));
-                return;
-            }
-            at += (size_t)k;
-            if (ev.type == WSRR_FRAME_NEED_MORE)
-                break;
-            if (ev.type == WSRR_FRAME_HEADER && ev.frame->opcode < 8 && ev.frame->msg_first)
-                c->msg_op = ev.frame->opcode;
-            if (ev.type == WSRR_FRAME_PAYLOAD && ev.frame->opcode < 8) {
-                if (ev.frame->masked) { /* a server must not mask; we read it anyway */
-                    uint8_t tmp[4096];
-                    for (size_t i = 0; i < ev.len; i += sizeof(tmp)) {
-                        size_t m = ev.len - i < sizeof(tmp) ? ev.len - i : sizeof(tmp);
-                        wsrr_frame_mask(tmp, ev.data + i, m, ev.frame->mask, ev.offset + i);
-                        evbuffer_add(c->msg, tmp, m);
-                    }
-                } else {
-                    evbuffer_add(c->msg, ev.data, ev.len);
-                }
-            }
-            if (ev.type == WSRR_FRAME_END)
-                on_frame_end(c, &ev);
-            if (c->st != RC_OPEN)
-                return;
-        }
-        evbuffer_drain(in, at);
-    }
+    if (c->st == RC_OPEN && rp_reader_feed(&c->rd, in, frame_end, c) < 0)
+        conn_fail(c, RP_END_FAILED, wsrr_frame_parser_error(&c->rd.fp));
 }
 
 /* --record: what the server sent, as it came (the input holds only new
@@ -592,9 +548,9 @@ static int open_conn(struct rconn *c)
     } else {
         c->bev = bufferevent_socket_new(r->base, -1, BEV_OPT_CLOSE_ON_FREE);
     }
-    c->msg = evbuffer_new();
+    bool reader = rp_reader_init(&c->rd, WSRR_DIR_S2C);
     c->pending = evbuffer_new();
-    if (!c->bev || !c->msg || !c->pending) {
+    if (!c->bev || !reader || !c->pending) {
         conn_fail(c, RP_END_FAILED, "out of memory");
         return -1;
     }
@@ -999,8 +955,7 @@ out:
             conn_done(c); /* still open at the end: its records are finished */
         if (c->bev)
             bufferevent_free(c->bev);
-        if (c->msg)
-            evbuffer_free(c->msg);
+        rp_reader_free(&c->rd);
         if (c->pending)
             evbuffer_free(c->pending);
         if (c->st != RC_IDLE)

@@ -6,6 +6,7 @@
 #include "wsrr/frame.h"
 #include "wsrr/handshake.h"
 #include "wsrr/tls.h"
+#include "wire.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -50,11 +51,9 @@ struct sconn {
     enum sc_state st;
     struct bufferevent *bev;
     struct wsrr_http_parser hp;
-    struct wsrr_frame_parser fp;
-    struct evbuffer *msg;
-    uint8_t msg_op;
-    int rec;         /* index of the recorded connection, -1 until bound */
-    bool bind_later; /* bound at the client's first message */
+    struct rp_reader rd; /* the client's frames and messages */
+    int rec;             /* index of the recorded connection, -1 until bound */
+    bool bind_later;     /* bound at the client's first message */
     char *target;
     size_t cur;   /* next step of the recorded connection */
     uint32_t got; /* client messages received */
@@ -128,24 +127,16 @@ static void conn_end(struct sconn *c, const char *how)
 
 static void send_frame(struct sconn *c, uint8_t opcode, const uint8_t *p, size_t n)
 {
-    struct wsrr_frame f;
-    wsrr_frame_init(&f, WSRR_DIR_S2C, opcode, n);
-    uint8_t hdr[WSRR_FRAME_MAX_HEADER];
-    size_t hl = wsrr_frame_encode_header(hdr, &f);
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    evbuffer_add(out, hdr, hl);
-    if (n)
-        evbuffer_add(out, p, n);
+    rp_frame_append(bufferevent_get_output(c->bev), WSRR_DIR_S2C, opcode, true, p, n, NULL);
     if (opcode == WSRR_OP_CLOSE)
         c->close_sent = true;
 }
 
 static void send_close(struct sconn *c, uint16_t code, const uint8_t *reason, size_t rlen)
 {
-    uint8_t pl[125] = {0};
-    size_t n =
-        code ? wsrr_close_payload(pl, code, (const char *)reason, rlen > 123 ? 123 : rlen) : 0;
-    send_frame(c, WSRR_OP_CLOSE, pl, n);
+    rp_close_append(bufferevent_get_output(c->bev), WSRR_DIR_S2C, code, (const char *)reason, rlen,
+                    NULL);
+    c->close_sent = true;
 }
 
 /* The output is written: the ending waiting for it (a close, the end of
@@ -286,7 +277,7 @@ static void bind_by_message(struct sconn *c, const uint8_t *p, size_t n)
             if (first < 0)
                 first = (int)i;
             if (r->nmsgs && rp_same_message(sv->o->ignore, sv->o->nignore, r->msgs[0].opcode,
-                                            r->msgs[0].data, r->msgs[0].len, c->msg_op, p, n)) {
+                                            r->msgs[0].data, r->msgs[0].len, c->rd.msg_op, p, n)) {
                 bind_to(c, (int)i);
                 return;
             }
@@ -307,7 +298,7 @@ static void on_client_message(struct sconn *c, const uint8_t *p, size_t n)
     const struct rec *r = &sv->recs[c->rec];
     uint32_t k = c->got++;
     bool ok = k < r->nmsgs && rp_same_message(sv->o->ignore, sv->o->nignore, r->msgs[k].opcode,
-                                              r->msgs[k].data, r->msgs[k].len, c->msg_op, p, n);
+                                              r->msgs[k].data, r->msgs[k].len, c->rd.msg_op, p, n);
     if (!ok) {
         char got[80];
         size_t m = 0;
@@ -341,50 +332,24 @@ static void on_frame_end(struct sconn *c, const struct wsrr_frame_event *ev)
             end_after_output(c, END_FIN);
         }
     } else if (f->opcode < 8 && f->msg_final) {
-        size_t n = evbuffer_get_length(c->msg);
-        on_client_message(c, n ? evbuffer_pullup(c->msg, -1) : NULL, n);
-        evbuffer_drain(c->msg, n);
+        size_t n = evbuffer_get_length(c->rd.msg);
+        on_client_message(c, n ? evbuffer_pullup(c->rd.msg, -1) : NULL, n);
+        evbuffer_drain(c->rd.msg, n);
     }
+}
+
+static bool frame_end(void *arg, struct rp_reader *rd, const struct wsrr_frame_event *ev)
+{
+    struct sconn *c = arg;
+    (void)rd;
+    on_frame_end(c, ev);
+    return c->st == SC_OPEN;
 }
 
 static void read_frames(struct sconn *c, struct evbuffer *in)
 {
-    while (c->st == SC_OPEN && evbuffer_get_length(in)) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
-        size_t at = 0;
-        for (;;) {
-            struct wsrr_frame_event ev;
-            ssize_t k =
-                wsrr_frame_parse(&c->fp, (const uint8_t *)v.iov_base + at, v.iov_len - at, &ev);
-            if (k < 0) {
-                conn_end(c, wsrr_frame_parser_error(&c->fp));
-                return;
-            }
-            at += (size_t)k;
-            if (ev.type == WSRR_FRAME_NEED_MORE)
-                break;
-            if (ev.type == WSRR_FRAME_HEADER && ev.frame->opcode < 8 && ev.frame->msg_first)
-                c->msg_op = ev.frame->opcode;
-            if (ev.type == WSRR_FRAME_PAYLOAD && ev.frame->opcode < 8) {
-                uint8_t tmp[4096];
-                for (size_t i = 0; i < ev.len; i += sizeof(tmp)) {
-                    size_t m = ev.len - i < sizeof(tmp) ? ev.len - i : sizeof(tmp);
-                    if (ev.frame->masked)
-                        wsrr_frame_mask(tmp, ev.data + i, m, ev.frame->mask, ev.offset + i);
-                    else
-                        memcpy(tmp, ev.data + i, m);
-                    evbuffer_add(c->msg, tmp, m);
-                }
-            }
-            if (ev.type == WSRR_FRAME_END)
-                on_frame_end(c, &ev);
-            if (c->st != SC_OPEN)
-                return;
-        }
-        evbuffer_drain(in, at);
-    }
+    if (c->st == SC_OPEN && rp_reader_feed(&c->rd, in, frame_end, c) < 0)
+        conn_end(c, wsrr_frame_parser_error(&c->rd.fp));
 }
 
 /* The request head is complete: answer it as recorded. */
@@ -437,7 +402,6 @@ static void on_request(struct sconn *c, const struct wsrr_http_head *h)
     wsrr_handshake_build_response(out, info.key, info.key_len, proto, NULL, NULL);
     free(proto);
     c->st = SC_OPEN;
-    wsrr_frame_parser_init(&c->fp, WSRR_DIR_C2S, NULL);
     /* several recorded connections of this path whose client speaks
      * first: its first message says which one this is */
     if (r->client_first && several)
@@ -490,8 +454,7 @@ static void conn_free(struct sconn *c)
 {
     if (c->bev)
         bufferevent_free(c->bev);
-    if (c->msg)
-        evbuffer_free(c->msg);
+    rp_reader_free(&c->rd);
     if (c->timer)
         event_free(c->timer);
     wsrr_http_parser_finish(&c->hp);
@@ -530,7 +493,7 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     c->sv = sv;
     c->id = ++sv->next_id;
     c->rec = -1;
-    c->msg = evbuffer_new();
+    bool reader = rp_reader_init(&c->rd, WSRR_DIR_C2S);
     c->timer = evtimer_new(sv->base, on_wait_timer, c);
     if (sv->ctx) {
         SSL *ssl = SSL_new(sv->ctx);
@@ -542,7 +505,7 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     }
     c->next = sv->conns;
     sv->conns = c;
-    if (!c->bev || !c->msg || !c->timer) {
+    if (!c->bev || !reader || !c->timer) {
         if (!c->bev)
             evutil_closesocket(fd);
         conn_end(c, "out of memory");
