@@ -514,6 +514,10 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
             wsrr_tls_error(bufferevent_openssl_get_ssl(c->bev), tls_err, why, sizeof(why));
             o->end = RP_END_FAILED;
             snprintf(o->reason, sizeof(o->reason), "TLS with %.30s: %.80s", c->run->hostport, why);
+        } else if (c->st == RC_HANDSHAKE && bufferevent_socket_get_dns_error(c->bev)) {
+            o->end = RP_END_FAILED;
+            snprintf(o->reason, sizeof(o->reason), "cannot resolve %.40s: %.40s", c->run->host,
+                     evutil_gai_strerror(bufferevent_socket_get_dns_error(c->bev)));
         } else if (c->st == RC_HANDSHAKE && !(what & BEV_EVENT_EOF)) {
             o->end = RP_END_FAILED;
             snprintf(o->reason, sizeof(o->reason), "cannot connect to %.50s: %.40s",

@@ -327,7 +327,9 @@ static void replay_one(struct job *j, size_t i)
         o.conn_base = j->conn_base;
         j->conn_base += (uint32_t)s->nconns;
         if (rp_run(s, &o, &res, err, sizeof(err)) < 0) {
-            c->err = strdup(err);
+            char e2[700];
+            snprintf(e2, sizeof(e2), "%s: %s", path, err);
+            c->err = strdup(e2);
             break;
         }
         hits += report(&k, path, s, &res, j->reproduce, j->verbose, run, j->repeat, jruns);
