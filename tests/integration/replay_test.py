@@ -439,16 +439,14 @@ async def test_bad_input():
     check(rc == 2 and "--target" in err, "a target that is not ws(s): exit 2 (%d): %r" % (rc, err))
     rc, out, err = await wsrr("replay", junk)
     check(rc == 2 and "--target" in err, "no target: exit 2 (%d): %r" % (rc, err))
-    # a real capture against a port nobody listens on, and a name that does
-    # not resolve
+    # a real capture against a port nobody listens on (a name that does not
+    # resolve is not tried here: that would ask a resolver off this machine)
     cap = os.path.join(TMP, "demo.wsrr")
     shutil.copy(os.path.join(ROOT, "captures", "agent-1011.wsrr"), cap)
     rc, out, err = await wsrr("replay", cap, "--target", "ws://127.0.0.1:%d" % free_port())
     check(rc == 1 and "cannot connect to 127.0.0.1:" in out and "Connection refused" in out,
           "an unreachable target: the connection failed, exit 1 (%d): %s" % (rc, out + err))
-    rc, out, err = await wsrr("replay", cap, "--target", "ws://no-such-host.invalid:80")
-    check(rc == 1 and "cannot resolve no-such-host.invalid" in out,
-          "a name that does not resolve is said so (%d): %s" % (rc, out + err))
+
 
 
 RACE_BACKEND = os.path.join(os.path.dirname(os.path.abspath(__file__)), "race_backend.py")
