@@ -678,7 +678,9 @@ async def auth_handler(ws, path=None):
         if auth != "Bearer s3cr3t-header" or token != "tok-98765":
             await ws.close(1008, "bad credentials")
             return
-        await ws.send(json.dumps({"type": "welcome"}))
+        # a fresh session token each time: recorded as a placeholder
+        await ws.send(json.dumps({"type": "welcome",
+                                  "session_token": "st-%s" % os.urandom(8).hex()}))
 
 
 async def test_secrets():
@@ -715,6 +717,19 @@ async def test_secrets():
     check(rc == 0 and SEEN == [("Bearer s3cr3t-header", "tok-98765")],
           "with --secret and WSRR_SECRET_*: the server gets the real values (%d, %r): %s"
           % (rc, SEEN, out + err))
+    # serve: a client that sends its own token is not "unexpected" (the
+    # recorded one is a placeholder), and gets the recorded answer
+    sv = serve(cap, "--exit-after", "1")
+    async with websockets.connect("ws://127.0.0.1:%s/a" % sv.m.group(1),
+                                  ping_interval=None) as ws:
+        await ws.send(json.dumps({"type": "hello", "access_token": "another-token"}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    rc = sv.finish()
+    log = "\n".join(sv.drains[1].lines())
+    check(rc == 0 and "not the recorded one" not in log and answer["type"] == "welcome"
+          and answer["session_token"].startswith("<redacted:"),
+          "serve: a placeholder in a recorded client message matches any value (%d): %s"
+          % (rc, log))
     # --record: the replay's own traffic, secrets redacted again, replayable
     rec = os.path.join(TMP, "replay-of-secret.wsrr")
     rc, out, err = await wsrr("replay", cap, "--target", target, "--sec",
