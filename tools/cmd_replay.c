@@ -379,6 +379,24 @@ static void *worker(void *arg)
     }
 }
 
+/* Append val to a repeatable option's list; false (the error printed) when
+ * the list is full. */
+static bool add_to(const char **list, size_t *n, const char *opt, const char *val)
+{
+    if (*n == MAX_LIST) {
+        tool_usage_error("replay", "more than %d %s", MAX_LIST, opt);
+        return false;
+    }
+    list[(*n)++] = val;
+    return true;
+}
+
+/* "KEY=VALUE" with a non-empty KEY */
+static bool key_value(const char *s)
+{
+    return s[0] != '=' && strchr(s, '=') != NULL;
+}
+
 static int run_replay(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -458,27 +476,24 @@ static int run_replay(int argc, char **argv)
             o.gap_us = v * 1000;
             break;
         case 'i':
-            if (o.nignore == MAX_LIST)
-                return tool_usage_error("replay", "more than %d --ignore", MAX_LIST);
-            ignore[o.nignore++] = optarg;
+            if (!add_to(ignore, &o.nignore, "--ignore", optarg))
+                return EXIT_BAD_INPUT;
             break;
         case 'H': {
             const char *colon = strchr(optarg, ':');
             if (!colon || colon == optarg || strpbrk(optarg, "\r\n"))
                 return tool_usage_error("replay", "--header '%s': expected 'Name: value'", optarg);
-            if (o.nheaders == MAX_LIST)
-                return tool_usage_error("replay", "more than %d --header", MAX_LIST);
-            headers[o.nheaders++] = optarg;
+            if (!add_to(headers, &o.nheaders, "--header", optarg))
+                return EXIT_BAD_INPUT;
             break;
         }
         case 'k': o.insecure = true; break;
         case 'A': o.ca_file = optarg; break;
         case 'X':
-            if (strcmp(optarg, "*") && (!strchr(optarg, '=') || optarg[0] == '='))
+            if (strcmp(optarg, "*") && !key_value(optarg))
                 return tool_usage_error("replay", "--extra %s: expected PATH=VALUE or '*'", optarg);
-            if (o.nextras == MAX_LIST)
-                return tool_usage_error("replay", "more than %d --extra", MAX_LIST);
-            extras[o.nextras++] = optarg;
+            if (!add_to(extras, &o.nextras, "--extra", optarg))
+                return EXIT_BAD_INPUT;
             break;
         case 'R': record = optarg; break;
         case 'F': force = true; break;
@@ -488,11 +503,10 @@ static int run_replay(int argc, char **argv)
                 return tool_usage_error("replay", "--jobs %s: expected 1..64", optarg);
             break;
         case 'E':
-            if (!strchr(optarg, '=') || optarg[0] == '=')
+            if (!key_value(optarg))
                 return tool_usage_error("replay", "--set %s: expected PATH=VALUE", optarg);
-            if (o.nsets == MAX_LIST)
-                return tool_usage_error("replay", "more than %d --set", MAX_LIST);
-            sets[o.nsets++] = optarg;
+            if (!add_to(sets, &o.nsets, "--set", optarg))
+                return EXIT_BAD_INPUT;
             break;
         case 'P': {
             char *slash = strchr(optarg, '/');
@@ -501,15 +515,12 @@ static int run_replay(int argc, char **argv)
                 return tool_usage_error("replay", "--shard: expected K/N with 1 <= K <= N");
             break;
         }
-        case 's': {
-            const char *eq = strchr(optarg, '=');
-            if (!eq || eq == optarg)
+        case 's':
+            if (!key_value(optarg))
                 return tool_usage_error("replay", "--secret %s: expected NAME=VALUE", optarg);
-            if (nsecrets == MAX_LIST)
-                return tool_usage_error("replay", "more than %d --secret", MAX_LIST);
-            secrets[nsecrets++] = optarg;
+            if (!add_to(secrets, &nsecrets, "--secret", optarg))
+                return EXIT_BAD_INPUT;
             break;
-        }
         case 'c': reproduce = false; break;
         case 'r': reproduce = true; break;
         case 'n':

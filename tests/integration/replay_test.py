@@ -188,17 +188,24 @@ async def stamp_handler(ws, path=None):
                                   "meta": {"ts": time.time()}}))
 
 
-async def test_json_compare():
+async def record_stamps(name, n):
+    """A session of n messages against stamp_handler, recorded through the
+    proxy; returns (capture, the still running server, its port)."""
     server = await websockets.serve(stamp_handler, "127.0.0.1", 0, ping_interval=None)
     port = server.sockets[0].getsockname()[1]
-    cap = os.path.join(TMP, "stamp.wsrr")
+    cap = os.path.join(TMP, name)
     px = proxy(port, cap)
     async with websockets.connect("ws://127.0.0.1:%s/s" % px.m.group(1),
                                   ping_interval=None) as ws:
-        for i in range(3):
+        for i in range(n):
             await ws.send("m%d" % i)
             await ws.recv()
     px.stop()
+    return cap, server, port
+
+
+async def test_json_compare():
+    cap, server, port = await record_stamps("stamp.wsrr", 3)
     target = "ws://127.0.0.1:%d" % port
     rc, out, err = await wsrr("replay", cap, "--target", target)
     check(rc == 1 and "server message 1 differs" in out and "meta" in out,
@@ -223,16 +230,7 @@ async def heartbeat_handler(ws, path=None):
 
 
 async def test_extra_messages():
-    server = await websockets.serve(stamp_handler, "127.0.0.1", 0, ping_interval=None)
-    port = server.sockets[0].getsockname()[1]
-    cap = os.path.join(TMP, "extra.wsrr")
-    px = proxy(port, cap)
-    async with websockets.connect("ws://127.0.0.1:%s/s" % px.m.group(1),
-                                  ping_interval=None) as ws:
-        for i in range(3):
-            await ws.send("m%d" % i)
-            await ws.recv()
-    px.stop()
+    cap, server, _ = await record_stamps("extra.wsrr", 3)
     server.close()
     hb = await websockets.serve(heartbeat_handler, "127.0.0.1", 0, ping_interval=None)
     target = "ws://127.0.0.1:%d" % hb.sockets[0].getsockname()[1]
@@ -403,16 +401,7 @@ async def silent_handler(ws, path=None):
 
 
 async def test_timeout():
-    server = await websockets.serve(stamp_handler, "127.0.0.1", 0, ping_interval=None)
-    port = server.sockets[0].getsockname()[1]
-    cap = os.path.join(TMP, "timeout.wsrr")
-    px = proxy(port, cap)
-    async with websockets.connect("ws://127.0.0.1:%s/t" % px.m.group(1),
-                                  ping_interval=None) as ws:
-        for i in range(2):
-            await ws.send("m%d" % i)
-            await ws.recv()
-    px.stop()
+    cap, server, _ = await record_stamps("timeout.wsrr", 2)
     server.close()
     silent = await websockets.serve(silent_handler, "127.0.0.1", 0, ping_interval=None)
     sport = silent.sockets[0].getsockname()[1]
