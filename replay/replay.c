@@ -41,6 +41,7 @@ struct rconn {
     struct rp_reader rd;      /* the server's frames and messages */
     struct evbuffer *pending; /* asap/recorded: frames sent before the upgrade completed */
     uint32_t received;        /* server messages */
+    uint32_t waived;          /* server messages no longer waited for (quiet_ms) */
     uint32_t *expect;         /* step index of each recorded server message */
     uint32_t nexpect;
     bool close_sent, close_rcvd, ended;
@@ -53,6 +54,7 @@ struct rconn {
     size_t *steps, nsteps, cur, last_send;
     struct event *timer;
     size_t timer_step;
+    size_t paused; /* the step whose pause_ms has passed, + 1 */
 };
 
 struct run {
@@ -73,6 +75,7 @@ struct run {
     size_t last_conn;    /* causal: the last client step's connection, SIZE_MAX after a
                             server step */
     uint64_t last_ns;
+    size_t paused;         /* causal: the step whose pause_ms has passed, + 1 */
     bool advancing, again; /* advance() is running; it was asked again meanwhile */
     char uuid[37];         /* --set PATH=@uuid: fresh per run */
 };
@@ -181,16 +184,24 @@ static void push(struct rconn *c)
         hang_up(c);
 }
 
-static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t *p, size_t n)
+static void send_wire(struct rconn *c, const struct rp_step *form, uint8_t opcode, bool fin,
+                      const uint8_t *p, size_t n)
 {
     struct evbuffer *dst = c->st == RC_OPEN ? bufferevent_get_output(c->bev) : c->pending;
-    if (rp_frame_append(dst, WSRR_DIR_C2S, opcode, fin, p, n, c->tap) < 0) {
+    if (rp_frame_append_wire(dst, WSRR_DIR_C2S, opcode, fin, form ? form->rsv : 0,
+                             form ? form->len_width : 0, form && form->unmasked, p, n,
+                             c->tap) < 0) {
         conn_fail(c, RP_END_FAILED, "out of memory");
         return;
     }
     if (opcode == WSRR_OP_CLOSE)
         c->close_sent = true;
     push(c);
+}
+
+static void send_frame(struct rconn *c, uint8_t opcode, bool fin, const uint8_t *p, size_t n)
+{
+    send_wire(c, NULL, opcode, fin, p, n);
 }
 
 static void send_close(struct rconn *c, uint16_t code, const uint8_t *reason, size_t rlen)
@@ -231,7 +242,7 @@ static void send_with_sets(struct rconn *c, const struct rp_step *st)
     if (out)
         send_frame(c, st->opcode, true, (const uint8_t *)out, strlen(out));
     else
-        send_frame(c, st->opcode, st->fin, st->data, st->len);
+        send_wire(c, st, st->opcode, st->fin, st->data, st->len);
     cJSON_free(out);
     cJSON_Delete(j);
 }
@@ -389,6 +400,8 @@ static void on_message(struct rconn *c, const uint8_t *p, size_t n)
     struct run *r = c->run;
     struct rp_conn_result *cr = &r->res->conns[c->idx];
     uint32_t nth = c->received + 1;
+    if (r->o->on_message)
+        r->o->on_message(r->o->arg, c->idx, c->rd.msg_op, p, n);
     const struct rp_step *want = nth <= c->nexpect ? &r->s->steps[c->expect[nth - 1]] : NULL;
     bool same = want && rp_same_message(r->o->ignore, r->o->nignore, want->opcode, want->data,
                                         want->len, c->rd.msg_op, p, n);
@@ -601,7 +614,7 @@ static bool happened(struct run *r, const struct rp_step *st)
         return true;
     switch (st->kind) {
     case RP_UPGRADED: return c->st == RC_OPEN;
-    case RP_MESSAGE: return c->received >= st->nth;
+    case RP_MESSAGE: return c->received >= st->nth || c->waived >= st->nth;
     case RP_CLOSE: return c->close_rcvd;
     default: /* RP_END: the transport ends (c->ended) */ return false;
     }
@@ -636,7 +649,9 @@ static void client_step(struct run *r, const struct rp_step *st)
         else if (r->o->nsets && st->opcode == WSRR_OP_TEXT && st->fin)
             send_with_sets(c, st);
         else
-            send_frame(c, st->opcode, st->fin, st->data, st->len);
+            send_wire(c, st, st->opcode, st->fin, st->data, st->len);
+        if (st->opcode < 8)
+            r->res->conns[st->conn].last_send = (size_t)(st - r->s->steps) + 1;
         break;
     case RP_HANGUP:
         if (c->failure_gone) { /* it left after the failure; this run had none */
@@ -668,6 +683,13 @@ static void client_step(struct run *r, const struct rp_step *st)
 static void wait_expired(struct run *r, const struct rp_step *st)
 {
     struct rconn *c = &r->c[st->conn];
+    if (st->kind == RP_MESSAGE && r->o->quiet_ms) {
+        vlog(r, "connection %u: no server message %u within %llu ms: going on",
+             r->s->conns[st->conn].id, st->nth, (unsigned long long)r->o->quiet_ms);
+        c->waived = st->nth;
+        r->res->conns[st->conn].quiet++;
+        return;
+    }
     if (st->failure) {
         vlog(r, "connection %u: the recorded %s did not come", r->s->conns[st->conn].id,
              st->kind == RP_CLOSE ? "close" : "end");
@@ -701,6 +723,12 @@ static void arm(struct event *ev, size_t *armed_for, size_t step, uint64_t ms)
     arm_us(ev, armed_for, step, ms * 1000);
 }
 
+/* how long a wait for this server step may last */
+static uint64_t wait_ms(const struct run *r, const struct rp_step *st)
+{
+    return st->kind == RP_MESSAGE && r->o->quiet_ms ? r->o->quiet_ms : r->o->timeout_ms;
+}
+
 /* causal: one cursor over the global order; a client step runs once every
  * server step before it has happened. Returns true when every step is done. */
 static bool advance_causal(struct run *r)
@@ -716,7 +744,13 @@ static bool advance_causal(struct run *r)
                      : st->kind == RP_UPGRADED ? "the upgrade's answer"
                      : st->kind == RP_CLOSE    ? "the server's close"
                                                : "the end of the server's transport");
-            arm(r->timer, &r->timer_step, r->next, r->o->timeout_ms);
+            arm(r->timer, &r->timer_step, r->next, wait_ms(r, st));
+            return false;
+        }
+        if (!server_step(st->kind) && st->pause_ms && r->paused != r->next + 1) {
+            if (r->timer_step != r->next || !evtimer_pending(r->timer, NULL))
+                vlog(r, "#%llu pauses %u ms", (unsigned long long)st->seq, st->pause_ms);
+            arm(r->timer, &r->timer_step, r->next, st->pause_ms);
             return false;
         }
         if (!server_step(st->kind)) {
@@ -752,11 +786,15 @@ static bool advance_conn(struct run *r, struct rconn *c)
         const struct rp_step *st = &s->steps[i];
         if (server_step(st->kind)) {
             if (c->cur > c->last_send && !happened(r, st)) {
-                arm(c->timer, &c->timer_step, i, r->o->timeout_ms);
+                arm(c->timer, &c->timer_step, i, wait_ms(r, st));
                 return false;
             }
             c->cur++;
             continue;
+        }
+        if (st->pause_ms && c->paused != i + 1) {
+            arm(c->timer, &c->timer_step, i, st->pause_ms);
+            return false;
         }
         if (r->o->timing == RP_RECORDED) {
             uint64_t due = (uint64_t)((double)(st->ts - s->steps[0].ts) / r->o->speed / 1e6);
@@ -833,6 +871,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     const struct rp_step *st = &r->s->steps[r->timer_step];
     if (r->timer_step == r->next && server_step(st->kind) && !happened(r, st))
         wait_expired(r, st);
+    else if (r->timer_step == r->next && !server_step(st->kind) && st->pause_ms)
+        r->paused = r->next + 1;
     advance(r);
 }
 
@@ -846,6 +886,8 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
         const struct rp_step *st = &c->run->s->steps[c->timer_step];
         if (server_step(st->kind) && !happened(c->run, st))
             wait_expired(c->run, st);
+        else if (!server_step(st->kind) && st->pause_ms)
+            c->paused = c->timer_step + 1;
     }
     advance(c->run);
 }

@@ -46,6 +46,14 @@ struct rp_opts {
     const struct wsrr_redactor *redact; /* ... with secrets redacted (NULL: as they are) */
     uint32_t conn_base;                 /* ... connection ids from conn_base + 1 */
     FILE *log;                          /* --verbose: every step as it runs; NULL: quiet */
+    /* fuzz: a wait for a server message that lasts quiet_ms is let go (the
+     * server answered a changed message with fewer messages): the run goes
+     * on, and the connection counts it in `quiet`. 0: such a wait times
+     * out after timeout_ms, a failure. */
+    uint64_t quiet_ms;
+    /* fuzz: every server data message as it arrives (conn: session index) */
+    void (*on_message)(void *arg, uint32_t conn, uint8_t opcode, const uint8_t *p, size_t n);
+    void *arg;
 };
 
 /* What one run saw, per connection of the session. */
@@ -56,6 +64,8 @@ struct rp_conn_result {
     uint32_t div_nth;   /* the first such message, 1-based */
     char expected[160]; /* its recorded and received payloads, shortened */
     char received[160];
+    uint32_t quiet;   /* waits for a server message let go (opts.quiet_ms) */
+    size_t last_send; /* the last data frame sent: its step index + 1 (0: none) */
 };
 
 struct rp_result {

@@ -26,6 +26,7 @@ struct building {
     size_t msg_len[2], msg_cap[2];
     uint8_t msg_op[2];
     bool in_msg[2], compressed[2];
+    bool deflate; /* the server's answer accepted permessage-deflate */
 };
 
 struct loader {
@@ -186,6 +187,7 @@ static int on_response(struct loader *l, const struct wsrr_record *r, int ci)
     if (!st)
         return fail(l, r, "out of memory");
     st->code = (uint16_t)status;
+    l->b[ci].deflate = strcasestr(c->response ? c->response : "", "permessage-deflate") != NULL;
     if (status != 101) {
         l->s->conns[ci].rec.end = RP_END_REJECTED;
         l->s->conns[ci].rec.status = status;
@@ -205,6 +207,15 @@ static int append_msg(struct building *b, int dir, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* A client frame sent as is: what about its form was not the plain one. */
+static void keep_wire(struct rp_step *st, const struct wsrr_rec_frame *f)
+{
+    uint8_t minimal = f->len <= 125 ? 7 : f->len <= 65535 ? 16 : 64;
+    st->rsv = f->rsv;
+    st->len_width = f->len_width != minimal ? f->len_width : 0;
+    st->unmasked = !(f->fflags & WSRR_FF_MASKED);
+}
+
 static int on_frame(struct loader *l, const struct wsrr_record *r, int ci)
 {
     const struct wsrr_rec_frame *f = &r->u.frame;
@@ -217,7 +228,10 @@ static int on_frame(struct loader *l, const struct wsrr_record *r, int ci)
     /* a payload kept shorter than it was cannot be sent or compared as it
      * was (redaction's empty compressed frames are fine: the message is
      * read from the inflated text) */
-    bool whole_from_message = (f->rsv & WSRR_RSV1) || (b->in_msg[dir] && b->compressed[dir]);
+    /* RSV1 is compression only where permessage-deflate was agreed;
+     * elsewhere it is a client's (or fuzz's) invalid frame, sent as is */
+    bool rsv1 = (f->rsv & WSRR_RSV1) && b->deflate;
+    bool whole_from_message = rsv1 || (b->in_msg[dir] && b->compressed[dir]);
     if ((r->flags & WSRR_RF_TRUNCATED) && f->opcode < 8 && !whole_from_message)
         return fail(l, r,
                     "the payload was recorded cut short (%zu of %llu bytes): it cannot be "
@@ -246,6 +260,13 @@ static int on_frame(struct loader *l, const struct wsrr_record *r, int ci)
                 st->opcode = WSRR_OP_PING;
                 st->fin = true;
             }
+        } else if (!dir && f->opcode != WSRR_OP_PONG) { /* a reserved control opcode */
+            st = add_step(l, r, RP_SEND, ci, f->payload.p, f->payload.n);
+            if (st) {
+                st->opcode = f->opcode;
+                st->fin = f->fin;
+                keep_wire(st, f);
+            }
         } else {
             return 0; /* pongs are answered by the replay itself; server pings too */
         }
@@ -254,7 +275,7 @@ static int on_frame(struct loader *l, const struct wsrr_record *r, int ci)
     if (f->opcode != WSRR_OP_CONT) {
         b->in_msg[dir] = true;
         b->msg_op[dir] = f->opcode;
-        b->compressed[dir] = (f->rsv & WSRR_RSV1) != 0;
+        b->compressed[dir] = rsv1;
         b->msg_len[dir] = 0;
     }
     bool last = f->fin;
@@ -264,6 +285,7 @@ static int on_frame(struct loader *l, const struct wsrr_record *r, int ci)
             return fail(l, r, "out of memory");
         st->opcode = f->opcode;
         st->fin = f->fin;
+        keep_wire(st, f);
         if (last)
             b->in_msg[dir] = false;
         return 0;
@@ -422,6 +444,48 @@ void rp_session_free(struct rp_session *s)
     free(s->conns);
     free(s->path);
     free(s);
+}
+
+struct rp_session *rp_session_clone(const struct rp_session *s)
+{
+    struct rp_session *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    d->path = strdup(s->path);
+    d->conns = calloc(s->nconns ? s->nconns : 1, sizeof(*d->conns));
+    d->steps = calloc(s->nsteps ? s->nsteps : 1, sizeof(*d->steps));
+    if (!d->path || !d->conns || !d->steps)
+        goto oom;
+    for (size_t i = 0; i < s->nconns; i++) {
+        struct rp_conn *c = &d->conns[d->nconns++];
+        *c = s->conns[i];
+        c->head = strdup(s->conns[i].head ? s->conns[i].head : "");
+        c->response = s->conns[i].response ? strdup(s->conns[i].response) : NULL;
+        if (!c->head || (s->conns[i].response && !c->response))
+            goto oom;
+    }
+    for (size_t i = 0; i < s->nsteps; i++) {
+        struct rp_step *st = &d->steps[d->nsteps++];
+        *st = s->steps[i];
+        st->data = st->len ? malloc(st->len) : NULL;
+        if (st->len && !st->data)
+            goto oom;
+        if (st->len)
+            memcpy(st->data, s->steps[i].data, st->len);
+    }
+    return d;
+oom:
+    rp_session_free(d);
+    return NULL;
+}
+
+void rp_session_renumber(struct rp_session *s)
+{
+    for (size_t i = 0; i < s->nconns; i++)
+        s->conns[i].nmessages = 0;
+    for (size_t i = 0; i < s->nsteps; i++)
+        if (s->steps[i].kind == RP_MESSAGE)
+            s->steps[i].nth = ++s->conns[s->steps[i].conn].nmessages;
 }
 
 /* ---- secrets ---- */

@@ -37,6 +37,14 @@ struct rp_step {
                        further */
     uint8_t *data;  /* SEND and MESSAGE payload (unmasked, inflated); close reason */
     size_t len;
+    /* SEND: the frame as the client put it on the wire when that was not
+     * the plain form (a buggy client, or fuzz): RSV bits, a non-minimal
+     * length encoding (16 or 64; 0 minimal), no mask */
+    uint8_t rsv, len_width;
+    bool unmasked;
+    uint32_t pause_ms; /* client steps: wait this long first (fuzz's delays) */
+    bool invalid;      /* SEND: made invalid on purpose (fuzz): the server may end the
+                          transport without a close frame (RFC 6455 7.1.7) */
 };
 
 /* How a connection ended, recorded or replayed. */
@@ -82,6 +90,13 @@ struct rp_session {
  * session; plain HTTP exchanges are left out. */
 struct rp_session *rp_session_load(const char *path, char *err, size_t errlen);
 void rp_session_free(struct rp_session *s);
+
+/* A deep copy (NULL when out of memory). */
+struct rp_session *rp_session_clone(const struct rp_session *s);
+
+/* After steps were added, removed or moved (fuzz, shrink): number each
+ * connection's server messages 1.. again in step order (nth, nmessages). */
+void rp_session_renumber(struct rp_session *s);
 
 /* Put the real secrets back where the recorder left placeholders
  * (`<redacted:NAME:FINGERPRINT>`, docs/redaction.md) in the upgrade

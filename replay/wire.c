@@ -7,9 +7,20 @@
 int rp_frame_append(struct evbuffer *out, enum wsrr_dir from, uint8_t opcode, bool fin,
                     const uint8_t *p, size_t n, struct wsrr_tap *tap)
 {
+    return rp_frame_append_wire(out, from, opcode, fin, 0, 0, false, p, n, tap);
+}
+
+int rp_frame_append_wire(struct evbuffer *out, enum wsrr_dir from, uint8_t opcode, bool fin,
+                         uint8_t rsv, uint8_t len_width, bool unmasked, const uint8_t *p, size_t n,
+                         struct wsrr_tap *tap)
+{
     struct wsrr_frame f;
     wsrr_frame_init(&f, from, opcode, n);
     f.fin = fin;
+    f.rsv = rsv;
+    f.len_width = len_width;
+    if (unmasked)
+        f.masked = false;
     /* the whole frame in one contiguous reservation: masked on the way in,
      * and handed to the tap as it will be sent */
     struct evbuffer_iovec v;

@@ -18,6 +18,12 @@ struct evbuffer;
 int rp_frame_append(struct evbuffer *out, enum wsrr_dir from, uint8_t opcode, bool fin,
                     const uint8_t *p, size_t n, struct wsrr_tap *tap);
 
+/* The same with the frame's form chosen: RSV bits, a length encoding
+ * (0 minimal, 16 or 64 wider), and for a client whether it is masked. */
+int rp_frame_append_wire(struct evbuffer *out, enum wsrr_dir from, uint8_t opcode, bool fin,
+                         uint8_t rsv, uint8_t len_width, bool unmasked, const uint8_t *p, size_t n,
+                         struct wsrr_tap *tap);
+
 /* The same for a close frame with a code (0: none) and a reason. */
 int rp_close_append(struct evbuffer *out, enum wsrr_dir from, uint16_t code, const char *reason,
                     size_t rlen, struct wsrr_tap *tap);

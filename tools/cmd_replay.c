@@ -1,6 +1,7 @@
 /* cmd_replay.c — `wsrr replay`: drive a captured session against a server
  * and say whether the recorded failure came back (replay/replay.h). */
 #include "replay.h"
+#include "replay_cli.h"
 #include "tool.h"
 
 #include "wsrr-config.h"
@@ -85,8 +86,6 @@ static int run_replay(int argc, char **argv);
 
 const struct verb verb_replay = {"replay", "replay a capture against a server; did it fail again?",
                                  usage, run_replay};
-
-#define MAX_LIST 64
 
 /* Where a capture's report goes: standard output (unless --json) and the
  * capture's text for --junit. */
@@ -379,44 +378,15 @@ static void *worker(void *arg)
     }
 }
 
-/* Append val to a repeatable option's list; false (the error printed) when
- * the list is full. */
-static bool add_to(const char **list, size_t *n, const char *opt, const char *val)
-{
-    if (*n == MAX_LIST) {
-        tool_usage_error("replay", "more than %d %s", MAX_LIST, opt);
-        return false;
-    }
-    list[(*n)++] = val;
-    return true;
-}
-
-/* "KEY=VALUE" with a non-empty KEY */
-static bool key_value(const char *s)
-{
-    return s[0] != '=' && strchr(s, '=') != NULL;
-}
-
 static int run_replay(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"target", required_argument, NULL, 't'},
-        {"timing", required_argument, NULL, 'T'},
-        {"speed", required_argument, NULL, 'S'},
-        {"timeout", required_argument, NULL, 'o'},
-        {"gap", required_argument, NULL, 'g'},
-        {"ignore", required_argument, NULL, 'i'},
-        {"header", required_argument, NULL, 'H'},
-        {"insecure", no_argument, NULL, 'k'},
-        {"secret", required_argument, NULL, 's'},
-        {"ca", required_argument, NULL, 'A'},
-        {"set", required_argument, NULL, 'E'},
+        REPLAY_CLI_LONGOPTS,
         {"shard", required_argument, NULL, 'P'},
         {"jobs", required_argument, NULL, 'N'},
         {"record", required_argument, NULL, 'R'},
         {"force", no_argument, NULL, 'F'},
         {"no-redact", no_argument, NULL, 'U'},
-        {"extra", required_argument, NULL, 'X'},
         {"check", no_argument, NULL, 'c'},
         {"reproduce", no_argument, NULL, 'r'},
         {"repeat", required_argument, NULL, 'n'},
@@ -426,87 +396,24 @@ static int run_replay(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *ignore[MAX_LIST], *headers[MAX_LIST], *secrets[MAX_LIST];
-    const char *sets[MAX_LIST], *extras[MAX_LIST];
-    size_t nsecrets = 0;
+    struct replay_cli cli;
+    replay_cli_init(&cli, 5000);
+    struct rp_opts *o = &cli.o;
     uint64_t shard_k = 1, shard_n = 1, jobs = 1;
     const char *record = NULL;
     bool force = false, redact = true;
-    struct rp_opts o = {.timing = RP_CAUSAL,
-                        .gap_us = 2000,
-                        .speed = 1,
-                        .timeout_ms = 5000,
-                        .ignore = ignore,
-                        .headers = headers,
-                        .sets = sets,
-                        .extras = extras};
     bool reproduce = false, verbose = false, json = false;
     const char *junit = NULL;
     uint64_t repeat = 1, v;
     int opt;
     while ((opt = tool_getopt(&verb_replay, argc, argv, "t:H:vh", longopts)) != -1) {
         switch (opt) {
-        case 't': o.target = optarg; break;
-        case 'T':
-            if (!strcmp(optarg, "causal"))
-                o.timing = RP_CAUSAL;
-            else if (!strcmp(optarg, "recorded"))
-                o.timing = RP_RECORDED;
-            else if (!strcmp(optarg, "asap"))
-                o.timing = RP_ASAP;
-            else
-                return tool_usage_error("replay", "--timing %s: expected causal, recorded or asap",
-                                        optarg);
-            break;
-        case 'S': {
-            char *end;
-            o.speed = strtod(optarg, &end);
-            if (*end || !(o.speed > 0 && o.speed <= 1000))
-                return tool_usage_error("replay", "--speed %s: expected a number in (0, 1000]",
-                                        optarg);
-            break;
-        }
-        case 'o':
-            if (!tool_parse_u64(optarg, 3600000, &o.timeout_ms) || !o.timeout_ms)
-                return tool_usage_error("replay", "--timeout %s: expected 1..3600000 ms", optarg);
-            break;
-        case 'g':
-            if (!tool_parse_u64(optarg, 10000, &v))
-                return tool_usage_error("replay", "--gap %s: expected 0..10000 ms", optarg);
-            o.gap_us = v * 1000;
-            break;
-        case 'i':
-            if (!add_to(ignore, &o.nignore, "--ignore", optarg))
-                return EXIT_BAD_INPUT;
-            break;
-        case 'H': {
-            const char *colon = strchr(optarg, ':');
-            if (!colon || colon == optarg || strpbrk(optarg, "\r\n"))
-                return tool_usage_error("replay", "--header '%s': expected 'Name: value'", optarg);
-            if (!add_to(headers, &o.nheaders, "--header", optarg))
-                return EXIT_BAD_INPUT;
-            break;
-        }
-        case 'k': o.insecure = true; break;
-        case 'A': o.ca_file = optarg; break;
-        case 'X':
-            if (strcmp(optarg, "*") && !key_value(optarg))
-                return tool_usage_error("replay", "--extra %s: expected PATH=VALUE or '*'", optarg);
-            if (!add_to(extras, &o.nextras, "--extra", optarg))
-                return EXIT_BAD_INPUT;
-            break;
         case 'R': record = optarg; break;
         case 'F': force = true; break;
         case 'U': redact = false; break;
         case 'N':
             if (!tool_parse_u64(optarg, 64, &jobs) || !jobs)
                 return tool_usage_error("replay", "--jobs %s: expected 1..64", optarg);
-            break;
-        case 'E':
-            if (!key_value(optarg))
-                return tool_usage_error("replay", "--set %s: expected PATH=VALUE", optarg);
-            if (!add_to(sets, &o.nsets, "--set", optarg))
-                return EXIT_BAD_INPUT;
             break;
         case 'P': {
             char *slash = strchr(optarg, '/');
@@ -515,12 +422,6 @@ static int run_replay(int argc, char **argv)
                 return tool_usage_error("replay", "--shard: expected K/N with 1 <= K <= N");
             break;
         }
-        case 's':
-            if (!key_value(optarg))
-                return tool_usage_error("replay", "--secret %s: expected NAME=VALUE", optarg);
-            if (!add_to(secrets, &nsecrets, "--secret", optarg))
-                return EXIT_BAD_INPUT;
-            break;
         case 'c': reproduce = false; break;
         case 'r': reproduce = true; break;
         case 'n':
@@ -532,19 +433,21 @@ static int run_replay(int argc, char **argv)
         case 'j': json = true; break;
         case 'J': junit = optarg; break;
         case 'h': return EXIT_OK;
-        default: return EXIT_BAD_INPUT;
+        default: {
+            int r = replay_cli_option(&cli, "replay", opt, optarg);
+            if (r <= 0)
+                return EXIT_BAD_INPUT;
+        }
         }
     }
     if (optind >= argc)
         return tool_usage_error("replay", "no capture given");
-    if (!o.target)
-        return tool_usage_error("replay", "--target URL is required");
+    int bad = replay_cli_check(&cli, "replay");
+    if (bad)
+        return bad;
     if (verbose)
-        o.log = stderr;
+        o->log = stderr;
     signal(SIGPIPE, SIG_IGN); /* a peer's reset is a verdict, not our end */
-    char terr[300];
-    if (rp_check_target(o.target, terr, sizeof(terr)) < 0)
-        return tool_usage_error("replay", "%s", terr);
 
     struct tool_output output = {0};
     struct wsrr_redactor *red = NULL;
@@ -557,8 +460,8 @@ static int run_replay(int argc, char **argv)
          * (getopt takes abbreviations) */
         static const char *const timing_names[] = {"causal", "recorded", "asap"};
         char line[2048];
-        snprintf(line, sizeof(line), "wsrr replay --target %s --timing %s%s", o.target,
-                 timing_names[o.timing], reproduce ? " --reproduce" : "");
+        snprintf(line, sizeof(line), "wsrr replay --target %s --timing %s%s", o->target,
+                 timing_names[o->timing], reproduce ? " --reproduce" : "");
         for (int i = optind; i < argc; i++) {
             size_t n = strlen(line);
             snprintf(line + n, sizeof(line) - n, " %s", argv[i]);
@@ -566,7 +469,7 @@ static int run_replay(int argc, char **argv)
         cJSON *m = cJSON_CreateObject();
         cJSON_AddStringToObject(m, "tool", "wsrr " WSRR_VERSION);
         cJSON_AddStringToObject(m, "command", line);
-        cJSON_AddStringToObject(m, "replay_target", o.target);
+        cJSON_AddStringToObject(m, "replay_target", o->target);
         cJSON_AddStringToObject(m, "redaction", redact ? "default" : "none");
         char *meta = cJSON_PrintUnformatted(m);
         cJSON_Delete(m);
@@ -576,14 +479,14 @@ static int run_replay(int argc, char **argv)
         if (rc != EXIT_OK)
             return rc;
         red = redact ? wsrr_redactor_new() : NULL;
-        o.record = output.w;
-        o.redact = red;
+        o->record = output.w;
+        o->redact = red;
     }
     struct job j = {.paths = argv + optind,
                     .n = (size_t)(argc - optind),
-                    .o = &o,
-                    .secrets = secrets,
-                    .nsecrets = nsecrets,
+                    .o = o,
+                    .secrets = cli.secrets,
+                    .nsecrets = cli.nsecrets,
                     .reproduce = reproduce,
                     .verbose = verbose,
                     .json = json,

@@ -57,6 +57,6 @@ int tool_output_open(const char *verb, struct tool_output *out, const char *path
 int tool_output_close(const char *verb, struct tool_output *out, bool ok);
 
 extern const struct verb verb_cat, verb_import, verb_verify, verb_recover, verb_proxy, verb_ca,
-    verb_ctl, verb_replay, verb_serve, verb_demo;
+    verb_ctl, verb_replay, verb_serve, verb_demo, verb_fuzz, verb_shrink;
 
 #endif

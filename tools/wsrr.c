@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const struct verb *const verbs[] = {&verb_proxy,   &verb_replay, &verb_serve,  &verb_ctl,
-                                           &verb_ca,      &verb_cat,    &verb_import, &verb_verify,
-                                           &verb_recover, &verb_demo};
+static const struct verb *const verbs[] = {&verb_proxy,  &verb_replay, &verb_serve,   &verb_fuzz,
+                                           &verb_shrink, &verb_ctl,    &verb_ca,      &verb_cat,
+                                           &verb_import, &verb_verify, &verb_recover, &verb_demo};
 #define NVERBS (sizeof(verbs) / sizeof(verbs[0]))
 
 int tool_usage_error(const char *verb, const char *fmt, ...)

@@ -1,0 +1,952 @@
+/* mutate.c — fuzz's mutations of a session (mutate.h). */
+#include "mutate.h"
+
+#include "wsrr/frame.h"
+
+#include <cjson/cJSON.h>
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+uint64_t fz_next(struct fz_rng *g)
+{
+    uint64_t z = (g->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+uint32_t fz_below(struct fz_rng *g, uint32_t n)
+{
+    return n ? (uint32_t)(fz_next(g) % n) : 0;
+}
+
+unsigned fz_families_parse(const char *list)
+{
+    unsigned f = 0;
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n == 4 && !strncmp(p, "json", 4))
+            f |= FZ_JSON;
+        else if (n == 5 && !strncmp(p, "frame", 5))
+            f |= FZ_FRAME;
+        else if (n == 8 && !strncmp(p, "schedule", 8))
+            f |= FZ_SCHEDULE;
+        else if (n == 3 && !strncmp(p, "all", 3))
+            f |= FZ_ALL;
+        else
+            return 0;
+        p += n + (p[n] == ',');
+    }
+    return f;
+}
+
+void fz_message_type(uint8_t opcode, const uint8_t *p, size_t n, char *out, size_t cap)
+{
+    static const char *const keys[] = {"type", "event", "kind", "op", "action", "method"};
+    snprintf(out, cap, "%s", opcode == WSRR_OP_BINARY ? "binary" : "text");
+    if (opcode != WSRR_OP_TEXT || !n || (p[0] != '{' && p[0] != '['))
+        return;
+    cJSON *j = cJSON_ParseWithLength((const char *)p, n);
+    if (!j)
+        return;
+    snprintf(out, cap, "%s", cJSON_IsArray(j) ? "[json]" : "{json}");
+    for (size_t i = 0; cJSON_IsObject(j) && i < sizeof(keys) / sizeof(keys[0]); i++) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(j, keys[i]);
+        if (cJSON_IsString(t)) {
+            snprintf(out, cap, "%s", t->valuestring);
+            break;
+        }
+    }
+    cJSON_Delete(j);
+}
+
+/* ---- session surgery ---- */
+
+static bool is_data_send(const struct rp_step *st)
+{
+    return st->kind == RP_SEND && st->opcode != WSRR_OP_CLOSE && st->opcode != WSRR_OP_PING &&
+           st->opcode != WSRR_OP_PONG;
+}
+
+static bool is_client(const struct rp_step *st)
+{
+    return st->kind == RP_OPEN || st->kind == RP_SEND || st->kind == RP_HANGUP;
+}
+
+/* n zeroed steps at `at`; NULL when out of memory */
+static struct rp_step *insert_steps(struct rp_session *s, size_t at, size_t n)
+{
+    struct rp_step *st = realloc(s->steps, (s->nsteps + n) * sizeof(*st));
+    if (!st)
+        return NULL;
+    s->steps = st;
+    memmove(&st[at + n], &st[at], (s->nsteps - at) * sizeof(*st));
+    memset(&st[at], 0, n * sizeof(*st));
+    s->nsteps += n;
+    return &st[at];
+}
+
+static void remove_step(struct rp_session *s, size_t at)
+{
+    free(s->steps[at].data);
+    memmove(&s->steps[at], &s->steps[at + 1], (s->nsteps - at - 1) * sizeof(*s->steps));
+    s->nsteps--;
+}
+
+static int set_data(struct rp_step *st, const void *p, size_t n)
+{
+    uint8_t *d = n ? malloc(n) : NULL;
+    if (n && !d)
+        return -1;
+    if (n)
+        memcpy(d, p, n);
+    free(st->data);
+    st->data = d;
+    st->len = n;
+    return 0;
+}
+
+/* a new connection like conns[from] (head and response copied), with a
+ * fresh id; its index, or -1 */
+static long add_conn(struct rp_session *s, size_t from)
+{
+    struct rp_conn *c = realloc(s->conns, (s->nconns + 1) * sizeof(*c));
+    if (!c)
+        return -1;
+    s->conns = c;
+    uint32_t id = 0;
+    for (size_t i = 0; i < s->nconns; i++)
+        id = c[i].id > id ? c[i].id : id;
+    struct rp_conn *n = &c[s->nconns];
+    *n = c[from];
+    n->id = id + 1;
+    n->rec = (struct rp_outcome){.end = RP_END_OPEN};
+    n->head = strdup(c[from].head ? c[from].head : "");
+    n->response = c[from].response ? strdup(c[from].response) : NULL;
+    if (!n->head || (c[from].response && !n->response)) {
+        free(n->head);
+        free(n->response);
+        return -1;
+    }
+    return (long)s->nconns++;
+}
+
+/* indices of steps that satisfy pred; the count in *n (array NULL when 0) */
+static size_t *collect(const struct rp_session *s, bool (*pred)(const struct rp_step *), size_t *n)
+{
+    size_t *v = malloc((s->nsteps ? s->nsteps : 1) * sizeof(*v));
+    *n = 0;
+    for (size_t i = 0; v && i < s->nsteps; i++)
+        if (pred(&s->steps[i]))
+            v[(*n)++] = i;
+    return v;
+}
+
+static bool is_json_send(const struct rp_step *st)
+{
+    return is_data_send(st) && st->opcode == WSRR_OP_TEXT && st->fin && st->len &&
+           (st->data[0] == '{' || st->data[0] == '[');
+}
+
+static bool is_whole_send(const struct rp_step *st)
+{
+    return is_data_send(st) && st->opcode != WSRR_OP_CONT && st->fin;
+}
+
+static bool is_text_send(const struct rp_step *st)
+{
+    return is_whole_send(st) && st->opcode == WSRR_OP_TEXT;
+}
+
+/* a random step satisfying pred, or -1 */
+static long pick(const struct rp_session *s, struct fz_rng *g, bool (*pred)(const struct rp_step *))
+{
+    size_t n;
+    size_t *v = collect(s, pred, &n);
+    long r = v && n ? (long)v[fz_below(g, (uint32_t)n)] : -1;
+    free(v);
+    return r;
+}
+
+static cJSON *describe(cJSON *log, const struct rp_session *s, const char *op, long step)
+{
+    cJSON *d = cJSON_CreateObject();
+    cJSON_AddStringToObject(d, "op", op);
+    if (step >= 0) {
+        cJSON_AddNumberToObject(d, "conn", s->conns[s->steps[step].conn].id);
+        cJSON_AddNumberToObject(d, "seq", (double)s->steps[step].seq);
+    }
+    cJSON_AddItemToArray(log, d);
+    return d;
+}
+
+/* ---- json ---- */
+
+/* every node of j (the root first) with its parent */
+struct nodes {
+    cJSON **node, **parent;
+    size_t n, cap;
+};
+
+static void walk(struct nodes *v, cJSON *j, cJSON *parent, int depth)
+{
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? 2 * v->cap : 32;
+        cJSON **a = realloc(v->node, cap * sizeof(*a)), **b;
+        if (!a)
+            return;
+        v->node = a;
+        if (!(b = realloc(v->parent, cap * sizeof(*b))))
+            return;
+        v->parent = b;
+        v->cap = cap;
+    }
+    v->node[v->n] = j;
+    v->parent[v->n++] = parent;
+    if (depth < 64)
+        for (cJSON *c = j->child; c; c = c->next)
+            walk(v, c, j, depth + 1);
+}
+
+/* a random non-root node that passes the filter (NULL filter: any); -1 */
+static long pick_node(const struct nodes *v, struct fz_rng *g, int type_mask)
+{
+    size_t cand = 0;
+    for (size_t i = 1; i < v->n; i++)
+        if (!type_mask || (v->node[i]->type & type_mask))
+            cand++;
+    if (!cand)
+        return -1;
+    size_t k = fz_below(g, (uint32_t)cand);
+    for (size_t i = 1; i < v->n; i++)
+        if (!type_mask || (v->node[i]->type & type_mask)) {
+            if (!k--)
+                return (long)i;
+        }
+    return -1;
+}
+
+/* the dotted path of node i, for the log */
+static void node_path(const struct nodes *v, size_t i, char *out, size_t cap)
+{
+    char tmp[256];
+    out[0] = '\0';
+    for (size_t at = i; at > 0;) {
+        cJSON *n = v->node[at], *p = v->parent[at];
+        char seg[64];
+        if (cJSON_IsArray(p)) {
+            int k = 0;
+            for (cJSON *c = p->child; c && c != n; c = c->next)
+                k++;
+            snprintf(seg, sizeof(seg), "%d", k);
+        } else {
+            snprintf(seg, sizeof(seg), "%.60s", n->string ? n->string : "?");
+        }
+        snprintf(tmp, sizeof(tmp), "%s%s%s", seg, out[0] ? "." : "", out);
+        snprintf(out, cap, "%s", tmp);
+        size_t j = 0;
+        while (j < v->n && v->node[j] != p)
+            j++;
+        at = j < v->n ? j : 0;
+    }
+}
+
+static const char *const boundary_numbers[] = {
+    "0",
+    "-1",
+    "1",
+    "2147483647",
+    "2147483648",
+    "-2147483649",
+    "4294967296",
+    "9007199254740993",
+    "-9223372036854775809",
+    "18446744073709551616",
+    "1e308",
+    "1e999",
+    "-0",
+    "0.1",
+    "-1.5e-324",
+};
+
+/* a replacement value of another type than n's */
+static cJSON *other_type(cJSON *n, struct fz_rng *g)
+{
+    switch (fz_below(g, 6)) {
+    case 0: return cJSON_IsString(n) ? cJSON_CreateNumber(1) : cJSON_CreateString("1");
+    case 1: return cJSON_IsNumber(n) ? cJSON_CreateTrue() : cJSON_CreateNumber(0);
+    case 2: return cJSON_IsNull(n) ? cJSON_CreateFalse() : cJSON_CreateNull();
+    case 3: return cJSON_IsArray(n) ? cJSON_CreateObject() : cJSON_CreateArray();
+    case 4: return cJSON_IsObject(n) ? cJSON_CreateArray() : cJSON_CreateObject();
+    default: return cJSON_IsBool(n) ? cJSON_CreateString("true") : cJSON_CreateFalse();
+    }
+}
+
+/* a string of a kind servers trip on; its label in *what */
+static cJSON *odd_string(struct fz_rng *g, const char **what)
+{
+    switch (fz_below(g, 7)) {
+    case 0: *what = "empty"; return cJSON_CreateString("");
+    case 1: {
+        *what = "huge";
+        size_t n = fz_below(g, 2) ? 65536 : 1 << 20;
+        char *b = malloc(n + 1);
+        if (!b)
+            return NULL;
+        memset(b, 'A', n);
+        b[n] = '\0';
+        cJSON *j = cJSON_CreateString(b);
+        free(b);
+        return j;
+    }
+    case 2:
+        *what = "unicode";
+        return cJSON_CreateString("\xc3\xa9\xe4\xb8\xad\xf0\x9f\x98\x80\xe2\x80\xae");
+    case 3: *what = "nul"; return cJSON_CreateRaw("\"a\\u0000b\"");
+    case 4: *what = "lone-surrogate"; return cJSON_CreateRaw("\"\\ud800\"");
+    case 5: *what = "format"; return cJSON_CreateString("%s%s%n%x' OR '1'='1");
+    default: *what = "path"; return cJSON_CreateString("../../../../../etc/passwd");
+    }
+}
+
+static cJSON *deep_nest(struct fz_rng *g, int *depth)
+{
+    static const int depths[] = {100, 1000, 10000};
+    *depth = depths[fz_below(g, 3)];
+    char *b = malloc((size_t)*depth * 2 + 2);
+    if (!b)
+        return NULL;
+    memset(b, '[', (size_t)*depth);
+    b[*depth] = '1';
+    memset(b + *depth + 1, ']', (size_t)*depth);
+    b[2 * *depth + 1] = '\0';
+    cJSON *j = cJSON_CreateRaw(b);
+    free(b);
+    return j;
+}
+
+/* Replace node i (non-root) by v in its parent. */
+static void replace_node(struct nodes *v, size_t i, cJSON *nv)
+{
+    cJSON_ReplaceItemViaPointer(v->parent[i], v->node[i], nv);
+    v->node[i] = nv;
+}
+
+/* the top-level "type"-like value of a JSON message, for swaps */
+static bool same_type(const struct rp_step *a, const struct rp_step *b)
+{
+    char ta[64], tb[64];
+    fz_message_type(a->opcode, a->data, a->len, ta, sizeof(ta));
+    fz_message_type(b->opcode, b->data, b->len, tb, sizeof(tb));
+    return !strcmp(ta, tb);
+}
+
+/* json.swap: a top-level field's values exchanged between two client
+ * messages of the same type. 1: not applicable. */
+static int json_swap(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    size_t n;
+    size_t *v = collect(s, is_json_send, &n);
+    if (!v || n < 2) {
+        free(v);
+        return v ? 1 : -1;
+    }
+    size_t a = v[fz_below(g, (uint32_t)n)], b = SIZE_MAX;
+    for (uint32_t tries = 0; tries < 8 && b == SIZE_MAX; tries++) {
+        size_t k = v[fz_below(g, (uint32_t)n)];
+        if (k != a && same_type(&s->steps[a], &s->steps[k]))
+            b = k;
+    }
+    free(v);
+    if (b == SIZE_MAX)
+        return 1;
+    cJSON *ja = cJSON_ParseWithLength((const char *)s->steps[a].data, s->steps[a].len);
+    cJSON *jb = cJSON_ParseWithLength((const char *)s->steps[b].data, s->steps[b].len);
+    int rc = 1;
+    if (cJSON_IsObject(ja) && cJSON_IsObject(jb)) {
+        size_t nk = (size_t)cJSON_GetArraySize(ja);
+        for (size_t t = 0; t < 4 && rc == 1 && nk; t++) {
+            cJSON *fa = cJSON_GetArrayItem(ja, (int)fz_below(g, (uint32_t)nk));
+            cJSON *fb = fa ? cJSON_GetObjectItemCaseSensitive(jb, fa->string) : NULL;
+            if (!fb || cJSON_Compare(fa, fb, true))
+                continue;
+            cJSON *ca = cJSON_Duplicate(fa, true), *cb = cJSON_Duplicate(fb, true);
+            char key[128];
+            snprintf(key, sizeof(key), "%s", fa->string);
+            cJSON_ReplaceItemInObjectCaseSensitive(ja, key, cb);
+            cJSON_ReplaceItemInObjectCaseSensitive(jb, key, ca);
+            char *pa = cJSON_PrintUnformatted(ja), *pb = cJSON_PrintUnformatted(jb);
+            rc = pa && pb && !set_data(&s->steps[a], pa, strlen(pa)) &&
+                         !set_data(&s->steps[b], pb, strlen(pb))
+                     ? 0
+                     : -1;
+            cJSON_free(pa);
+            cJSON_free(pb);
+            if (!rc) {
+                cJSON *d = describe(log, s, "json.swap", (long)a);
+                cJSON_AddNumberToObject(d, "with_seq", (double)s->steps[b].seq);
+                cJSON_AddStringToObject(d, "path", key);
+            }
+        }
+    }
+    cJSON_Delete(ja);
+    cJSON_Delete(jb);
+    return rc;
+}
+
+/* One JSON mutation on one client message. 0, 1 (not applicable), -1. */
+static int mutate_json(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    uint32_t op = fz_below(g, 8);
+    if (op == 7)
+        return json_swap(s, g, log);
+    long at = pick(s, g, is_json_send);
+    if (at < 0)
+        return 1;
+    struct rp_step *st = &s->steps[at];
+    cJSON *j = cJSON_ParseWithLength((const char *)st->data, st->len);
+    if (!j)
+        return 1;
+    struct nodes v = {0};
+    walk(&v, j, NULL, 0);
+    int rc = 1;
+    char path[256] = "";
+    const char *name = NULL, *what = NULL;
+    long i;
+    cJSON *nv = NULL;
+    int depth = 0;
+    switch (op) {
+    case 0: /* drop a field or element */
+        if ((i = pick_node(&v, g, 0)) < 0)
+            break;
+        node_path(&v, (size_t)i, path, sizeof(path));
+        cJSON_Delete(cJSON_DetachItemViaPointer(v.parent[i], v.node[i]));
+        name = "json.drop";
+        rc = 0;
+        break;
+    case 1: { /* add a field to an object (the root when it is one) */
+        cJSON *obj = NULL;
+        if ((i = pick_node(&v, g, cJSON_Object)) >= 0 && fz_below(g, 2))
+            obj = v.node[i], node_path(&v, (size_t)i, path, sizeof(path));
+        else if (cJSON_IsObject(j))
+            obj = j;
+        if (!obj)
+            break;
+        cJSON *src = v.n > 1 ? v.node[1 + fz_below(g, (uint32_t)(v.n - 1))] : NULL;
+        cJSON_AddItemToObject(obj, "wsrr_fuzz", src ? other_type(src, g) : cJSON_CreateNull());
+        name = "json.add";
+        rc = 0;
+        break;
+    }
+    case 2: /* change a value's type */
+        if ((i = pick_node(&v, g, 0)) < 0)
+            break;
+        node_path(&v, (size_t)i, path, sizeof(path));
+        replace_node(&v, (size_t)i, other_type(v.node[i], g));
+        name = "json.retype";
+        rc = 0;
+        break;
+    case 3: /* a boundary number */
+        if ((i = pick_node(&v, g, cJSON_Number)) < 0 && (i = pick_node(&v, g, 0)) < 0)
+            break;
+        node_path(&v, (size_t)i, path, sizeof(path));
+        what =
+            boundary_numbers[fz_below(g, sizeof(boundary_numbers) / sizeof(boundary_numbers[0]))];
+        replace_node(&v, (size_t)i, cJSON_CreateRaw(what));
+        name = "json.number";
+        rc = 0;
+        break;
+    case 4: /* an odd string */
+        if ((i = pick_node(&v, g, cJSON_String)) < 0 && (i = pick_node(&v, g, 0)) < 0)
+            break;
+        if (!(nv = odd_string(g, &what)))
+            break;
+        node_path(&v, (size_t)i, path, sizeof(path));
+        replace_node(&v, (size_t)i, nv);
+        name = "json.string";
+        rc = 0;
+        break;
+    case 5: /* deep nesting */
+        if ((i = pick_node(&v, g, 0)) < 0 || !(nv = deep_nest(g, &depth)))
+            break;
+        node_path(&v, (size_t)i, path, sizeof(path));
+        replace_node(&v, (size_t)i, nv);
+        name = "json.nest";
+        rc = 0;
+        break;
+    default: /* a duplicate key */
+        if ((i = pick_node(&v, g, 0)) < 0 || !cJSON_IsObject(v.parent[i]))
+            break;
+        node_path(&v, (size_t)i, path, sizeof(path));
+        cJSON_AddItemToObject(v.parent[i], v.node[i]->string, other_type(v.node[i], g));
+        name = "json.duplicate";
+        rc = 0;
+        break;
+    }
+    if (!rc) {
+        char *out = cJSON_PrintUnformatted(j);
+        rc = out && !set_data(st, out, strlen(out)) ? 0 : -1;
+        cJSON_free(out);
+        if (!rc) {
+            cJSON *d = describe(log, s, name, at);
+            if (path[0])
+                cJSON_AddStringToObject(d, "path", path);
+            if (what)
+                cJSON_AddStringToObject(d, "value", what);
+            if (depth)
+                cJSON_AddNumberToObject(d, "depth", depth);
+        }
+    }
+    free(v.node);
+    free(v.parent);
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* ---- frame ---- */
+
+/* Split the message at step `at` into k frames (k >= 2, its length >= k),
+ * with a ping after the first when ping. */
+static int fragment(struct rp_session *s, size_t at, uint32_t k, bool ping)
+{
+    struct rp_step orig = s->steps[at];
+    size_t extra = k - 1 + (ping ? 1 : 0);
+    struct rp_step *st = insert_steps(s, at + 1, extra);
+    if (!st)
+        return -1;
+    st = &s->steps[at];
+    size_t piece = orig.len / k, off = 0;
+    uint8_t *data = orig.data;
+    st->data = NULL;
+    size_t w = at;
+    int rc = 0;
+    for (uint32_t i = 0; i < k; i++) {
+        size_t n = i == k - 1 ? orig.len - off : piece;
+        struct rp_step *f = &s->steps[w++];
+        *f = orig;
+        f->data = NULL;
+        f->len = 0;
+        f->opcode = i ? WSRR_OP_CONT : orig.opcode;
+        f->fin = i == k - 1;
+        f->invalid = orig.invalid;
+        if (set_data(f, data + off, n) < 0)
+            rc = -1;
+        off += n;
+        if (ping && i == 0) {
+            struct rp_step *pg = &s->steps[w++];
+            *pg = orig;
+            pg->data = NULL;
+            pg->len = 0;
+            pg->opcode = WSRR_OP_PING;
+            pg->fin = true;
+            pg->rsv = 0;
+            pg->len_width = 0;
+            pg->unmasked = false;
+            if (set_data(pg, "wsrr", 4) < 0)
+                rc = -1;
+        }
+    }
+    free(data);
+    return rc;
+}
+
+static bool is_fragmentable(const struct rp_step *st)
+{
+    return is_whole_send(st) && st->len >= 2;
+}
+
+static int mutate_frame(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    uint32_t op = fz_below(g, 9);
+    long at = pick(s, g, op <= 1 ? is_fragmentable : op == 2 ? is_text_send : is_whole_send);
+    if (at < 0)
+        return 1;
+    struct rp_step *st = &s->steps[at];
+    cJSON *d;
+    switch (op) {
+    case 0:
+    case 1: { /* fragments, with a ping between the first two */
+        uint32_t k = 2 + fz_below(g, (uint32_t)(st->len < 8 ? st->len - 1 : 7));
+        d = describe(log, s, op ? "frame.ping-between" : "frame.fragment", at);
+        cJSON_AddNumberToObject(d, "frames", k);
+        return fragment(s, (size_t)at, k, op == 1);
+    }
+    case 2: { /* invalid UTF-8 */
+        static const char *const bad[] = {"\xff", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80",
+                                          "\xe2\x82"};
+        const char *b = bad[fz_below(g, 5)];
+        size_t bl = strlen(b), pos = fz_below(g, (uint32_t)st->len + 1);
+        uint8_t *n = malloc(st->len + bl);
+        if (!n)
+            return -1;
+        memcpy(n, st->data, pos);
+        memcpy(n + pos, b, bl);
+        memcpy(n + pos + bl, st->data + pos, st->len - pos);
+        free(st->data);
+        st->data = n;
+        st->len += bl;
+        st->invalid = true;
+        d = describe(log, s, "frame.bad-utf8", at);
+        cJSON_AddNumberToObject(d, "offset", (double)pos);
+        return 0;
+    }
+    case 3: /* RSV bits; RSV1 alone: compressed without the extension */
+        st->rsv = (uint8_t)(1 + fz_below(g, 7));
+        st->invalid = true;
+        d = describe(log, s, st->rsv == WSRR_RSV1 ? "frame.compressed-flag" : "frame.rsv", at);
+        cJSON_AddNumberToObject(d, "rsv", st->rsv);
+        return 0;
+    case 4: /* a non-minimal length */
+        st->len_width = st->len <= 125 && fz_below(g, 2) ? 16 : 64;
+        st->invalid = true;
+        d = describe(log, s, "frame.long-length", at);
+        cJSON_AddNumberToObject(d, "width", st->len_width);
+        return 0;
+    case 5: /* no mask */
+        st->unmasked = true;
+        st->invalid = true;
+        describe(log, s, "frame.unmasked", at);
+        return 0;
+    case 6: /* a reserved opcode */
+        st->opcode = fz_below(g, 2) ? 3 : 11;
+        st->invalid = true;
+        d = describe(log, s, "frame.reserved-opcode", at);
+        cJSON_AddNumberToObject(d, "opcode", st->opcode);
+        return 0;
+    case 7: { /* an oversize message: the payload repeated past 1 MiB or 16 MiB */
+        size_t want = (fz_below(g, 4) ? (size_t)1 << 20 : (size_t)16 << 20) + 1;
+        uint8_t *n = malloc(want);
+        if (!n)
+            return -1;
+        for (size_t off = 0; off < want;) {
+            size_t k = st->len ? (st->len < want - off ? st->len : want - off) : want - off;
+            if (st->len)
+                memcpy(n + off, st->data, k);
+            else
+                memset(n + off, 'A', k);
+            off += k;
+        }
+        free(st->data);
+        st->data = n;
+        st->len = want;
+        d = describe(log, s, "frame.oversize", at);
+        cJSON_AddNumberToObject(d, "bytes", (double)want);
+        return 0;
+    }
+    default: /* a control frame: an unsolicited pong, or a ping, before it */
+    {
+        struct rp_step *c = insert_steps(s, (size_t)at, 1);
+        if (!c)
+            return -1;
+        *c = s->steps[at + 1];
+        c->data = NULL;
+        c->len = 0;
+        c->opcode = fz_below(g, 2) ? WSRR_OP_PING : WSRR_OP_PONG;
+        c->rsv = c->len_width = 0;
+        c->unmasked = false;
+        c->pause_ms = 0;
+        if (set_data(c, "wsrr-fuzz", 9) < 0)
+            return -1;
+        describe(log, s, c->opcode == WSRR_OP_PING ? "frame.ping" : "frame.pong", at + 1);
+        return 0;
+    }
+    }
+}
+
+/* ---- schedule ---- */
+
+/* keys whose string values name a user, changed per copy for "different
+ * users" */
+static bool user_key(const char *k)
+{
+    static const char *const names[] = {"user", "account", "session", "tenant", "login"};
+    for (size_t i = 0; k && i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcasestr(k, names[i]))
+            return true;
+    return false;
+}
+
+static bool suffix_users(cJSON *j, int copy, int depth)
+{
+    bool changed = false;
+    for (cJSON *c = j->child; c && depth < 32; c = c->next) {
+        if (cJSON_IsString(c) && user_key(c->string)) {
+            size_t n = strlen(c->valuestring) + 16;
+            char *v = malloc(n);
+            if (v) {
+                snprintf(v, n, "%s-%d", c->valuestring, copy);
+                cJSON_SetValuestring(c, v);
+                free(v);
+                changed = true;
+            }
+        } else if (c->child) {
+            changed = suffix_users(c, copy, depth + 1) || changed;
+        }
+    }
+    return changed;
+}
+
+/* sched.concurrent: every connection K times over, the copies' steps
+ * interleaved at random with the original's (each copy in its own order) */
+static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    uint32_t k = 2 + fz_below(g, 2);
+    bool other_users = fz_below(g, 2);
+    size_t nc = s->nconns, ns = s->nsteps;
+    if (nc * k > 48 || ns * k > 20000) /* copies of copies: enough */
+        return 1;
+    struct rp_step *all = calloc(ns * k, sizeof(*all));
+    size_t *cur = calloc(k, sizeof(*cur));
+    if (!all || !cur) {
+        free(all);
+        free(cur);
+        return -1;
+    }
+    for (uint32_t c = 1; c < k; c++)
+        for (size_t i = 0; i < nc; i++)
+            if (add_conn(s, i) < 0)
+                goto oom;
+    size_t w = 0;
+    for (;;) {
+        uint32_t left = 0;
+        for (uint32_t c = 0; c < k; c++)
+            left += cur[c] < ns;
+        if (!left)
+            break;
+        uint32_t pickc = fz_below(g, left);
+        uint32_t c = 0;
+        for (;; c++)
+            if (cur[c] < ns && !pickc--)
+                break;
+        /* a copy's steps move in runs: a client step and the server steps
+         * that answer it */
+        do {
+            struct rp_step *src = &s->steps[cur[c]++], *dst = &all[w++];
+            *dst = *src;
+            dst->data = NULL;
+            if (src->len && !(dst->data = malloc(src->len)))
+                goto oom;
+            if (src->len)
+                memcpy(dst->data, src->data, src->len);
+            dst->conn = src->conn + (uint32_t)(c * nc);
+            if (c && other_users && src->kind == RP_SEND && is_json_send(src)) {
+                cJSON *j = cJSON_ParseWithLength((const char *)src->data, src->len);
+                if (j && suffix_users(j, (int)c, 0)) {
+                    char *p = cJSON_PrintUnformatted(j);
+                    if (!p || set_data(dst, p, strlen(p)) < 0) {
+                        cJSON_free(p);
+                        cJSON_Delete(j);
+                        goto oom;
+                    }
+                    cJSON_free(p);
+                }
+                cJSON_Delete(j);
+            }
+        } while (cur[c] < ns && !is_client(&s->steps[cur[c]]));
+    }
+    for (size_t i = 0; i < ns; i++)
+        free(s->steps[i].data);
+    free(s->steps);
+    s->steps = all;
+    s->nsteps = w;
+    free(cur);
+    cJSON *d = describe(log, s, "sched.concurrent", -1);
+    cJSON_AddNumberToObject(d, "copies", k);
+    cJSON_AddStringToObject(d, "users", other_users ? "different" : "same");
+    return 0;
+oom:
+    for (size_t i = 0; i < ns * k; i++)
+        free(all[i].data);
+    free(all);
+    free(cur);
+    return -1;
+}
+
+/* sched.no-wait: a client data message moved before the server steps that
+ * came before it (on any connection), but not before its own open */
+static int no_wait(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    size_t n;
+    size_t *v = collect(s, is_data_send, &n);
+    if (!v)
+        return -1;
+    size_t cand = 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] > 0 && !is_client(&s->steps[v[i] - 1]))
+            v[cand++] = v[i];
+    if (!cand) {
+        free(v);
+        return 1;
+    }
+    size_t at = v[fz_below(g, (uint32_t)cand)], to = at;
+    free(v);
+    while (to > 0 && !is_client(&s->steps[to - 1]))
+        to--;
+    /* not before its own upgrade's answer is needed: frames before it are
+     * queued, so only its OPEN bounds it */
+    struct rp_step moved = s->steps[at];
+    memmove(&s->steps[to + 1], &s->steps[to], (at - to) * sizeof(*s->steps));
+    s->steps[to] = moved;
+    cJSON *d = describe(log, s, "sched.no-wait", (long)to);
+    cJSON_AddNumberToObject(d, "skipped", (double)(at - to));
+    return 0;
+}
+
+/* sched.swap: two client steps with only server steps between them change
+ * places (an OPEN stays before its connection's other steps) */
+static int swap_sends(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    size_t n;
+    size_t *v = collect(s, is_client, &n);
+    if (!v)
+        return -1;
+    int rc = 1;
+    for (uint32_t t = 0; t < 8 && rc == 1 && n >= 2; t++) {
+        size_t k = fz_below(g, (uint32_t)(n - 1));
+        struct rp_step *a = &s->steps[v[k]], *b = &s->steps[v[k + 1]];
+        if (a->conn == b->conn && (a->kind == RP_OPEN || b->kind == RP_OPEN))
+            continue;
+        if (a->kind == RP_OPEN || b->kind == RP_OPEN) /* keep it simple: data only */
+            continue;
+        struct rp_step tmp = *a;
+        *a = *b;
+        *b = tmp;
+        cJSON *d = describe(log, s, "sched.swap", (long)v[k]);
+        cJSON_AddNumberToObject(d, "with_seq", (double)s->steps[v[k + 1]].seq);
+        rc = 0;
+    }
+    free(v);
+    return rc;
+}
+
+static int pause_step(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    static const uint32_t ms[] = {5, 20, 50, 100, 250};
+    size_t n;
+    size_t *v = collect(s, is_client, &n);
+    if (!v || !n) {
+        free(v);
+        return v ? 1 : -1;
+    }
+    size_t at = v[fz_below(g, (uint32_t)n)];
+    free(v);
+    s->steps[at].pause_ms = ms[fz_below(g, 5)];
+    cJSON *d = describe(log, s, "sched.pause", (long)at);
+    cJSON_AddNumberToObject(d, "ms", s->steps[at].pause_ms);
+    return 0;
+}
+
+/* sched.early-close: after a client message, a close (or a hang-up); the
+ * connection's later steps are gone */
+static int early_close(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    static const uint16_t codes[] = {1000, 1001, 1002, 1003, 1008, 1011, 4000};
+    long at = pick(s, g, is_data_send);
+    if (at < 0)
+        return 1;
+    uint32_t conn = s->steps[at].conn;
+    for (size_t i = s->nsteps; i-- > (size_t)at + 1;)
+        if (s->steps[i].conn == conn)
+            remove_step(s, i);
+    struct rp_step *c = insert_steps(s, (size_t)at + 1, 1);
+    if (!c)
+        return -1;
+    *c = (struct rp_step){.conn = conn, .seq = s->steps[at].seq, .ts = s->steps[at].ts};
+    uint32_t how = fz_below(g, 3);
+    cJSON *d;
+    if (how == 0) {
+        c->kind = RP_SEND;
+        c->opcode = WSRR_OP_CLOSE;
+        c->fin = true;
+        c->code = codes[fz_below(g, sizeof(codes) / sizeof(codes[0]))];
+        d = describe(log, s, "sched.early-close", at);
+        cJSON_AddNumberToObject(d, "code", c->code);
+    } else {
+        c->kind = RP_HANGUP;
+        c->rst = how == 2;
+        d = describe(log, s, c->rst ? "sched.early-reset" : "sched.early-hangup", at);
+    }
+    /* it no longer ends the way it was recorded */
+    s->conns[conn].rec = (struct rp_outcome){.end = RP_END_OPEN};
+    for (size_t i = 0; i < s->nsteps; i++)
+        if (s->steps[i].conn == conn)
+            s->steps[i].failure = false;
+    return 0;
+}
+
+/* sched.storm: N more connections that open, are answered and hang up,
+ * all at one point of the session */
+static int storm(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    long open = -1;
+    for (uint32_t t = 0; t < 8 && open < 0; t++) {
+        size_t i = fz_below(g, (uint32_t)s->nsteps);
+        if (s->steps[i].kind == RP_OPEN)
+            open = (long)i;
+        else if (s->steps[i].kind == RP_UPGRADED && s->steps[i].code == 101)
+            open = (long)i;
+    }
+    if (open < 0 || s->nconns > 64)
+        return 1;
+    uint32_t from = s->steps[open].conn, n = 5 + fz_below(g, 16);
+    size_t at = fz_below(g, (uint32_t)s->nsteps + 1);
+    bool rst = fz_below(g, 2);
+    struct rp_step *st = insert_steps(s, at, 3 * (size_t)n);
+    if (!st)
+        return -1;
+    for (uint32_t i = 0; i < n; i++) {
+        long ci = add_conn(s, from);
+        if (ci < 0)
+            return -1;
+        uint64_t seq = at < s->nsteps ? s->steps[at].seq : 0;
+        s->steps[at + i] = (struct rp_step){.kind = RP_OPEN, .conn = (uint32_t)ci, .seq = seq};
+        s->steps[at + n + i] =
+            (struct rp_step){.kind = RP_UPGRADED, .conn = (uint32_t)ci, .code = 101, .seq = seq};
+        s->steps[at + 2 * n + i] =
+            (struct rp_step){.kind = RP_HANGUP, .conn = (uint32_t)ci, .rst = rst, .seq = seq};
+    }
+    cJSON *d = describe(log, s, "sched.storm", -1);
+    cJSON_AddNumberToObject(d, "connections", n);
+    cJSON_AddNumberToObject(d, "like_conn", s->conns[from].id);
+    cJSON_AddBoolToObject(d, "reset", rst);
+    return 0;
+}
+
+static int mutate_schedule(struct rp_session *s, struct fz_rng *g, cJSON *log)
+{
+    switch (fz_below(g, 7)) {
+    case 0:
+    case 1: return concurrent(s, g, log);
+    case 2: return no_wait(s, g, log);
+    case 3: return swap_sends(s, g, log);
+    case 4: return pause_step(s, g, log);
+    case 5: return early_close(s, g, log);
+    default: return storm(s, g, log);
+    }
+}
+
+int fz_mutate(struct rp_session *s, struct fz_rng *g, unsigned families, unsigned max, cJSON *log)
+{
+    static const unsigned order[] = {FZ_JSON, FZ_FRAME, FZ_SCHEDULE};
+    unsigned want = 1 + fz_below(g, max ? max : 1), applied = 0, done = 0;
+    for (unsigned tries = 0; done < want && tries < 4 * want + 8; tries++) {
+        unsigned f = order[fz_below(g, 3)];
+        if (!(families & f))
+            continue;
+        int rc = f == FZ_JSON    ? mutate_json(s, g, log)
+                 : f == FZ_FRAME ? mutate_frame(s, g, log)
+                                 : mutate_schedule(s, g, log);
+        if (rc < 0)
+            return -1;
+        if (rc == 0) {
+            applied |= f;
+            done++;
+        }
+    }
+    rp_session_renumber(s);
+    return (int)applied;
+}
