@@ -68,9 +68,12 @@ size_t fz_failures(const struct rp_session *s, const struct rp_result *res, bool
             break;
         case RP_END_TIMEOUT:
             snprintf(f.kind, sizeof(f.kind), "timeout");
-            /* "the server did not answer the upgrade within 2000 ms": no figures */
-            snprintf(f.detail, sizeof(f.detail), "%.*s", (int)strcspn(o->reason, "0123456789"),
-                     o->reason);
+            /* what it waited for, without the figures */
+            snprintf(f.detail, sizeof(f.detail), "%s",
+                     strstr(o->reason, "upgrade")       ? "no answer to the upgrade"
+                     : strstr(o->reason, "close frame") ? "no close frame"
+                     : strstr(o->reason, "message")     ? "no message"
+                                                        : "no end");
             break;
         case RP_END_REJECTED:
             if (o->status >= 500) {
@@ -280,6 +283,21 @@ static int chain_length(const cJSON *chain)
     return n;
 }
 
+/* Did the server under test fail during this run? Endings that a dying
+ * server causes (dropped, reset, refused) give it time to be seen dying. */
+bool fz_server_failed(struct fz_server *sv, const struct rp_result *res, char *kind, size_t kcap,
+                      char *what, size_t wcap)
+{
+    bool abrupt = false;
+    for (size_t i = 0; i < res->nconns && !abrupt; i++) {
+        const struct rp_outcome *o = &res->conns[i].out;
+        abrupt = o->end == RP_END_ABNORMAL || o->end == RP_END_RESET ||
+                 (o->end == RP_END_FAILED && !strncmp(o->reason, "cannot connect", 14));
+    }
+    return abrupt ? fz_server_settle(sv, kind, kcap, what, wcap) != 0
+                  : fz_server_check(sv, kind, kcap, what, wcap) != 0;
+}
+
 static double elapsed(const struct fuzz *F)
 {
     return (double)(wsrr_now_ns() - F->t0) / 1e9;
@@ -341,7 +359,7 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
         bool again = false;
         if (f->conn == UINT32_MAX) {
             char kind[16], what[128];
-            if (F->sv && fz_server_check(F->sv, kind, sizeof(kind), what, sizeof(what))) {
+            if (F->sv && fz_server_failed(F->sv, &res, kind, sizeof(kind), what, sizeof(what))) {
                 again = true;
                 if (fz_server_restart(F->sv, err, sizeof(err)) < 0)
                     F->stop = true;
@@ -398,7 +416,8 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
 }
 
 static void add_trace(struct fuzz *F, uint64_t run, const char *parent, const cJSON *muts,
-                      const struct fz_failure *f, size_t nf, bool fresh, uint64_t ns)
+                      const struct rp_result *res, const struct fz_failure *f, size_t nf,
+                      bool fresh, uint64_t ns)
 {
     if (!F->trace)
         return;
@@ -406,6 +425,12 @@ static void add_trace(struct fuzz *F, uint64_t run, const char *parent, const cJ
     cJSON_AddNumberToObject(t, "run", (double)run);
     cJSON_AddStringToObject(t, "parent", parent);
     cJSON_AddItemToObject(t, "mutations", cJSON_Duplicate(muts, true));
+    cJSON *ends = cJSON_AddArrayToObject(t, "ends");
+    for (size_t i = 0; res && i < res->nconns; i++) {
+        char d[200];
+        rp_outcome_describe(&res->conns[i].out, d, sizeof(d));
+        cJSON_AddItemToArray(ends, cJSON_CreateString(d));
+    }
     cJSON *fa = cJSON_AddArrayToObject(t, "failures");
     for (size_t i = 0; i < nf; i++)
         cJSON_AddItemToArray(fa, cJSON_CreateString(f[i].sig));
@@ -505,7 +530,7 @@ static void *worker(void *arg)
             F->stop = true;
         } else {
             char kind[16], what[128];
-            if (F->sv && fz_server_check(F->sv, kind, sizeof(kind), what, sizeof(what))) {
+            if (F->sv && fz_server_failed(F->sv, &res, kind, sizeof(kind), what, sizeof(what))) {
                 /* the server died (or reported) during this run: that is the
                  * failure, not what its connections saw */
                 struct fz_failure sf;
@@ -552,7 +577,7 @@ static void *worker(void *arg)
                 keep = fresh && o->feedback && applied > 0;
             }
             F->done_runs++;
-            add_trace(F, run, parent, muts, fl, nf, fresh, run_ns);
+            add_trace(F, run, parent, muts, &res, fl, nf, fresh, run_ns);
             if (keep) {
                 size_t at = F->ncorpus;
                 if (at < CORPUS_MAX) {
@@ -615,6 +640,9 @@ long fz_fuzz(const struct fz_opts *o, char *err, size_t errlen)
                                      errlen)))
             goto out;
     }
+    fprintf(stderr, "wsrr fuzz: seed %llu, %zu capture%s, target %s%s%s\n",
+            (unsigned long long)o->seed, o->ncaptures, o->ncaptures == 1 ? "" : "s", o->ro.target,
+            o->server_cmd ? ", server: " : "", o->server_cmd ? o->server_cmd : "");
     F.t0 = F.last_new = F.last_status = wsrr_now_ns();
     unsigned jobs = o->jobs ? o->jobs : 1;
     pthread_t t[64];
@@ -648,8 +676,6 @@ long fz_fuzz(const struct fz_opts *o, char *err, size_t errlen)
         snprintf(err, errlen, "%s", F.err);
         goto out;
     }
-    if (F.err[0])
-        fprintf(stderr, "wsrr fuzz: stopped: %s\n", F.err);
     double secs = elapsed(&F);
     if (o->json) {
         cJSON *j = cJSON_CreateObject();
@@ -691,6 +717,11 @@ long fz_fuzz(const struct fz_opts *o, char *err, size_t errlen)
                    (unsigned long long)F.uniq[i].run, F.uniq[i].reproduced ? "" : " [flaky]");
     }
     rc = (long)F.nuniq;
+    if (F.err[0]) { /* stopped: the summary above says what was found before */
+        snprintf(err, errlen, "stopped after %llu runs: %s", (unsigned long long)F.done_runs,
+                 F.err);
+        rc = -1;
+    }
 out:
     if (F.sv)
         fz_server_stop(F.sv);

@@ -40,6 +40,13 @@ size_t fz_failures(const struct rp_session *s, const struct rp_result *res, bool
  * what). */
 void fz_server_failure(struct fz_failure *f, const char *kind, const char *what);
 
+/* Did the server under test (server.h) fail during the run that gave res?
+ * Endings a dying server causes (dropped, reset, refused) give it time to
+ * be seen dying (fz_server_settle). kind and what as fz_server_check's. */
+struct fz_server;
+bool fz_server_failed(struct fz_server *sv, const struct rp_result *res, char *kind, size_t kcap,
+                      char *what, size_t wcap);
+
 struct fz_opts {
     const char *const *captures;
     size_t ncaptures;
@@ -86,7 +93,8 @@ struct fz_shrink_opts {
     bool strict;
     bool redact;
     bool json;
-    FILE *log; /* progress, NULL: quiet */
+    FILE *log;          /* progress, NULL: quiet */
+    volatile int *stop; /* set (by a signal) to end early with the smallest so far */
 };
 
 /* Shrink. 0: done (the result written), 1: the input does not fail,

@@ -374,11 +374,19 @@ static int json_swap(struct rp_session *s, struct fz_rng *g, cJSON *log)
             cJSON *fb = fa ? cJSON_GetObjectItemCaseSensitive(jb, fa->string) : NULL;
             if (!fb || cJSON_Compare(fa, fb, true))
                 continue;
+            /* the copies keep the key; replaced in place by pointer (no
+             * lookup by a name that may be long) */
             cJSON *ca = cJSON_Duplicate(fa, true), *cb = cJSON_Duplicate(fb, true);
-            char key[128];
-            snprintf(key, sizeof(key), "%s", fa->string);
-            cJSON_ReplaceItemInObjectCaseSensitive(ja, key, cb);
-            cJSON_ReplaceItemInObjectCaseSensitive(jb, key, ca);
+            cJSON *d = cJSON_CreateObject();
+            cJSON_AddStringToObject(d, "path", fa->string);
+            if (!ca || !cb || !d || !cJSON_ReplaceItemViaPointer(ja, fa, cb)) {
+                cJSON_Delete(ca);
+                cJSON_Delete(cb);
+                cJSON_Delete(d);
+                rc = -1;
+                break;
+            }
+            cJSON_ReplaceItemViaPointer(jb, fb, ca);
             char *pa = cJSON_PrintUnformatted(ja), *pb = cJSON_PrintUnformatted(jb);
             rc = pa && pb && !set_data(&s->steps[a], pa, strlen(pa)) &&
                          !set_data(&s->steps[b], pb, strlen(pb))
@@ -387,10 +395,11 @@ static int json_swap(struct rp_session *s, struct fz_rng *g, cJSON *log)
             cJSON_free(pa);
             cJSON_free(pb);
             if (!rc) {
-                cJSON *d = describe(log, s, "json.swap", (long)a);
-                cJSON_AddNumberToObject(d, "with_seq", (double)s->steps[b].seq);
-                cJSON_AddStringToObject(d, "path", key);
+                cJSON *e = describe(log, s, "json.swap", (long)a);
+                cJSON_AddNumberToObject(e, "with_seq", (double)s->steps[b].seq);
+                cJSON_AddItemToObject(e, "path", cJSON_DetachItemFromObject(d, "path"));
             }
+            cJSON_Delete(d);
         }
     }
     cJSON_Delete(ja);
@@ -583,9 +592,11 @@ static int mutate_frame(struct rp_session *s, struct fz_rng *g, cJSON *log)
         uint8_t *n = malloc(st->len + bl);
         if (!n)
             return -1;
-        memcpy(n, st->data, pos);
+        if (st->len) {
+            memcpy(n, st->data, pos);
+            memcpy(n + pos + bl, st->data + pos, st->len - pos);
+        }
         memcpy(n + pos, b, bl);
-        memcpy(n + pos + bl, st->data + pos, st->len - pos);
         free(st->data);
         st->data = n;
         st->len += bl;
@@ -670,11 +681,29 @@ static bool user_key(const char *k)
     return false;
 }
 
-static bool suffix_users(cJSON *j, int copy, int depth)
+/* keys whose string values identify one run of something (its id): given
+ * their own value per copy for "same user, other runs" */
+static bool id_key(const char *k)
+{
+    static const char *const names[] = {"run",  "request", "call",   "conversation", "job",
+                                        "task", "chat",    "thread", "stream"};
+    if (!k || user_key(k))
+        return false;
+    size_t n = strlen(k);
+    if (!strcasecmp(k, "id") || (n > 2 && !strcasecmp(k + n - 2, "id")))
+        return true;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcasestr(k, names[i]))
+            return true;
+    return false;
+}
+
+/* The string values at keys that pass pred get "-copy" appended. */
+static bool suffix_values(cJSON *j, bool (*pred)(const char *), int copy, int depth)
 {
     bool changed = false;
     for (cJSON *c = j->child; c && depth < 32; c = c->next) {
-        if (cJSON_IsString(c) && user_key(c->string)) {
+        if (cJSON_IsString(c) && pred(c->string)) {
             size_t n = strlen(c->valuestring) + 16;
             char *v = malloc(n);
             if (v) {
@@ -684,7 +713,7 @@ static bool suffix_users(cJSON *j, int copy, int depth)
                 changed = true;
             }
         } else if (c->child) {
-            changed = suffix_users(c, copy, depth + 1) || changed;
+            changed = suffix_values(c, pred, copy, depth + 1) || changed;
         }
     }
     return changed;
@@ -694,8 +723,9 @@ static bool suffix_users(cJSON *j, int copy, int depth)
  * interleaved at random with the original's (each copy in its own order) */
 static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
 {
-    uint32_t k = 2 + fz_below(g, 2);
-    bool other_users = fz_below(g, 2);
+    static const char *const modes[] = {"same", "same user, other ids", "other users"};
+    uint32_t k = 2 + fz_below(g, 2), mode = fz_below(g, 3);
+    bool (*pred)(const char *) = mode == 1 ? id_key : user_key;
     size_t nc = s->nconns, ns = s->nsteps;
     if (nc * k > 48 || ns * k > 20000) /* copies of copies: enough */
         return 1;
@@ -733,9 +763,9 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
             if (src->len)
                 memcpy(dst->data, src->data, src->len);
             dst->conn = src->conn + (uint32_t)(c * nc);
-            if (c && other_users && src->kind == RP_SEND && is_json_send(src)) {
+            if (c && mode && src->kind == RP_SEND && is_json_send(src)) {
                 cJSON *j = cJSON_ParseWithLength((const char *)src->data, src->len);
-                if (j && suffix_users(j, (int)c, 0)) {
+                if (j && suffix_values(j, pred, (int)c, 0)) {
                     char *p = cJSON_PrintUnformatted(j);
                     if (!p || set_data(dst, p, strlen(p)) < 0) {
                         cJSON_free(p);
@@ -756,7 +786,7 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
     free(cur);
     cJSON *d = describe(log, s, "sched.concurrent", -1);
     cJSON_AddNumberToObject(d, "copies", k);
-    cJSON_AddStringToObject(d, "users", other_users ? "different" : "same");
+    cJSON_AddStringToObject(d, "copies_are", modes[mode]);
     return 0;
 oom:
     for (size_t i = 0; i < ns * k; i++)
@@ -895,6 +925,7 @@ static int storm(struct rp_session *s, struct fz_rng *g, cJSON *log)
     uint32_t from = s->steps[open].conn, n = 5 + fz_below(g, 16);
     size_t at = fz_below(g, (uint32_t)s->nsteps + 1);
     bool rst = fz_below(g, 2);
+    uint64_t seq = at < s->nsteps ? s->steps[at].seq : s->steps[s->nsteps - 1].seq;
     struct rp_step *st = insert_steps(s, at, 3 * (size_t)n);
     if (!st)
         return -1;
@@ -902,7 +933,6 @@ static int storm(struct rp_session *s, struct fz_rng *g, cJSON *log)
         long ci = add_conn(s, from);
         if (ci < 0)
             return -1;
-        uint64_t seq = at < s->nsteps ? s->steps[at].seq : 0;
         s->steps[at + i] = (struct rp_step){.kind = RP_OPEN, .conn = (uint32_t)ci, .seq = seq};
         s->steps[at + n + i] =
             (struct rp_step){.kind = RP_UPGRADED, .conn = (uint32_t)ci, .code = 101, .seq = seq};

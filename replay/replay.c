@@ -726,7 +726,10 @@ static void arm(struct event *ev, size_t *armed_for, size_t step, uint64_t ms)
 /* how long a wait for this server step may last */
 static uint64_t wait_ms(const struct run *r, const struct rp_step *st)
 {
-    return st->kind == RP_MESSAGE && r->o->quiet_ms ? r->o->quiet_ms : r->o->timeout_ms;
+    /* fuzz: a message a changed request may never get, and a recorded
+     * failure that may not come back, are waited for a short while */
+    return (st->kind == RP_MESSAGE || st->failure) && r->o->quiet_ms ? r->o->quiet_ms
+                                                                     : r->o->timeout_ms;
 }
 
 /* causal: one cursor over the global order; a client step runs once every

@@ -48,8 +48,9 @@ struct rp_opts {
     FILE *log;                          /* --verbose: every step as it runs; NULL: quiet */
     /* fuzz: a wait for a server message that lasts quiet_ms is let go (the
      * server answered a changed message with fewer messages): the run goes
-     * on, and the connection counts it in `quiet`. 0: such a wait times
-     * out after timeout_ms, a failure. */
+     * on, and the connection counts it in `quiet`; a recorded failure is
+     * waited for as long. 0: a message's wait times out after timeout_ms,
+     * a failure. */
     uint64_t quiet_ms;
     /* fuzz: every server data message as it arrives (conn: session index) */
     void (*on_message)(void *arg, uint32_t conn, uint8_t opcode, const uint8_t *p, size_t n);

@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -24,7 +26,7 @@ struct fz_server {
     char host[256];
     int port;
     uint64_t wait_ms;
-    pid_t pid;
+    pid_t pid, pgid; /* the shell; its process group (kept after the shell is reaped) */
     unsigned starts;
     off_t scanned; /* log bytes already looked at for sanitizer reports */
 };
@@ -73,6 +75,14 @@ static void describe_status(int status, char *kind, size_t kcap, char *what, siz
 
 static int spawn(struct fz_server *sv, char *err, size_t errlen)
 {
+    /* a listener there now is not ours: the runs would test it instead */
+    if (accepts(sv)) {
+        snprintf(err, errlen,
+                 "--server-cmd: something already listens on %s:%d (a server left running?); "
+                 "the runs would test that one",
+                 sv->host, sv->port);
+        return -1;
+    }
     int fd = open(sv->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
         snprintf(err, errlen, "%s: %s", sv->log_path, strerror(errno));
@@ -93,12 +103,16 @@ static int spawn(struct fz_server *sv, char *err, size_t errlen)
         dup2(fd, 1);
         dup2(fd, 2);
         signal(SIGPIPE, SIG_DFL);
+        /* a crash is seen by its signal; writing a core file first would
+         * keep the dying server around for seconds */
+        struct rlimit no_core = {0, 0};
+        setrlimit(RLIMIT_CORE, &no_core);
         execl("/bin/sh", "sh", "-c", sv->cmd, (char *)NULL);
         _exit(127);
     }
     close(fd);
     setpgid(pid, pid);
-    sv->pid = pid;
+    sv->pid = sv->pgid = pid;
     sv->starts++;
     uint64_t t0 = wsrr_now_ns();
     for (;;) {
@@ -152,6 +166,9 @@ struct fz_server *fz_server_start(const char *cmd, const char *target, const cha
                                            : 443;
     evhttp_uri_free(u);
     sv->wait_ms = wait_ms;
+    /* what the shell starts is reparented to us when the shell dies first,
+     * so that terminate() can reap it and know the group is gone */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     struct stat stt;
     sv->scanned = stat(log_path, &stt) == 0 ? stt.st_size : 0;
     if (spawn(sv, err, errlen) < 0) {
@@ -218,24 +235,54 @@ int fz_server_check(struct fz_server *sv, char *kind, size_t kcap, char *what, s
     return 0;
 }
 
+/* Its whole process group (sh and what it started): SIGTERM, then SIGKILL
+ * after 2 s; returns once no process of the group is left, so that the
+ * port is free for the next start. */
+int fz_server_settle(struct fz_server *sv, char *kind, size_t kcap, char *what, size_t wcap)
+{
+    uint64_t t0 = wsrr_now_ns();
+    for (;;) {
+        if (fz_server_check(sv, kind, kcap, what, wcap))
+            return 1;
+        uint64_t ms = (wsrr_now_ns() - t0) / 1000000;
+        if (ms >= 200 && accepts(sv))
+            return 0;
+        if (ms >= sv->wait_ms) {
+            snprintf(kind, kcap, "hang");
+            snprintf(what, wcap, "no longer accepts connections");
+            return 1;
+        }
+        nap_ms(5);
+    }
+}
+
 static void terminate(struct fz_server *sv)
 {
-    if (sv->pid <= 0)
+    pid_t pg = sv->pgid;
+    if (pg <= 0)
         return;
-    kill(-sv->pid, SIGTERM);
-    for (int i = 0; i < 200; i++) {
-        if (waitpid(sv->pid, NULL, WNOHANG) == sv->pid) {
-            sv->pid = 0;
+    kill(-pg, SIGTERM);
+    for (int i = 0; i < 400; i++) {
+        /* the shell's children are ours to reap too (a subreaper): a
+         * zombie would still count as a member of the group */
+        pid_t p;
+        while ((p = waitpid(-pg, NULL, WNOHANG)) > 0)
+            if (p == sv->pid)
+                sv->pid = 0;
+        if (sv->pid <= 0 && kill(-pg, 0) < 0 && errno == ESRCH)
             break;
-        }
+        if (i == 200)
+            kill(-pg, SIGKILL);
         nap_ms(10);
     }
     if (sv->pid > 0) {
-        kill(-sv->pid, SIGKILL);
+        kill(-pg, SIGKILL);
         waitpid(sv->pid, NULL, 0);
         sv->pid = 0;
     }
-    /* what else of its group is left (sh's children) */
+    while (waitpid(-pg, NULL, WNOHANG) > 0)
+        ;
+    sv->pgid = 0;
 }
 
 int fz_server_restart(struct fz_server *sv, char *err, size_t errlen)

@@ -24,6 +24,13 @@ struct fz_server *fz_server_start(const char *cmd, const char *target, const cha
  * is reported once. */
 int fz_server_check(struct fz_server *sv, char *kind, size_t kcap, char *what, size_t wcap);
 
+/* After a run whose connections ended abruptly (dropped, reset, refused):
+ * give a dying server time to be seen dying. Like fz_server_check, but
+ * waits up to 200 ms for an exit, and when the server is still there but
+ * accepts no connection, up to the start wait; kind "hang" when it never
+ * does again. */
+int fz_server_settle(struct fz_server *sv, char *kind, size_t kcap, char *what, size_t wcap);
+
 /* Stop it (if it runs) and start it again; 0 or -1 with err. */
 int fz_server_restart(struct fz_server *sv, char *err, size_t errlen);
 

@@ -53,7 +53,7 @@ static int run_once(struct shrink *k, const struct rp_session *s, struct fz_fail
         return -1;
     *nf = 0;
     char kind[16], what[128];
-    if (k->sv && fz_server_check(k->sv, kind, sizeof(kind), what, sizeof(what))) {
+    if (k->sv && fz_server_failed(k->sv, &res, kind, sizeof(kind), what, sizeof(what))) {
         struct fz_failure sf;
         fz_server_failure(&sf, kind, what);
         f[(*nf)++] = sf;
@@ -70,6 +70,8 @@ static int run_once(struct shrink *k, const struct rp_session *s, struct fz_fail
 /* Does s still fail with the signature? */
 static bool fails(struct shrink *k, const struct rp_session *s)
 {
+    if (k->o->stop && *k->o->stop)
+        k->over = true;
     if (k->over || k->err[0])
         return false;
     if (++k->tests > k->o->max_tests) {
@@ -350,11 +352,24 @@ int fz_shrink(const struct fz_shrink_opts *o, char *err, size_t errlen)
                 snprintf(err, errlen, "%s", k.err);
                 goto out;
             }
-            if (n)
-                snprintf(k.sig, sizeof(k.sig), "%s", f[0].sig);
+            /* the failure the capture records, else the server's, else any
+             * but a divergence (a field that changes every run is one) */
+            int best = -1, rank = 0;
+            for (size_t i = 0; i < n; i++) {
+                int r = f[i].conn == UINT32_MAX                       ? 2
+                        : !strcmp(f[i].kind, "divergence")            ? 0
+                        : rp_outcome_failed(&s->conns[f[i].conn].rec) ? 3
+                                                                      : 1;
+                if (r > rank)
+                    best = (int)i, rank = r;
+            }
+            if (best >= 0)
+                snprintf(k.sig, sizeof(k.sig), "%s", f[best].sig);
         }
         if (!k.sig[0]) {
-            snprintf(err, errlen, "%s: no failure in %u run%s against %s: nothing to shrink",
+            snprintf(err, errlen,
+                     "%s: no failure in %u run%s against %s (divergences aside: --signature "
+                     "picks one): nothing to shrink",
                      o->input, o->tries, o->tries == 1 ? "" : "s", o->ro.target);
             rc = 1;
             goto out;
@@ -415,7 +430,7 @@ int fz_shrink(const struct fz_shrink_opts *o, char *err, size_t errlen)
         struct fz_failure f[32];
         size_t n = fz_failures(s, &res, false, o->strict, true, f, 32);
         char kind[16], what[128];
-        if (k.sv && fz_server_check(k.sv, kind, sizeof(kind), what, sizeof(what))) {
+        if (k.sv && fz_server_failed(k.sv, &res, kind, sizeof(kind), what, sizeof(what))) {
             fz_server_failure(&f[n < 32 ? n : 31], kind, what);
             n = n < 32 ? n + 1 : 32;
             fz_server_restart(k.sv, err, errlen);
@@ -444,10 +459,10 @@ int fz_shrink(const struct fz_shrink_opts *o, char *err, size_t errlen)
         if (rp_run(v, &o->ro, &res, err, errlen) < 0)
             break;
         ok += rp_result_reproduced(v, &res, why, sizeof(why));
-        rp_result_free(&res);
         char kind[16], what[128];
-        if (k.sv && fz_server_check(k.sv, kind, sizeof(kind), what, sizeof(what)))
+        if (k.sv && fz_server_failed(k.sv, &res, kind, sizeof(kind), what, sizeof(what)))
             fz_server_restart(k.sv, err, errlen);
+        rp_result_free(&res);
     }
     rp_session_free(v);
     size_t c1 = s->nconns, m1 = count_messages(s), b1 = client_bytes(s);
@@ -491,7 +506,10 @@ int fz_shrink(const struct fz_shrink_opts *o, char *err, size_t errlen)
         printf("  before: %zu connections, %zu client messages, %zu bytes\n", c0, m0, b0);
         printf("  after:  %zu connections, %zu client messages, %zu bytes (%u candidates, %u "
                "runs%s)\n",
-               c1, m1, b1, k.tests, k.runs, k.over ? "; the --max-tests budget ran out" : "");
+               c1, m1, b1, k.tests, k.runs,
+               o->stop && *o->stop ? "; interrupted"
+               : k.over            ? "; the --max-tests budget ran out"
+                                   : "");
         for (size_t i = 0; i < s->nsteps; i++) {
             const struct rp_step *st = &s->steps[i];
             if (!client_message(st))

@@ -212,9 +212,7 @@ static int run_fuzz(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    fprintf(stderr, "wsrr fuzz: seed %llu, %zu capture%s, target %s%s%s\n",
-            (unsigned long long)fo.seed, fo.ncaptures, fo.ncaptures == 1 ? "" : "s", fo.ro.target,
-            fo.server_cmd ? ", server: " : "", fo.server_cmd ? fo.server_cmd : "");
+    signal(SIGHUP, on_signal);
     char err[600];
     long n = fz_fuzz(&fo, err, sizeof(err));
     if (n < 0)

@@ -50,6 +50,14 @@ static int run_shrink(int argc, char **argv);
 const struct verb verb_shrink = {"shrink", "minimise a failing capture, keeping its failure", usage,
                                  run_shrink};
 
+static volatile int stop_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
 static int run_shrink(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -81,6 +89,7 @@ static int run_shrink(int argc, char **argv)
     int opt;
     while ((opt = tool_getopt(&verb_shrink, argc, argv, "t:H:o:qh", longopts)) != -1) {
         switch (opt) {
+        case 'o':
         case 'O': so.output = optarg; break;
         case 'F': force = true; break;
         case 'G': so.signature = optarg; break;
@@ -147,7 +156,12 @@ static int run_shrink(int argc, char **argv)
     so.secrets = cli.secrets;
     so.nsecrets = cli.nsecrets;
     so.log = quiet ? NULL : stderr;
+    so.stop = &stop_flag;
     signal(SIGPIPE, SIG_IGN);
+    /* the server under test is stopped on the way out, whatever ends us */
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    signal(SIGHUP, on_signal);
     char err[600];
     int rc = fz_shrink(&so, err, sizeof(err));
     if (rc < 0)

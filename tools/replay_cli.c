@@ -44,7 +44,7 @@ int replay_cli_option(struct replay_cli *c, const char *verb, int opt, const cha
     uint64_t v;
     switch (opt) {
     case 't': o->target = arg; return 1;
-    case 'T':
+    case RCLI_TIMING:
         if (!strcmp(arg, "causal"))
             o->timing = RP_CAUSAL;
         else if (!strcmp(arg, "recorded"))
@@ -55,40 +55,40 @@ int replay_cli_option(struct replay_cli *c, const char *verb, int opt, const cha
             return tool_usage_error(verb, "--timing %s: expected causal, recorded or asap", arg),
                    -1;
         return 1;
-    case 'S': {
+    case RCLI_SPEED: {
         char *end;
         o->speed = strtod(arg, &end);
         if (*end || !(o->speed > 0 && o->speed <= 1000))
             return tool_usage_error(verb, "--speed %s: expected a number in (0, 1000]", arg), -1;
         return 1;
     }
-    case 'o':
+    case RCLI_TIMEOUT:
         if (!tool_parse_u64(arg, 3600000, &o->timeout_ms) || !o->timeout_ms)
             return tool_usage_error(verb, "--timeout %s: expected 1..3600000 ms", arg), -1;
         return 1;
-    case 'g':
+    case RCLI_GAP:
         if (!tool_parse_u64(arg, 10000, &v))
             return tool_usage_error(verb, "--gap %s: expected 0..10000 ms", arg), -1;
         o->gap_us = v * 1000;
         return 1;
-    case 'i': return add_to(verb, c->ignore, &o->nignore, "--ignore", arg) ? 1 : -1;
+    case RCLI_IGNORE: return add_to(verb, c->ignore, &o->nignore, "--ignore", arg) ? 1 : -1;
     case 'H': {
         const char *colon = strchr(arg, ':');
         if (!colon || colon == arg || strpbrk(arg, "\r\n"))
             return tool_usage_error(verb, "--header '%s': expected 'Name: value'", arg), -1;
         return add_to(verb, c->headers, &o->nheaders, "--header", arg) ? 1 : -1;
     }
-    case 'k': o->insecure = true; return 1;
-    case 'A': o->ca_file = arg; return 1;
-    case 'X':
+    case RCLI_INSECURE: o->insecure = true; return 1;
+    case RCLI_CA: o->ca_file = arg; return 1;
+    case RCLI_EXTRA:
         if (strcmp(arg, "*") && !key_value(arg))
             return tool_usage_error(verb, "--extra %s: expected PATH=VALUE or '*'", arg), -1;
         return add_to(verb, c->extras, &o->nextras, "--extra", arg) ? 1 : -1;
-    case 'E':
+    case RCLI_SET:
         if (!key_value(arg))
             return tool_usage_error(verb, "--set %s: expected PATH=VALUE", arg), -1;
         return add_to(verb, c->sets, &o->nsets, "--set", arg) ? 1 : -1;
-    case 's':
+    case RCLI_SECRET:
         if (!key_value(arg))
             return tool_usage_error(verb, "--secret %s: expected NAME=VALUE", arg), -1;
         return add_to(verb, c->secrets, &c->nsecrets, "--secret", arg) ? 1 : -1;

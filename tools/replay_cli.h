@@ -18,17 +18,32 @@ struct replay_cli {
     size_t nsecrets;
 };
 
-/* The shared long options, for a verb's own table (their short codes: t T S
- * o g i H k A X E s). */
+/* Codes of the shared options that have no short form (above any char). */
+enum {
+    RCLI_TIMING = 0x200,
+    RCLI_SPEED,
+    RCLI_TIMEOUT,
+    RCLI_GAP,
+    RCLI_IGNORE,
+    RCLI_INSECURE,
+    RCLI_CA,
+    RCLI_EXTRA,
+    RCLI_SET,
+    RCLI_SECRET,
+};
+
+/* The shared long options, for a verb's own table (-t and -H are theirs). */
 #define REPLAY_CLI_LONGOPTS                                                                        \
-    {"target", required_argument, NULL, 't'}, {"timing", required_argument, NULL, 'T'},            \
-        {"speed", required_argument, NULL, 'S'}, {"timeout", required_argument, NULL, 'o'},        \
-        {"gap", required_argument, NULL, 'g'}, {"ignore", required_argument, NULL, 'i'},           \
-        {"header", required_argument, NULL, 'H'}, {"insecure", no_argument, NULL, 'k'},            \
-        {"ca", required_argument, NULL, 'A'}, {"extra", required_argument, NULL, 'X'},             \
-        {"set", required_argument, NULL, 'E'},                                                     \
+    {"target", required_argument, NULL, 't'}, {"timing", required_argument, NULL, RCLI_TIMING},    \
+        {"speed", required_argument, NULL, RCLI_SPEED},                                            \
+        {"timeout", required_argument, NULL, RCLI_TIMEOUT},                                        \
+        {"gap", required_argument, NULL, RCLI_GAP},                                                \
+        {"ignore", required_argument, NULL, RCLI_IGNORE},                                          \
+        {"header", required_argument, NULL, 'H'}, {"insecure", no_argument, NULL, RCLI_INSECURE},  \
+        {"ca", required_argument, NULL, RCLI_CA}, {"extra", required_argument, NULL, RCLI_EXTRA},  \
+        {"set", required_argument, NULL, RCLI_SET},                                                \
     {                                                                                              \
-        "secret", required_argument, NULL, 's'                                                     \
+        "secret", required_argument, NULL, RCLI_SECRET                                             \
     }
 
 /* Defaults: causal timing, a 2 ms gap, speed 1, timeout_ms as given. */
