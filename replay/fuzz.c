@@ -8,6 +8,7 @@
 #include "wsrr-config.h"
 #include "wsrr/capture.h"
 #include "wsrr/common.h"
+#include "wsrr/frame.h"
 #include "wsrr/redact.h"
 
 #include <cjson/cJSON.h>
@@ -219,6 +220,31 @@ static int record_run(const struct rp_session *s, const struct rp_opts *base, co
 
 /* ---- the fuzzer ---- */
 
+/* A string that is not UTF-8 (a server's binary output, a key from a
+ * mutated message) made valid: each byte that does not fit becomes '?', so
+ * that the JSON written is JSON. */
+static void clean_utf8(cJSON *j)
+{
+    for (cJSON *c = j ? j->child : NULL; c; c = c->next) {
+        char *strs[2] = {c->string, cJSON_IsString(c) ? c->valuestring : NULL};
+        for (int k = 0; k < 2; k++) {
+            char *p = strs[k];
+            size_t n = p ? strlen(p) : 0;
+            for (size_t i = 0; p && i < n;) {
+                size_t len = 1;
+                while (len <= 4 && i + len <= n && !wsrr_utf8_valid((const uint8_t *)p + i, len))
+                    len++;
+                if (len > 4 || i + len > n) {
+                    p[i++] = '?';
+                    continue;
+                }
+                i += len;
+            }
+        }
+        clean_utf8(c);
+    }
+}
+
 struct entry {
     struct rp_session *s;
     cJSON *chain; /* [{"run":N,"mutations":[...]}, ...] from the capture on */
@@ -230,7 +256,8 @@ struct uniq {
     uint64_t run;
     unsigned id;
     char path[512];
-    int reproduced; /* re-runs until it came back (1-3), 0: it did not */
+    int reproduced;    /* re-runs until it came back (1-3), 0: it did not */
+    unsigned attempts; /* saves tried (a flaky one is tried again, up to 5) */
 };
 
 struct fuzz {
@@ -245,7 +272,10 @@ struct fuzz {
     struct uniq *uniq;
     size_t nuniq;
     struct fz_server *sv;
-    unsigned gen; /* server starts */
+    pthread_cond_t cv; /* `running` or `saving` went down */
+    unsigned running;  /* runs in flight */
+    unsigned saving;   /* save_case at work: no run starts meanwhile */
+    unsigned gen;      /* server starts */
     unsigned connect_streak;
     FILE *trace;
     struct wsrr_redactor *red;
@@ -291,7 +321,7 @@ bool fz_server_failed(struct fz_server *sv, const struct rp_result *res, char *k
     bool abrupt = false;
     for (size_t i = 0; i < res->nconns && !abrupt; i++) {
         const struct rp_outcome *o = &res->conns[i].out;
-        abrupt = o->end == RP_END_ABNORMAL || o->end == RP_END_RESET ||
+        abrupt = ((o->end == RP_END_ABNORMAL || o->end == RP_END_RESET) && o->by_server) ||
                  (o->end == RP_END_FAILED && !strncmp(o->reason, "cannot connect", 14));
     }
     return abrupt ? fz_server_settle(sv, kind, kcap, what, wcap) != 0
@@ -322,22 +352,58 @@ static void status_line(struct fuzz *F, bool final)
 /* A failure not seen before: record a run of the session that shows it
  * again (up to 3 tries) as OUT/failure-NNN.wsrr, with what led to it in
  * OUT/failure-NNN.json. Called with the lock held. */
+static struct uniq *find_uniq(struct fuzz *F, const char *sig)
+{
+    for (size_t i = 0; i < F->nuniq; i++)
+        if (!strcmp(F->uniq[i].f.sig, sig))
+            return &F->uniq[i];
+    return NULL;
+}
+
+/* Is this failure worth saving: new, or saved so far only as a run that did
+ * not fail again (a later one may)? */
+static bool wanted(struct fuzz *F, const char *sig)
+{
+    const struct uniq *u = find_uniq(F, sig);
+    return !u || (!u->reproduced && u->attempts < 5);
+}
+
+/* A failure not seen before (or seen only flaky): record a run of the
+ * session that shows it again (up to 3 tries), alone against the server
+ * (no other run in flight: with --jobs, runs overlap, and a failure one
+ * run caused in another must not be saved as that one's), as
+ * OUT/failure-NNN.wsrr, with what led to it in OUT/failure-NNN.json.
+ * Called with the lock held. */
 static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *chain,
                       size_t capture, uint64_t run, const struct fz_failure *f)
 {
     const struct fz_opts *o = F->o;
-    struct uniq *u = realloc(F->uniq, (F->nuniq + 1) * sizeof(*u));
-    if (!u)
-        return;
-    F->uniq = u;
-    u = &u[F->nuniq++];
-    memset(u, 0, sizeof(*u));
-    u->f = *f;
-    u->run = run;
-    u->id = (unsigned)F->nuniq;
-    snprintf(u->path, sizeof(u->path), "%s/failure-%03u.wsrr", o->out_dir, u->id);
+    struct uniq *u = find_uniq(F, f->sig);
+    bool again_flaky = u != NULL;
+    if (!u) {
+        u = realloc(F->uniq, (F->nuniq + 1) * sizeof(*u));
+        if (!u)
+            return;
+        F->uniq = u;
+        u = &u[F->nuniq++];
+        memset(u, 0, sizeof(*u));
+        u->f = *f;
+        u->run = run;
+        u->id = (unsigned)F->nuniq;
+        snprintf(u->path, sizeof(u->path), "%s/failure-%03u.wsrr", o->out_dir, u->id);
+    }
+    u->attempts++;
+    unsigned id = u->id;
+    char path[512], tmp[530];
+    snprintf(path, sizeof(path), "%s", u->path);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    /* u is not used again until found anew: while the lock is let go,
+     * another save may move the array */
+    F->saving++;
+    while (F->running > 0)
+        pthread_cond_wait(&F->cv, &F->mu);
     char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "wsrr replay %s --target %s --reproduce%s", u->path, o->ro.target,
+    snprintf(cmd, sizeof(cmd), "wsrr replay %s --target %s --reproduce%s", path, o->ro.target,
              o->repro_opts ? o->repro_opts : "");
     cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "tool", "wsrr " WSRR_VERSION);
@@ -350,11 +416,13 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
     cJSON_AddNumberToObject(fz, "seed", (double)o->seed);
     cJSON_AddNumberToObject(fz, "run", (double)run);
     cJSON_AddItemToObject(fz, "mutations", cJSON_Duplicate(chain, true));
+    clean_utf8(m);
     char *meta = cJSON_PrintUnformatted(m);
     char err[512] = "";
-    for (int attempt = 1; attempt <= 3 && !u->reproduced && meta; attempt++) {
+    int reproduced = 0;
+    for (int attempt = 1; attempt <= 3 && !reproduced && meta; attempt++) {
         struct rp_result res;
-        if (record_run(s, &o->ro, u->path, meta, F->red, &res, err, sizeof(err)) < 0)
+        if (record_run(s, &o->ro, tmp, meta, F->red, &res, err, sizeof(err)) < 0)
             break;
         bool again = false;
         if (f->conn == UINT32_MAX) {
@@ -374,19 +442,31 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
         }
         rp_result_free(&res);
         if (again)
-            u->reproduced = attempt;
+            reproduced = attempt;
     }
     cJSON_free(meta);
+    F->saving--;
+    pthread_cond_broadcast(&F->cv);
+    u = find_uniq(F, f->sig);         /* the array may have moved while the lock was let go */
+    if (again_flaky && !reproduced) { /* the earlier case stays */
+        unlink(tmp);
+        cJSON_Delete(m);
+        return;
+    }
+    if (rename(tmp, path) < 0 && !err[0])
+        snprintf(err, sizeof(err), "%.400s: %.100s", path, strerror(errno));
+    u->reproduced = reproduced;
+    u->run = run;
     /* the description next to it */
-    cJSON_AddStringToObject(m, "case", u->path);
+    cJSON_AddStringToObject(m, "case", path);
     cJSON_AddStringToObject(m, "kind", f->kind);
     cJSON_AddStringToObject(m, "detail", f->detail);
     cJSON_AddStringToObject(m, "message_type", f->type);
     if (f->conn != UINT32_MAX)
         cJSON_AddNumberToObject(m, "connection", s->conns[f->conn].id);
     cJSON_AddStringToObject(m, "recorded",
-                            u->reproduced ? "a run that failed the same way"
-                                          : "a run that did not fail again in 3 tries (flaky)");
+                            reproduced ? "a run that failed the same way, alone"
+                                       : "a run that did not fail again in 3 tries alone (flaky)");
     if (err[0])
         cJSON_AddStringToObject(m, "error", err);
     if (F->sv) {
@@ -394,8 +474,9 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
         fz_server_log_tail(F->sv, tail, sizeof(tail));
         cJSON_AddStringToObject(m, "server_log_tail", tail);
     }
+    clean_utf8(m);
     char jpath[520];
-    snprintf(jpath, sizeof(jpath), "%s/failure-%03u.json", o->out_dir, u->id);
+    snprintf(jpath, sizeof(jpath), "%s/failure-%03u.json", o->out_dir, id);
     char *text = cJSON_Print(m);
     FILE *fp = text ? fopen(jpath, "w") : NULL;
     if (fp) {
@@ -407,11 +488,11 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
     cJSON_Delete(m);
     if (o->tty)
         fprintf(stderr, "\r\033[K");
-    fprintf(stderr, "wsrr fuzz: new failure %u at run %llu: %s\n  saved %s%s\n  reproduce: %s\n",
-            u->id, (unsigned long long)run, f->sig, u->path,
-            err[0]          ? " (could not record it)"
-            : u->reproduced ? ""
-                            : " (it did not fail again in 3 tries: flaky)",
+    fprintf(stderr, "wsrr fuzz: %s failure %u at run %llu: %s\n  saved %s%s\n  reproduce: %s\n",
+            again_flaky ? "again" : "new", id, (unsigned long long)run, f->sig, path,
+            err[0]       ? " (could not record it)"
+            : reproduced ? ""
+                         : " (it did not fail again in 3 tries alone: flaky)",
             cmd);
 }
 
@@ -436,6 +517,7 @@ static void add_trace(struct fuzz *F, uint64_t run, const char *parent, const cJ
         cJSON_AddItemToArray(fa, cJSON_CreateString(f[i].sig));
     cJSON_AddBoolToObject(t, "new_behaviour", fresh);
     cJSON_AddNumberToObject(t, "ms", (double)(ns / 1000) / 1000);
+    clean_utf8(t);
     char *line = cJSON_PrintUnformatted(t);
     if (line)
         fprintf(F->trace, "%s\n", line);
@@ -443,19 +525,25 @@ static void add_trace(struct fuzz *F, uint64_t run, const char *parent, const cJ
     cJSON_Delete(t);
 }
 
-static bool known(const struct fuzz *F, const char *sig)
+/* --until: every pattern found in some failure's signature */
+static bool found_all(const struct fuzz *F)
 {
-    for (size_t i = 0; i < F->nuniq; i++)
-        if (!strcmp(F->uniq[i].f.sig, sig))
-            return true;
-    return false;
+    const struct fz_opts *o = F->o;
+    for (size_t i = 0; i < o->nuntil; i++) {
+        bool hit = false;
+        for (size_t k = 0; k < F->nuniq && !hit; k++)
+            hit = strstr(F->uniq[k].f.sig, o->until[i]) != NULL;
+        if (!hit)
+            return false;
+    }
+    return o->nuntil > 0;
 }
 
 static bool out_of_budget(const struct fuzz *F)
 {
     const struct fz_opts *o = F->o;
-    return F->stop || (o->stop && *o->stop) || (o->runs && F->next_run >= o->runs) ||
-           (o->seconds > 0 && elapsed(F) >= o->seconds);
+    return F->stop || found_all(F) || (o->stop && *o->stop) ||
+           (o->runs && F->next_run >= o->runs) || (o->seconds > 0 && elapsed(F) >= o->seconds);
 }
 
 static void *worker(void *arg)
@@ -464,6 +552,8 @@ static void *worker(void *arg)
     const struct fz_opts *o = F->o;
     for (;;) {
         pthread_mutex_lock(&F->mu);
+        while (F->saving)
+            pthread_cond_wait(&F->cv, &F->mu);
         if (out_of_budget(F)) {
             pthread_mutex_unlock(&F->mu);
             break;
@@ -490,11 +580,14 @@ static void *worker(void *arg)
         struct rp_session *s = rp_session_clone(from);
         cJSON *chain = from_chain ? cJSON_Duplicate(from_chain, true) : cJSON_CreateArray();
         unsigned gen = F->gen;
+        F->running++;
         pthread_mutex_unlock(&F->mu);
         if (!s || !chain) {
             rp_session_free(s);
             cJSON_Delete(chain);
             pthread_mutex_lock(&F->mu);
+            F->running--;
+            pthread_cond_broadcast(&F->cv);
             snprintf(F->err, sizeof(F->err), "out of memory");
             F->stop = true;
             pthread_mutex_unlock(&F->mu);
@@ -524,6 +617,8 @@ static void *worker(void *arg)
             end_features(&v, &res);
         }
         pthread_mutex_lock(&F->mu);
+        F->running--;
+        pthread_cond_broadcast(&F->cv);
         bool keep = false, fresh = false;
         if (rc < 0) {
             snprintf(F->err, sizeof(F->err), "%s", err);
@@ -540,7 +635,7 @@ static void *worker(void *arg)
                 F->gen++;
                 fl[0] = sf;
                 nf = 1;
-                if (!F->stop && !known(F, sf.sig)) {
+                if (!F->stop && wanted(F, sf.sig)) {
                     F->last_new = wsrr_now_ns();
                     save_case(F, s, chain, capture, run, &sf);
                 }
@@ -560,7 +655,7 @@ static void *worker(void *arg)
                     F->stop = true;
                 }
                 for (size_t i = 0; i < nf; i++)
-                    if (!known(F, fl[i].sig)) {
+                    if (wanted(F, fl[i].sig)) {
                         F->last_new = wsrr_now_ns();
                         save_case(F, s, chain, capture, run, &fl[i]);
                     }
@@ -608,6 +703,7 @@ long fz_fuzz(const struct fz_opts *o, char *err, size_t errlen)
     struct fuzz F = {.o = o};
     long rc = -1;
     pthread_mutex_init(&F.mu, NULL);
+    pthread_cond_init(&F.cv, NULL);
     F.caps = calloc(o->ncaptures, sizeof(*F.caps));
     F.map = calloc(MAP_SIZE, 1);
     F.corpus = calloc(CORPUS_MAX, sizeof(*F.corpus));
@@ -739,5 +835,6 @@ out:
         fclose(F.trace);
     wsrr_redactor_free(F.red);
     pthread_mutex_destroy(&F.mu);
+    pthread_cond_destroy(&F.cv);
     return rc;
 }

@@ -64,14 +64,16 @@ struct fz_opts {
     unsigned max_mutations;
     bool feedback; /* keep runs with new behaviour and mutate them further */
     bool strict;
-    bool divergence;        /* a divergence is a failure (when the client sent what was
-                               recorded) */
-    bool redact;            /* saved cases: secrets redacted */
-    bool json;              /* the summary as JSON on standard output */
-    bool tty;               /* a live status line on standard error */
-    const char *trace;      /* a JSON line per run (its parent and mutations) */
-    const char *repro_opts; /* replay options a reproducing command repeats */
-    volatile int *stop;     /* set (by a signal) to end early */
+    bool divergence;          /* a divergence is a failure (when the client sent what was
+                                 recorded) */
+    bool redact;              /* saved cases: secrets redacted */
+    bool json;                /* the summary as JSON on standard output */
+    bool tty;                 /* a live status line on standard error */
+    const char *trace;        /* a JSON line per run (its parent and mutations) */
+    const char *repro_opts;   /* replay options a reproducing command repeats */
+    volatile int *stop;       /* set (by a signal) to end early */
+    const char *const *until; /* stop once each is part of a failure's signature */
+    size_t nuntil;
 };
 
 /* Fuzz. Returns the number of unique failures (>= 0), or -1 with a

@@ -245,7 +245,7 @@ int fz_server_settle(struct fz_server *sv, char *kind, size_t kcap, char *what, 
         if (fz_server_check(sv, kind, kcap, what, wcap))
             return 1;
         uint64_t ms = (wsrr_now_ns() - t0) / 1000000;
-        if (ms >= 200 && accepts(sv))
+        if (accepts(sv))
             return 0;
         if (ms >= sv->wait_ms) {
             snprintf(kind, kcap, "hang");

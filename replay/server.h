@@ -26,9 +26,9 @@ int fz_server_check(struct fz_server *sv, char *kind, size_t kcap, char *what, s
 
 /* After a run whose connections ended abruptly (dropped, reset, refused):
  * give a dying server time to be seen dying. Like fz_server_check, but
- * waits up to 200 ms for an exit, and when the server is still there but
- * accepts no connection, up to the start wait; kind "hang" when it never
- * does again. */
+ * while the server is still there and accepts no connection (a process
+ * that is exiting has closed its listener), waits for it to exit or
+ * accept again, up to the start wait; kind "hang" when it does neither. */
 int fz_server_settle(struct fz_server *sv, char *kind, size_t kcap, char *what, size_t wcap);
 
 /* Stop it (if it runs) and start it again; 0 or -1 with err. */

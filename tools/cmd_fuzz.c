@@ -38,6 +38,9 @@ static const char usage[] =
     "                       server.log with --server-cmd (required)\n"
     "  --runs N             stop after N runs\n"
     "  --time T             stop after T seconds (T may end in s, m or h)\n"
+    "  --until TEXT         stop early once a failure's signature contains TEXT\n"
+    "                       (repeatable: once each has been found); a CI check\n"
+    "                       that fuzzing still finds a known bug within --runs\n"
     "  --seed S             the generator's seed (default: a random one, printed);\n"
     "                       the same seed gives the same mutations run by run\n"
     "                       (with --jobs 1 and a server that behaves the same)\n"
@@ -113,6 +116,7 @@ static int run_fuzz(int argc, char **argv)
         {"no-redact", no_argument, NULL, 'U'},
         {"json", no_argument, NULL, 'j'},
         {"verbose", no_argument, NULL, 'v'},
+        {"until", required_argument, NULL, 'u'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -126,6 +130,8 @@ static int run_fuzz(int argc, char **argv)
                          .jobs = 1,
                          .server_wait_ms = 10000};
     bool seeded = false;
+    const char *until[16];
+    size_t nuntil = 0;
     uint64_t v;
     int opt;
     while ((opt = tool_getopt(&verb_fuzz, argc, argv, "t:H:vh", longopts)) != -1) {
@@ -180,6 +186,11 @@ static int run_fuzz(int argc, char **argv)
         case 'U': fo.redact = false; break;
         case 'j': fo.json = true; break;
         case 'v': cli.o.log = stderr; break;
+        case 'u':
+            if (nuntil == sizeof(until) / sizeof(until[0]))
+                return tool_usage_error("fuzz", "more than %zu --until", nuntil);
+            until[nuntil++] = optarg;
+            break;
         case 'h': return EXIT_OK;
         default:
             if (replay_cli_option(&cli, "fuzz", opt, optarg) <= 0)
@@ -209,6 +220,8 @@ static int run_fuzz(int argc, char **argv)
     fo.repro_opts = repro;
     fo.tty = isatty(2);
     fo.stop = &stop_flag;
+    fo.until = until;
+    fo.nuntil = nuntil;
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
