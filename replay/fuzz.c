@@ -402,6 +402,11 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
     F->saving++;
     while (F->running > 0)
         pthread_cond_wait(&F->cv, &F->mu);
+    if (find_uniq(F, f->sig)->reproduced) { /* another worker saved it meanwhile */
+        F->saving--;
+        pthread_cond_broadcast(&F->cv);
+        return;
+    }
     char cmd[2048];
     snprintf(cmd, sizeof(cmd), "wsrr replay %s --target %s --reproduce%s", path, o->ro.target,
              o->repro_opts ? o->repro_opts : "");
@@ -429,8 +434,10 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
             char kind[16], what[128];
             if (F->sv && fz_server_failed(F->sv, &res, kind, sizeof(kind), what, sizeof(what))) {
                 again = true;
-                if (fz_server_restart(F->sv, err, sizeof(err)) < 0)
+                if (fz_server_restart(F->sv, err, sizeof(err)) < 0) {
+                    snprintf(F->err, sizeof(F->err), "%s", err);
                     F->stop = true;
+                }
                 F->gen++;
             }
         } else {
@@ -587,6 +594,7 @@ static void *worker(void *arg)
             cJSON_Delete(chain);
             pthread_mutex_lock(&F->mu);
             F->running--;
+            F->lost++; /* counted: the status loop waits for every run to end */
             pthread_cond_broadcast(&F->cv);
             snprintf(F->err, sizeof(F->err), "out of memory");
             F->stop = true;
@@ -623,6 +631,7 @@ static void *worker(void *arg)
         if (rc < 0) {
             snprintf(F->err, sizeof(F->err), "%s", err);
             F->stop = true;
+            F->lost++;
         } else {
             char kind[16], what[128];
             if (F->sv && fz_server_failed(F->sv, &res, kind, sizeof(kind), what, sizeof(what))) {

@@ -332,6 +332,11 @@ static cJSON *deep_nest(struct fz_rng *g, int *depth)
 /* Replace node i (non-root) by v in its parent. */
 static void replace_node(struct nodes *v, size_t i, cJSON *nv)
 {
+    if (!nv)
+        return;
+    /* the member keeps its key (cJSON does not move it across) */
+    nv->string = v->node[i]->string;
+    v->node[i]->string = NULL;
     cJSON_ReplaceItemViaPointer(v->parent[i], v->node[i], nv);
     v->node[i] = nv;
 }
@@ -611,7 +616,9 @@ static int mutate_frame(struct rp_session *s, struct fz_rng *g, cJSON *log)
         d = describe(log, s, st->rsv == WSRR_RSV1 ? "frame.compressed-flag" : "frame.rsv", at);
         cJSON_AddNumberToObject(d, "rsv", st->rsv);
         return 0;
-    case 4: /* a non-minimal length */
+    case 4: /* a non-minimal length (over 65535 bytes, 64 bits is the minimal one) */
+        if (st->len > 65535)
+            return 1;
         st->len_width = st->len <= 125 && fz_below(g, 2) ? 16 : 64;
         st->invalid = true;
         d = describe(log, s, "frame.long-length", at);
@@ -842,6 +849,9 @@ static int swap_sends(struct rp_session *s, struct fz_rng *g, cJSON *log)
             continue;
         if (a->kind == RP_OPEN || b->kind == RP_OPEN) /* keep it simple: data only */
             continue;
+        if (a->conn == b->conn) /* a continuation before its first frame, data after a
+                                   close: frames in an order a server may drop us for */
+            a->invalid = b->invalid = true;
         struct rp_step tmp = *a;
         *a = *b;
         *b = tmp;

@@ -102,6 +102,8 @@ static int spawn(struct fz_server *sv, char *err, size_t errlen)
             dup2(devnull, 0);
         dup2(fd, 1);
         dup2(fd, 2);
+        /* nothing else of ours (other workers' replay sockets) */
+        close_range(3, ~0U, 0);
         signal(SIGPIPE, SIG_DFL);
         /* a crash is seen by its signal; writing a core file first would
          * keep the dying server around for seconds */
