@@ -218,6 +218,15 @@ static int record_run(const struct rp_session *s, const struct rp_opts *base, co
     return rc;
 }
 
+void fz_print_json(cJSON *j)
+{
+    char *text = cJSON_PrintUnformatted(j);
+    if (text)
+        printf("%s\n", text);
+    cJSON_free(text);
+    cJSON_Delete(j);
+}
+
 /* ---- the fuzzer ---- */
 
 /* A string that is not UTF-8 (a server's binary output, a key from a
@@ -808,11 +817,7 @@ long fz_fuzz(const struct fz_opts *o, char *err, size_t errlen)
             cJSON_AddBoolToObject(x, "recorded_failing", u->reproduced > 0);
             cJSON_AddItemToArray(fa, x);
         }
-        char *text = cJSON_PrintUnformatted(j);
-        if (text)
-            printf("%s\n", text);
-        cJSON_free(text);
-        cJSON_Delete(j);
+        fz_print_json(j);
     } else {
         printf("%llu runs in %.1f s (%.0f/s), seed %llu: %zu unique failure%s\n",
                (unsigned long long)F.done_runs, secs, secs > 0 ? (double)F.done_runs / secs : 0.0,

@@ -47,6 +47,9 @@ struct fz_server;
 bool fz_server_failed(struct fz_server *sv, const struct rp_result *res, char *kind, size_t kcap,
                       char *what, size_t wcap);
 
+/* A report: j on one line of standard output, then freed. */
+void fz_print_json(struct cJSON *j);
+
 struct fz_opts {
     const char *const *captures;
     size_t ncaptures;

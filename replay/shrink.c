@@ -496,11 +496,7 @@ int fz_shrink(const struct fz_shrink_opts *o, char *err, size_t errlen)
             cJSON_AddNumberToObject(x, "bytes", (double)st->len);
             cJSON_AddItemToArray(ms, x);
         }
-        char *text = cJSON_PrintUnformatted(j);
-        if (text)
-            printf("%s\n", text);
-        cJSON_free(text);
-        cJSON_Delete(j);
+        fz_print_json(j);
     } else {
         printf("%s: \"%s\"\n", o->output, k.sig);
         printf("  before: %zu connections, %zu client messages, %zu bytes\n", c0, m0, b0);

@@ -21,7 +21,6 @@
 """
 import argparse
 import asyncio
-import glob
 import json
 import os
 import shutil
@@ -34,7 +33,7 @@ import time
 import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from wstest import check, failures  # noqa: E402
+from wstest import check, failures, run_tests  # noqa: E402
 import replay_test  # noqa: E402  (Process, proxy, free_port, race backend helpers)
 from replay_test import PY, Process, free_port, proxy  # noqa: E402
 
@@ -250,7 +249,7 @@ async def echo_n(ws, path=None):
         await ws.send(m)
 
 
-async def record_n(path, port_holder):
+async def record_n(path):
     """A session of three {"type":"calc","n":N} messages, recorded."""
     async with websockets.serve(echo_n, "127.0.0.1", 0) as srv:
         port = srv.sockets[0].getsockname()[1]
@@ -266,7 +265,7 @@ async def record_n(path, port_holder):
 
 async def test_server_crash_and_sanitizer():
     cap = os.path.join(TMP, "calc.wsrr")
-    await record_n(cap, None)
+    await record_n(cap)
     script = os.path.join(TMP, "crash_server.py")
     open(script, "w").write(CRASH_SERVER)
     port = free_port()
@@ -407,20 +406,9 @@ def main():
     TMP = tempfile.mkdtemp(prefix="wsrr-fuzz-test-")
     replay_test.TMP = TMP
     try:
-        for t in TESTS:
-            if a.tests and t.__name__ not in a.tests and t.__name__ != "test_race_bugs":
-                continue
-            t0 = time.monotonic()
-            print("%s ..." % t.__name__, flush=True)
-            try:
-                asyncio.run(asyncio.wait_for(t(), 280))
-            except Exception as e:  # one test's crash must not hide the others
-                check(False, "%s raised %r" % (t.__name__, e))
-            print("  %.2f s" % (time.monotonic() - t0), flush=True)
+        return run_tests(TESTS, a.tests, always=("test_race_bugs",), per_test=280)
     finally:
         shutil.rmtree(TMP)
-    print("%d failures" % len(failures))
-    return 1 if failures else 0
 
 
 if __name__ == "__main__":

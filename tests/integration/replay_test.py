@@ -33,7 +33,7 @@ import time
 import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from wstest import Drain, check, failures  # noqa: E402
+from wstest import Drain, check, failures, run_tests  # noqa: E402
 
 WSRR = None
 TMP = None
@@ -836,20 +836,9 @@ def main():
     WSRR = os.path.abspath(a.wsrr)
     TMP = tempfile.mkdtemp(prefix="wsrr-replay-test-")
     try:
-        for t in TESTS:
-            if a.tests and t.__name__ not in a.tests:
-                continue
-            t0 = time.monotonic()
-            print("%s ..." % t.__name__, flush=True)
-            try:
-                asyncio.run(asyncio.wait_for(t(), 150))
-            except Exception as e:  # one test's crash must not hide the others
-                check(False, "%s raised %r" % (t.__name__, e))
-            print("  %.2f s" % (time.monotonic() - t0), flush=True)
+        return run_tests(TESTS, a.tests, always=(), per_test=150)
     finally:
         shutil.rmtree(TMP)
-    print("%d failures" % len(failures))
-    return 1 if failures else 0
 
 
 if __name__ == "__main__":

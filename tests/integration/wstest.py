@@ -64,3 +64,23 @@ class Drain:
     def lines(self, timeout=10):
         self._t.join(timeout)
         return list(self._lines)
+
+
+def run_tests(tests, names=(), always=(), per_test=150):
+    """Run the async tests (those named, plus `always`: the ones others build
+    on), each bounded in time, one's crash not hiding the others; print the
+    failures and return the exit status."""
+    import asyncio
+    import time
+    for t in tests:
+        if names and t.__name__ not in names and t.__name__ not in always:
+            continue
+        t0 = time.monotonic()
+        print("%s ..." % t.__name__, flush=True)
+        try:
+            asyncio.run(asyncio.wait_for(t(), per_test))
+        except Exception as e:  # one test's crash must not hide the others
+            check(False, "%s raised %r" % (t.__name__, e))
+        print("  %.2f s" % (time.monotonic() - t0), flush=True)
+    print("%d failures" % len(failures))
+    return 1 if failures else 0
