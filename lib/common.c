@@ -1,9 +1,12 @@
 /* common.c — small helpers shared by all modules. */
 #include "wsrr/common.h"
 
+#include <event2/buffer.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <time.h>
 
 const char *wsrr_dir_name(enum wsrr_dir d)
@@ -86,4 +89,44 @@ ssize_t wsrr_base64_decode(uint8_t *out, const char *in, size_t n)
     }
     /* EVP_DecodeBlock also skips whitespace, which canonical input has none of */
     return (ssize_t)(len - pad);
+}
+
+size_t wsrr_read_pending(struct evbuffer *in, int fd, size_t max)
+{
+    int avail = 0;
+    if (fd < 0 || ioctl(fd, FIONREAD, &avail) < 0 || avail <= 0)
+        return 0;
+    size_t want = (size_t)avail < max ? (size_t)avail : max;
+    if (!want)
+        return 0;
+    /* the bufferevent keeps the end of its input frozen between its own
+     * reads (so that only it adds there); thaw it for this one */
+    evbuffer_unfreeze(in, 0);
+    struct evbuffer_iovec vec[2];
+    int nv = evbuffer_reserve_space(in, (ev_ssize_t)want, vec, 2);
+    if (nv <= 0) {
+        evbuffer_freeze(in, 0);
+        return 0;
+    }
+    size_t left = want; /* no more than the kernel holds (see above) */
+    for (int i = 0; i < nv; i++) {
+        if (vec[i].iov_len > left)
+            vec[i].iov_len = left;
+        left -= vec[i].iov_len;
+    }
+    ssize_t got = readv(fd, (struct iovec *)vec, nv);
+    if (got <= 0) {
+        evbuffer_commit_space(in, vec, 0);
+        evbuffer_freeze(in, 0);
+        return 0;
+    }
+    left = (size_t)got;
+    for (int i = 0; i < nv; i++) {
+        if (vec[i].iov_len > left)
+            vec[i].iov_len = left;
+        left -= vec[i].iov_len;
+    }
+    evbuffer_commit_space(in, vec, nv);
+    evbuffer_freeze(in, 0);
+    return (size_t)got;
 }

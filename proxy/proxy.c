@@ -44,7 +44,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -1170,62 +1169,15 @@ static bool relay_http_requests(struct conn *c, struct evbuffer *in, struct evbu
     return true;
 }
 
-/* libevent 2.1 reads at most 4096 bytes per readiness event on a socket
- * bufferevent (evbuffer_set_max_read() arrived in 2.2): a 64 KiB frame then
- * costs 16 trips through epoll, each with its readv, FIONREAD, and epoll_ctl
- * for the destination's write event. Take what the kernel already holds in
- * one read. Never more than FIONREAD reports, so this read cannot consume an
- * end of stream or a reset: those stay for the bufferevent to report.
- * (Harmless with 2.2, whose reads are larger: FIONREAD then reports less.) */
+/* Reads of more than 4 KiB per readiness event (wsrr_read_pending()): a
+ * 64 KiB frame would otherwise cost 16 trips through epoll, each with its
+ * readv, FIONREAD, and epoll_ctl for the destination's write event. */
 static void topup_read(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, size_t queued)
 {
     if (c->tls[dir] || queued >= c->p->cfg.max_buffer)
         return;
-    evutil_socket_t fd = bufferevent_getfd(c->bev[dir]);
-    int avail = 0;
-    if (fd < 0 || ioctl(fd, FIONREAD, &avail) < 0 || avail <= 0)
-        return;
-    size_t want = (size_t)avail;
     size_t room = c->p->cfg.max_buffer - queued;
-    if (want > room)
-        want = room;
-    if (want > TOPUP_MAX)
-        want = TOPUP_MAX;
-    /* the bufferevent keeps the end of its input frozen between its own
-     * reads (so that only it adds there); thaw it for this one */
-    evbuffer_unfreeze(in, 0);
-    struct evbuffer_iovec vec[2];
-    int nv = evbuffer_reserve_space(in, (ev_ssize_t)want, vec, 2);
-    if (nv <= 0) {
-        evbuffer_freeze(in, 0);
-        return;
-    }
-    size_t cap = 0;
-    for (int i = 0; i < nv; i++)
-        cap += vec[i].iov_len;
-    if (cap > want) {
-        /* read no more than the kernel holds (see above) */
-        size_t left = want;
-        for (int i = 0; i < nv; i++) {
-            if (vec[i].iov_len > left)
-                vec[i].iov_len = left;
-            left -= vec[i].iov_len;
-        }
-    }
-    ssize_t got = readv(fd, (struct iovec *)vec, nv);
-    if (got <= 0) {
-        evbuffer_commit_space(in, vec, 0);
-        evbuffer_freeze(in, 0);
-        return;
-    }
-    size_t left = (size_t)got;
-    for (int i = 0; i < nv; i++) {
-        if (vec[i].iov_len > left)
-            vec[i].iov_len = left;
-        left -= vec[i].iov_len;
-    }
-    evbuffer_commit_space(in, vec, nv);
-    evbuffer_freeze(in, 0);
+    wsrr_read_pending(in, bufferevent_getfd(c->bev[dir]), room < TOPUP_MAX ? room : TOPUP_MAX);
 }
 
 /* Send the bytes in `in` straight to the destination socket when nothing is

@@ -258,6 +258,7 @@ struct entry {
     struct rp_session *s;
     cJSON *chain; /* [{"run":N,"mutations":[...]}, ...] from the capture on */
     size_t capture;
+    uint64_t ns; /* how long its run took */
 };
 
 struct uniq {
@@ -293,7 +294,13 @@ struct fuzz {
     uint64_t last_status;
 };
 
-#define CORPUS_MAX 256
+#define CORPUS_MAX   256
+/* Sessions carrying more than this stay out of the corpus: a 16 MiB
+ * message (frame.oversize) makes every run of what is derived from it move
+ * those bytes, ten to a hundred times the cost of a short session, and what
+ * it makes the server do (a 1009, a reset) one mutation finds again from
+ * any session. A 1 MiB one stays. */
+#define CORPUS_BYTES (2u << 20)
 
 static bool chain_changes_content(const cJSON *chain)
 {
@@ -311,6 +318,25 @@ static bool chain_changes_content(const cJSON *chain)
 }
 
 /* mutations since the capture */
+/* The bytes a session sends and expects. */
+static size_t payload_bytes(const struct rp_session *s)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->nsteps; i++)
+        n += s->steps[i].len;
+    return n;
+}
+
+/* A corpus entry to mutate: the quicker of two drawn at random. Sessions
+ * that grew large or slow (copies of copies, storms, long waits) are still
+ * taken, but less often: runs per second are what finds bugs (AFL gives
+ * slow entries fewer turns for the same reason). */
+static size_t pick_entry(const struct fuzz *F, struct fz_rng *g)
+{
+    size_t a = fz_below(g, (uint32_t)F->ncorpus), b = fz_below(g, (uint32_t)F->ncorpus);
+    return F->corpus[b].ns < F->corpus[a].ns ? b : a;
+}
+
 static int chain_length(const cJSON *chain)
 {
     int n = 0;
@@ -541,14 +567,15 @@ static void add_trace(struct fuzz *F, uint64_t run, const char *parent, const cJ
     cJSON_Delete(t);
 }
 
-/* --until: every pattern found in some failure's signature */
+/* --until: every pattern found in the signature of some failure saved as a
+ * case that fails again alone (a flaky one may yet be replaced by one) */
 static bool found_all(const struct fuzz *F)
 {
     const struct fz_opts *o = F->o;
     for (size_t i = 0; i < o->nuntil; i++) {
         bool hit = false;
         for (size_t k = 0; k < F->nuniq && !hit; k++)
-            hit = strstr(F->uniq[k].f.sig, o->until[i]) != NULL;
+            hit = F->uniq[k].reproduced && strstr(F->uniq[k].f.sig, o->until[i]) != NULL;
         if (!hit)
             return false;
     }
@@ -562,9 +589,15 @@ static bool out_of_budget(const struct fuzz *F)
            (o->runs && F->next_run >= o->runs) || (o->seconds > 0 && elapsed(F) >= o->seconds);
 }
 
+struct worker_arg {
+    struct fuzz *F;
+    unsigned idx;
+};
+
 static void *worker(void *arg)
 {
-    struct fuzz *F = arg;
+    struct fuzz *F = ((struct worker_arg *)arg)->F;
+    unsigned idx = ((struct worker_arg *)arg)->idx;
     const struct fz_opts *o = F->o;
     for (;;) {
         pthread_mutex_lock(&F->mu);
@@ -582,7 +615,7 @@ static void *worker(void *arg)
         const cJSON *from_chain = NULL;
         size_t capture, k0 = 0;
         if (o->feedback && F->ncorpus && fz_below(&g, 10) < 7 &&
-            chain_length(F->corpus[k0 = fz_below(&g, (uint32_t)F->ncorpus)].chain) < 8) {
+            chain_length(F->corpus[k0 = pick_entry(F, &g)].chain) < 8) {
             size_t k = k0;
             from = F->corpus[k].s;
             from_chain = F->corpus[k].chain;
@@ -615,6 +648,12 @@ static void *worker(void *arg)
         cJSON *muts = cJSON_AddArrayToObject(step, "mutations");
         cJSON_AddItemToArray(chain, step);
         int applied = fz_mutate(s, &g, o->families, o->max_mutations, muts);
+        /* what runs: s, or with --jobs a copy of it with this worker's
+         * users and ids (the corpus keeps s) */
+        struct rp_session *iso = NULL;
+        if (applied >= 0 && idx > 0 && (!(iso = rp_session_clone(s)) || fz_isolate(iso, idx) < 0))
+            applied = -1;
+        const struct rp_session *rs = iso ? iso : s;
         struct seen v = {.nc = s->nconns, .t0 = wsrr_now_ns()};
         v.c = calloc(s->nconns ? s->nconns : 1, sizeof(*v.c));
         struct rp_opts ro = o->ro;
@@ -622,7 +661,7 @@ static void *worker(void *arg)
         ro.arg = &v;
         struct rp_result res = {0};
         char err[512];
-        int rc = applied < 0 || !v.c ? -1 : rp_run(s, &ro, &res, err, sizeof(err));
+        int rc = applied < 0 || !v.c ? -1 : rp_run(rs, &ro, &res, err, sizeof(err));
         uint64_t run_ns = wsrr_now_ns() - v.t0;
         if (applied < 0 || !v.c)
             snprintf(err, sizeof(err), "out of memory");
@@ -630,7 +669,7 @@ static void *worker(void *arg)
         size_t nf = 0;
         bool content = chain_changes_content(chain);
         if (rc == 0) {
-            nf = fz_failures(s, &res, content, o->strict, o->divergence, fl, 32);
+            nf = fz_failures(rs, &res, content, o->strict, o->divergence, fl, 32);
             end_features(&v, &res);
         }
         pthread_mutex_lock(&F->mu);
@@ -655,7 +694,7 @@ static void *worker(void *arg)
                 nf = 1;
                 if (!F->stop && wanted(F, sf.sig)) {
                     F->last_new = wsrr_now_ns();
-                    save_case(F, s, chain, capture, run, &sf);
+                    save_case(F, rs, chain, capture, run, &sf);
                 }
             } else if (F->gen != gen) {
                 F->lost++; /* it overlapped a restart: its endings say nothing */
@@ -675,7 +714,7 @@ static void *worker(void *arg)
                 for (size_t i = 0; i < nf; i++)
                     if (wanted(F, fl[i].sig)) {
                         F->last_new = wsrr_now_ns();
-                        save_case(F, s, chain, capture, run, &fl[i]);
+                        save_case(F, rs, chain, capture, run, &fl[i]);
                     }
                 for (size_t i = 0; i < v.n; i++) {
                     uint32_t h = v.h[i] & (MAP_SIZE * 8 - 1);
@@ -687,7 +726,7 @@ static void *worker(void *arg)
                 }
                 if (fresh)
                     F->last_new = wsrr_now_ns();
-                keep = fresh && o->feedback && applied > 0;
+                keep = fresh && o->feedback && applied > 0 && payload_bytes(s) <= CORPUS_BYTES;
             }
             F->done_runs++;
             add_trace(F, run, parent, muts, &res, fl, nf, fresh, run_ns);
@@ -700,7 +739,8 @@ static void *worker(void *arg)
                     rp_session_free(F->corpus[at].s);
                     cJSON_Delete(F->corpus[at].chain);
                 }
-                F->corpus[at] = (struct entry){.s = s, .chain = chain, .capture = capture};
+                F->corpus[at] =
+                    (struct entry){.s = s, .chain = chain, .capture = capture, .ns = run_ns};
             }
         }
         pthread_mutex_unlock(&F->mu);
@@ -708,6 +748,7 @@ static void *worker(void *arg)
             rp_result_free(&res);
         free(v.h);
         free(v.c);
+        rp_session_free(iso);
         if (!keep) {
             rp_session_free(s);
             cJSON_Delete(chain);
@@ -760,10 +801,13 @@ long fz_fuzz(const struct fz_opts *o, char *err, size_t errlen)
     F.t0 = F.last_new = F.last_status = wsrr_now_ns();
     unsigned jobs = o->jobs ? o->jobs : 1;
     pthread_t t[64];
+    struct worker_arg wa[64];
     unsigned started = 0;
-    for (; started < jobs && started < 64; started++)
-        if (pthread_create(&t[started], NULL, worker, &F) != 0)
+    for (; started < jobs && started < 64; started++) {
+        wa[started] = (struct worker_arg){&F, started};
+        if (pthread_create(&t[started], NULL, worker, &wa[started]) != 0)
             break;
+    }
     if (!started) {
         snprintf(err, errlen, "cannot start a thread");
         goto out;

@@ -666,7 +666,7 @@ static int mutate_frame(struct rp_session *s, struct fz_rng *g, cJSON *log)
         c->opcode = fz_below(g, 2) ? WSRR_OP_PING : WSRR_OP_PONG;
         c->rsv = c->len_width = 0;
         c->unmasked = false;
-        c->pause_ms = 0;
+        c->pause_us = 0;
         if (set_data(c, "wsrr-fuzz", 9) < 0)
             return -1;
         describe(log, s, c->opcode == WSRR_OP_PING ? "frame.ping" : "frame.pong", at + 1);
@@ -706,24 +706,58 @@ static bool id_key(const char *k)
 }
 
 /* The string values at keys that pass pred get "-copy" appended. */
-static bool suffix_values(cJSON *j, bool (*pred)(const char *), int copy, int depth)
+static bool suffix_values(cJSON *j, bool (*pred)(const char *), const char *suffix, int depth)
 {
     bool changed = false;
     for (cJSON *c = j->child; c && depth < 32; c = c->next) {
         if (cJSON_IsString(c) && pred(c->string)) {
-            size_t n = strlen(c->valuestring) + 16;
+            size_t n = strlen(c->valuestring) + strlen(suffix) + 1;
             char *v = malloc(n);
             if (v) {
-                snprintf(v, n, "%s-%d", c->valuestring, copy);
+                snprintf(v, n, "%s%s", c->valuestring, suffix);
                 cJSON_SetValuestring(c, v);
                 free(v);
                 changed = true;
             }
         } else if (c->child) {
-            changed = suffix_values(c, pred, copy, depth + 1) || changed;
+            changed = suffix_values(c, pred, suffix, depth + 1) || changed;
         }
     }
     return changed;
+}
+
+/* Every client JSON message of s with the values that pred picks suffixed;
+ * 0, or -1 when out of memory. */
+static int suffix_session(struct rp_session *s, bool (*pred)(const char *), const char *suffix)
+{
+    for (size_t i = 0; i < s->nsteps; i++) {
+        struct rp_step *st = &s->steps[i];
+        if (st->kind != RP_SEND || !is_json_send(st))
+            continue;
+        cJSON *j = cJSON_ParseWithLength((const char *)st->data, st->len);
+        int rc = 0;
+        if (j && suffix_values(j, pred, suffix, 0)) {
+            char *p = cJSON_PrintUnformatted(j);
+            rc = p && set_data(st, p, strlen(p)) == 0 ? 0 : -1;
+            cJSON_free(p);
+        }
+        cJSON_Delete(j);
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static bool party_key(const char *k)
+{
+    return user_key(k) || id_key(k);
+}
+
+int fz_isolate(struct rp_session *s, unsigned worker)
+{
+    char suffix[16];
+    snprintf(suffix, sizeof(suffix), "-w%u", worker);
+    return worker ? suffix_session(s, party_key, suffix) : 0;
 }
 
 /* sched.concurrent: every connection K times over, the copies' steps
@@ -760,7 +794,9 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
             if (cur[c] < ns && !pickc--)
                 break;
         /* a copy's steps move in runs: a client step and the server steps
-         * that answer it */
+         * that answer it, or only the first of them: the rest come after
+         * another copy's next step, which then overlaps what this copy is
+         * still being sent (a second run starting mid-stream) */
         do {
             struct rp_step *src = &s->steps[cur[c]++], *dst = &all[w++];
             *dst = *src;
@@ -770,9 +806,13 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
             if (src->len)
                 memcpy(dst->data, src->data, src->len);
             dst->conn = src->conn + (uint32_t)(c * nc);
+            if (c && src->kind == RP_OPEN)
+                dst->burst = true; /* copies connect at once, in any order */
             if (c && mode && src->kind == RP_SEND && is_json_send(src)) {
                 cJSON *j = cJSON_ParseWithLength((const char *)src->data, src->len);
-                if (j && suffix_values(j, pred, (int)c, 0)) {
+                char suffix[16];
+                snprintf(suffix, sizeof(suffix), "-%u", c);
+                if (j && suffix_values(j, pred, suffix, 0)) {
                     char *p = cJSON_PrintUnformatted(j);
                     if (!p || set_data(dst, p, strlen(p)) < 0) {
                         cJSON_free(p);
@@ -783,7 +823,7 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
                 }
                 cJSON_Delete(j);
             }
-        } while (cur[c] < ns && !is_client(&s->steps[cur[c]]));
+        } while (cur[c] < ns && !is_client(&s->steps[cur[c]]) && fz_below(g, 3));
     }
     for (size_t i = 0; i < ns; i++)
         free(s->steps[i].data);
@@ -835,6 +875,26 @@ static int no_wait(struct rp_session *s, struct fz_rng *g, cJSON *log)
 
 /* sched.swap: two client steps with only server steps between them change
  * places (an OPEN stays before its connection's other steps) */
+/* The client step now at `hi` was at `lo`: the server steps of its
+ * connection in between (its answer, the close reply) now come after it,
+ * or the replay would wait for an answer to something not yet sent. */
+static void after_moved(struct rp_session *s, size_t lo, size_t hi)
+{
+    uint32_t conn = s->steps[hi].conn;
+    size_t w = lo + 1, nmoved = 0;
+    struct rp_step moved[16];
+    for (size_t i = lo + 1; i < hi; i++) {
+        if (s->steps[i].conn == conn && nmoved < 16)
+            moved[nmoved++] = s->steps[i];
+        else
+            s->steps[w++] = s->steps[i];
+    }
+    if (!nmoved)
+        return;
+    s->steps[w++] = s->steps[hi];
+    memcpy(&s->steps[w], moved, nmoved * sizeof(*moved));
+}
+
 static int swap_sends(struct rp_session *s, struct fz_rng *g, cJSON *log)
 {
     size_t n;
@@ -856,16 +916,56 @@ static int swap_sends(struct rp_session *s, struct fz_rng *g, cJSON *log)
         *a = *b;
         *b = tmp;
         cJSON *d = describe(log, s, "sched.swap", (long)v[k]);
-        cJSON_AddNumberToObject(d, "with_seq", (double)s->steps[v[k + 1]].seq);
+        cJSON_AddNumberToObject(d, "with_seq", (double)b->seq);
+        if (b->conn != a->conn)
+            after_moved(s, v[k], v[k + 1]);
         rc = 0;
     }
     free(v);
     return rc;
 }
 
+/* The typical time the server took to answer, as recorded: the median gap
+ * between a server message and the client message before it on the same
+ * connection, or an upgrade's answer and its request, in us (at least 10;
+ * 5 ms when the session shows none). */
+static uint64_t answer_us(const struct rp_session *s)
+{
+    uint64_t gaps[64];
+    size_t n = 0;
+    for (size_t i = 1; i < s->nsteps && n < 64; i++) {
+        const struct rp_step *st = &s->steps[i];
+        if (st->kind != RP_MESSAGE && st->kind != RP_UPGRADED)
+            continue;
+        enum rp_kind after = st->kind == RP_MESSAGE ? RP_SEND : RP_OPEN;
+        for (size_t k = i, looked = 0; k-- > 0 && looked < 64; looked++) {
+            const struct rp_step *p = &s->steps[k];
+            if (p->conn != st->conn || p->kind != after)
+                continue;
+            if (p->ts && st->ts > p->ts)
+                gaps[n++] = st->ts - p->ts;
+            break;
+        }
+    }
+    if (!n)
+        return 5000;
+    for (size_t i = 1; i < n; i++) /* insertion sort: at most 64 */
+        for (size_t k = i; k > 0 && gaps[k - 1] > gaps[k]; k--) {
+            uint64_t t = gaps[k];
+            gaps[k] = gaps[k - 1];
+            gaps[k - 1] = t;
+        }
+    uint64_t us = gaps[n / 2] / 1000;
+    return us < 10 ? 10 : us;
+}
+
+/* sched.pause: a client step waits first, for a time on the scale of the
+ * server's own answers (half of one to 16 of them, 10 us to 250 ms): long
+ * enough to let the server finish something it would otherwise still be
+ * doing when the step comes */
 static int pause_step(struct rp_session *s, struct fz_rng *g, cJSON *log)
 {
-    static const uint32_t ms[] = {5, 20, 50, 100, 250};
+    static const uint32_t times_half[] = {1, 2, 4, 8, 32}; /* in halves of an answer */
     size_t n;
     size_t *v = collect(s, is_client, &n);
     if (!v || !n) {
@@ -874,9 +974,10 @@ static int pause_step(struct rp_session *s, struct fz_rng *g, cJSON *log)
     }
     size_t at = v[fz_below(g, (uint32_t)n)];
     free(v);
-    s->steps[at].pause_ms = ms[fz_below(g, 5)];
+    uint64_t us = answer_us(s) * times_half[fz_below(g, 5)] / 2;
+    s->steps[at].pause_us = (uint32_t)(us < 10 ? 10 : us > 250000 ? 250000 : us);
     cJSON *d = describe(log, s, "sched.pause", (long)at);
-    cJSON_AddNumberToObject(d, "ms", s->steps[at].pause_ms);
+    cJSON_AddNumberToObject(d, "ms", s->steps[at].pause_us / 1e3);
     return 0;
 }
 
@@ -943,11 +1044,12 @@ static int storm(struct rp_session *s, struct fz_rng *g, cJSON *log)
         long ci = add_conn(s, from);
         if (ci < 0)
             return -1;
-        s->steps[at + i] = (struct rp_step){.kind = RP_OPEN, .conn = (uint32_t)ci, .seq = seq};
+        s->steps[at + i] =
+            (struct rp_step){.kind = RP_OPEN, .conn = (uint32_t)ci, .seq = seq, .burst = true};
         s->steps[at + n + i] =
             (struct rp_step){.kind = RP_UPGRADED, .conn = (uint32_t)ci, .code = 101, .seq = seq};
-        s->steps[at + 2 * n + i] =
-            (struct rp_step){.kind = RP_HANGUP, .conn = (uint32_t)ci, .rst = rst, .seq = seq};
+        s->steps[at + 2 * n + i] = (struct rp_step){
+            .kind = RP_HANGUP, .conn = (uint32_t)ci, .rst = rst, .seq = seq, .burst = true};
     }
     cJSON *d = describe(log, s, "sched.storm", -1);
     cJSON_AddNumberToObject(d, "connections", n);

@@ -49,6 +49,13 @@ unsigned fz_families_parse(const char *list);
 int fz_mutate(struct rp_session *s, struct fz_rng *g, unsigned families, unsigned max,
               struct cJSON *log);
 
+/* --jobs: the runs of worker k (k > 0) send the values that name a user or
+ * an id (the keys sched.concurrent changes) with "-wK" appended, so that
+ * runs in flight at once against one server do not share what the server
+ * keeps per user, run or conversation (a failure one run caused in another
+ * would not come back alone). 0, or -1 when out of memory. */
+int fz_isolate(struct rp_session *s, unsigned worker);
+
 /* The "type" of a message for signatures and behaviour: the string value of
  * its top-level "type" (or "event", "kind", "op", "action", "method") when it
  * is a JSON object; "{json}" or "[json]" for other JSON; "text" or "binary"

@@ -22,6 +22,8 @@
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <stdlib.h>
@@ -54,7 +56,13 @@ struct rconn {
     size_t *steps, nsteps, cur, last_send;
     struct event *timer;
     size_t timer_step;
-    size_t paused; /* the step whose pause_ms has passed, + 1 */
+    size_t paused;        /* the step whose pause_us has passed, + 1 */
+    uint64_t last_ns;     /* quiet waits: its last data sent or message received */
+    bool barrier_out;     /* a ping of ours is out: its pong says the server read what came
+                             before it */
+    uint32_t barriers;    /* pings sent so */
+    size_t barrier_after; /* the step the one out follows */
+    uint64_t slowest;     /* ... and the longest the server took for a message after one */
 };
 
 struct run {
@@ -67,20 +75,28 @@ struct run {
     int port;
     bool tls;
     struct rconn *c;
-    size_t next;         /* the first step not yet done */
-    struct event *timer; /* the wait's timeout, or the recorded mode's next due step */
-    size_t timer_step;   /* which step the timer is for */
+    size_t next;         /* causal: the first step not yet done */
+    struct event *timer; /* causal: a wait's timeout, a pause, a gap; the end's timeout */
+    size_t timer_step;   /* which step the timer is for (SIZE_MAX: the end) */
     bool draining;       /* every step done: waiting for the connections to end */
     uint64_t t0;         /* run start (recorded timing) */
     size_t last_conn;    /* causal: the last client step's connection, SIZE_MAX after a
                             server step */
     uint64_t last_ns;
-    size_t paused;         /* causal: the step whose pause_ms has passed, + 1 */
+    bool last_burst;       /* ... and whether it was part of a burst (fuzz) */
+    size_t last_step;      /* ... its index */
+    size_t gap_clear;      /* causal: the step (+ 1) whose gap a pong ended (opts.barrier) */
+    uint64_t wait_t0;      /* causal: when the wait for the server step `next` began */
+    size_t paused;         /* causal: the step whose pause_us has passed, + 1 */
     bool advancing, again; /* advance() is running; it was asked again meanwhile */
     char uuid[37];         /* --set PATH=@uuid: fresh per run */
 };
 
+#define READ_MAX (1024 * 1024)   /* read at most this much more per read event */
+#define BARRIER  "wsrr-barrier-" /* the payload of our pings, then their number */
+
 static void advance(struct run *r);
+static void barrier_back(struct rconn *c);
 static void advance_once(struct run *r);
 static void hang_up(struct rconn *c);
 
@@ -91,7 +107,7 @@ static void vlog(struct run *r, const char *fmt, ...)
         return;
     va_list ap;
     va_start(ap, fmt);
-    fprintf(r->o->log, "replay: ");
+    fprintf(r->o->log, "replay: %8.3f ms  ", (double)(wsrr_now_ns() - r->t0) / 1e6);
     vfprintf(r->o->log, fmt, ap);
     fputc('\n', r->o->log);
     va_end(ap);
@@ -410,6 +426,12 @@ static void on_message(struct rconn *c, const uint8_t *p, size_t n)
         return;
     }
     c->received = nth;
+    if (r->o->quiet_ms) {
+        uint64_t now = wsrr_now_ns();
+        if (c->last_ns && now - c->last_ns > c->slowest)
+            c->slowest = now - c->last_ns;
+        c->last_ns = now;
+    }
     if (cr->diverged || same)
         return;
     if (!want) {
@@ -433,6 +455,11 @@ static void on_frame_end(struct rconn *c, const struct wsrr_frame_event *ev)
     const struct wsrr_frame *f = ev->frame;
     if (f->opcode == WSRR_OP_PING) {
         send_frame(c, WSRR_OP_PONG, true, ev->data, ev->len);
+    } else if (f->opcode == WSRR_OP_PONG && c->barrier_out) {
+        char want[32];
+        int k = snprintf(want, sizeof(want), BARRIER "%u", c->barriers);
+        if (ev->len == (size_t)k && !memcmp(ev->data, want, (size_t)k))
+            barrier_back(c);
     } else if (f->opcode == WSRR_OP_CLOSE) {
         struct rp_outcome *o = out_of(c);
         c->close_rcvd = true;
@@ -483,6 +510,8 @@ static void on_read(struct bufferevent *bev, void *arg)
 {
     struct rconn *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
+    if (!c->run->tls) /* what else has come, at once (large messages) */
+        wsrr_read_pending(in, bufferevent_getfd(bev), READ_MAX);
     if (c->tap)
         record_input(c, in);
     if (c->st == RC_HANDSHAKE) {
@@ -510,8 +539,11 @@ static void on_read(struct bufferevent *bev, void *arg)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     struct rconn *c = arg;
-    (void)bev;
     if (what & BEV_EVENT_CONNECTED) {
+        /* as browsers and asyncio do: a frame written in two parts (or a
+         * mutation's extra frame) must not wait for the ACK of the first */
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         vlog(c->run, "connection %u: connected", c->run->s->conns[c->idx].id);
         return;
     }
@@ -652,6 +684,8 @@ static void client_step(struct run *r, const struct rp_step *st)
             send_wire(c, st, st->opcode, st->fin, st->data, st->len);
         if (st->opcode < 8)
             r->res->conns[st->conn].last_send = (size_t)(st - r->s->steps) + 1;
+        if (r->o->quiet_ms)
+            c->last_ns = wsrr_now_ns();
         break;
     case RP_HANGUP:
         if (c->failure_gone) { /* it left after the failure; this run had none */
@@ -684,8 +718,8 @@ static void wait_expired(struct run *r, const struct rp_step *st)
 {
     struct rconn *c = &r->c[st->conn];
     if (st->kind == RP_MESSAGE && r->o->quiet_ms) {
-        vlog(r, "connection %u: no server message %u within %llu ms: going on",
-             r->s->conns[st->conn].id, st->nth, (unsigned long long)r->o->quiet_ms);
+        vlog(r, "connection %u: no server message %u in time: going on", r->s->conns[st->conn].id,
+             st->nth);
         c->waived = st->nth;
         r->res->conns[st->conn].quiet++;
         return;
@@ -723,13 +757,92 @@ static void arm(struct event *ev, size_t *armed_for, size_t step, uint64_t ms)
     arm_us(ev, armed_for, step, ms * 1000);
 }
 
-/* how long a wait for this server step may last */
-static uint64_t wait_ms(const struct run *r, const struct rp_step *st)
+/* How long the server took, when recorded, for the message of step i since
+ * the step before it on the same connection (0: not known). */
+static uint64_t recorded_gap_ns(const struct rp_session *s, size_t i)
 {
+    const struct rp_step *st = &s->steps[i];
+    for (size_t k = i, looked = 0; k-- > 0 && looked < 64; looked++)
+        if (s->steps[k].conn == st->conn)
+            return s->steps[k].ts && st->ts > s->steps[k].ts ? st->ts - s->steps[k].ts : 0;
+    return 0;
+}
+
+static uint64_t wait_ms(const struct run *r, size_t i)
+{
+    const struct rp_step *st = &r->s->steps[i];
     /* fuzz: a message a changed request may never get, and a recorded
-     * failure that may not come back, are waited for a short while */
-    return (st->kind == RP_MESSAGE || st->failure) && r->o->quiet_ms ? r->o->quiet_ms
-                                                                     : r->o->timeout_ms;
+     * failure that may not come back, are waited for a short while: twice
+     * what the server took for it when recorded, or for any message of
+     * this run on the connection, whichever is longer, plus quiet_ms */
+    if (!r->o->quiet_ms || (st->kind != RP_MESSAGE && !st->failure))
+        return r->o->timeout_ms;
+    uint64_t took = recorded_gap_ns(r->s, i);
+    if (r->c[st->conn].slowest > took)
+        took = r->c[st->conn].slowest;
+    uint64_t ms = r->o->quiet_ms + 2 * (took / 1000000);
+    return ms < r->o->timeout_ms ? ms : r->o->timeout_ms;
+}
+
+/* Fuzz (causal, opts.barrier): a ping after what we sent. Servers read a
+ * connection in order, so its pong means the server has read all that came
+ * before it on that connection (a ping between the fragments of a message
+ * is allowed: RFC 6455 5.4). Two uses:
+ *  - a quiet wait: a server that answers has had, once the pong is back,
+ *    the time it took for that answer when recorded (twice, and a
+ *    millisecond) and did not answer: the wait ends there instead of after
+ *    quiet_ms;
+ *  - the --gap between client steps on two connections: the second goes
+ *    once the server has read the first, instead of after gap_us.
+ * A server that does not answer pings gets the full wait and gap. `after`:
+ * the step the ping follows. */
+static void barrier(struct rconn *c, size_t after)
+{
+    if (c->st != RC_OPEN || c->close_sent || c->barrier_out || !c->bev)
+        return;
+    char p[32];
+    int k = snprintf(p, sizeof(p), BARRIER "%u", ++c->barriers);
+    c->barrier_out = true;
+    c->barrier_after = after;
+    send_frame(c, WSRR_OP_PING, true, (const uint8_t *)p, (size_t)k);
+}
+
+static void barrier_back(struct rconn *c)
+{
+    struct run *r = c->run;
+    c->barrier_out = false;
+    if (r->o->timing != RP_CAUSAL || r->next >= r->s->nsteps)
+        return;
+    const struct rp_step *st = &r->s->steps[r->next];
+    if (!server_step(st->kind)) { /* the gap before it, if this ping ends it */
+        if (c->idx != r->last_conn || c->barrier_after != r->last_step)
+            return;
+        r->gap_clear = r->next + 1;
+        if (r->timer_step == r->next && (!st->pause_us || r->paused == r->next + 1)) {
+            struct timeval now = {0, 0};
+            evtimer_add(r->timer, &now);
+        }
+        return;
+    }
+    if (r->timer_step != r->next)
+        return;
+    if (st->kind != RP_MESSAGE || st->conn != c->idx || happened(r, st))
+        return;
+    uint64_t took = recorded_gap_ns(r->s, r->next);
+    if (c->slowest > took)
+        took = c->slowest;
+    uint64_t until = r->wait_t0 + 2 * took + 1000000, now = wsrr_now_ns();
+    struct timeval tv = {0, until > now ? (suseconds_t)((until - now) / 1000) : 0};
+    if (tv.tv_usec >= 1000000)
+        return; /* the quiet wait's own end is as near */
+    evtimer_add(r->timer, &tv);
+}
+/* The last client step hung up a connection whose close handshake was
+ * over: the server had seen the end of it before; no gap is needed after. */
+static bool after_close(const struct run *r)
+{
+    const struct rconn *c = &r->c[r->last_conn];
+    return r->s->steps[r->last_step].kind == RP_HANGUP && c->close_sent && c->close_rcvd;
 }
 
 /* causal: one cursor over the global order; a client step runs once every
@@ -740,34 +853,49 @@ static bool advance_causal(struct run *r)
     while (r->next < s->nsteps) {
         const struct rp_step *st = &s->steps[r->next];
         if (server_step(st->kind) && !happened(r, st)) {
-            if (r->timer_step != r->next)
+            if (r->timer_step != r->next) {
                 vlog(r, "#%llu waits for connection %u: %s", (unsigned long long)st->seq,
                      s->conns[st->conn].id,
                      st->kind == RP_MESSAGE    ? "a server message"
                      : st->kind == RP_UPGRADED ? "the upgrade's answer"
                      : st->kind == RP_CLOSE    ? "the server's close"
                                                : "the end of the server's transport");
-            arm(r->timer, &r->timer_step, r->next, wait_ms(r, st));
+                r->wait_t0 = wsrr_now_ns();
+                if (st->kind == RP_MESSAGE && r->o->quiet_ms && r->o->barrier)
+                    barrier(&r->c[st->conn], r->next);
+            }
+            arm(r->timer, &r->timer_step, r->next, wait_ms(r, r->next));
             return false;
         }
-        if (!server_step(st->kind) && st->pause_ms && r->paused != r->next + 1) {
+        if (!server_step(st->kind) && st->pause_us && r->paused != r->next + 1) {
             if (r->timer_step != r->next || !evtimer_pending(r->timer, NULL))
-                vlog(r, "#%llu pauses %u ms", (unsigned long long)st->seq, st->pause_ms);
-            arm(r->timer, &r->timer_step, r->next, st->pause_ms);
+                vlog(r, "#%llu pauses %.3f ms", (unsigned long long)st->seq, st->pause_us / 1e3);
+            arm_us(r->timer, &r->timer_step, r->next, st->pause_us);
             return false;
         }
         if (!server_step(st->kind)) {
             /* two client steps on different connections with no server
              * step between them: the second waits a little, or the
-             * server may see them the other way round */
+             * server may see them the other way round (not needed
+             * around the steps of a burst: their order is open) */
             uint64_t now = wsrr_now_ns(), gap = r->o->gap_us * 1000;
-            if (r->last_conn != SIZE_MAX && r->last_conn != st->conn && now < r->last_ns + gap) {
+            if (r->last_conn != SIZE_MAX && r->last_conn != st->conn && !st->burst &&
+                !r->last_burst && now < r->last_ns + gap && r->gap_clear != r->next + 1 &&
+                !after_close(r)) {
                 arm_us(r->timer, &r->timer_step, r->next, (r->last_ns + gap - now) / 1000);
                 return false;
             }
             client_step(r, st);
             r->last_conn = st->conn;
+            r->last_step = r->next;
+            r->last_burst = st->burst;
             r->last_ns = wsrr_now_ns();
+            /* the next step, on another connection, will wait for the
+             * server to have read this one */
+            const struct rp_step *nx = r->next + 1 < s->nsteps ? st + 1 : NULL;
+            if (r->o->barrier && nx && !server_step(nx->kind) && nx->conn != st->conn &&
+                !nx->burst && !st->burst && st->kind == RP_SEND)
+                barrier(&r->c[st->conn], r->next);
         } else {
             r->last_conn = SIZE_MAX; /* a server step in between orders them */
         }
@@ -789,14 +917,14 @@ static bool advance_conn(struct run *r, struct rconn *c)
         const struct rp_step *st = &s->steps[i];
         if (server_step(st->kind)) {
             if (c->cur > c->last_send && !happened(r, st)) {
-                arm(c->timer, &c->timer_step, i, wait_ms(r, st));
+                arm(c->timer, &c->timer_step, i, wait_ms(r, i));
                 return false;
             }
             c->cur++;
             continue;
         }
-        if (st->pause_ms && c->paused != i + 1) {
-            arm(c->timer, &c->timer_step, i, st->pause_ms);
+        if (st->pause_us && c->paused != i + 1) {
+            arm_us(c->timer, &c->timer_step, i, st->pause_us);
             return false;
         }
         if (r->o->timing == RP_RECORDED) {
@@ -861,7 +989,7 @@ static void advance_once(struct run *r)
     finish_if_done(r);
 }
 
-/* the run's timer: causal's wait, or the end */
+/* the run's timer: causal's wait, pause or gap, or the end */
 static void on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct run *r = arg;
@@ -874,7 +1002,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     const struct rp_step *st = &r->s->steps[r->timer_step];
     if (r->timer_step == r->next && server_step(st->kind) && !happened(r, st))
         wait_expired(r, st);
-    else if (r->timer_step == r->next && !server_step(st->kind) && st->pause_ms)
+    else if (r->timer_step == r->next && !server_step(st->kind) && st->pause_us)
         r->paused = r->next + 1;
     advance(r);
 }
@@ -889,10 +1017,24 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
         const struct rp_step *st = &c->run->s->steps[c->timer_step];
         if (server_step(st->kind) && !happened(c->run, st))
             wait_expired(c->run, st);
-        else if (!server_step(st->kind) && st->pause_ms)
+        else if (!server_step(st->kind) && st->pause_us)
             c->paused = c->timer_step + 1;
     }
     advance(c->run);
+}
+
+/* An event loop whose timers keep microseconds (timerfd with epoll): a
+ * --gap of 2 ms, a fuzz pause of 100 us, are not rounded up to whole
+ * milliseconds of epoll_wait and its slack. */
+static struct event_base *new_base(void)
+{
+    struct event_config *cfg = event_config_new();
+    struct event_base *b = NULL;
+    if (cfg && event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER) == 0)
+        b = event_base_new_with_config(cfg);
+    if (cfg)
+        event_config_free(cfg);
+    return b ? b : event_base_new();
 }
 
 static int parse_target(struct run *r, const char *url, char *err, size_t errlen)
@@ -926,13 +1068,18 @@ int rp_check_target(const char *url, char *err, size_t errlen)
 int rp_run(const struct rp_session *s, const struct rp_opts *o, struct rp_result *res, char *err,
            size_t errlen)
 {
-    struct run r = {.s = s, .o = o, .res = res, .timer_step = SIZE_MAX, .last_conn = SIZE_MAX};
+    struct run r = {.s = s,
+                    .o = o,
+                    .res = res,
+                    .timer_step = SIZE_MAX,
+                    .last_conn = SIZE_MAX,
+                    .t0 = wsrr_now_ns()};
     memset(res, 0, sizeof(*res));
     if (parse_target(&r, o->target, err, errlen) < 0)
         return -1;
     res->conns = calloc(s->nconns ? s->nconns : 1, sizeof(*res->conns));
     r.c = calloc(s->nconns ? s->nconns : 1, sizeof(*r.c));
-    r.base = event_base_new();
+    r.base = new_base();
     r.timer = r.base ? evtimer_new(r.base, on_timer, &r) : NULL;
     if (r.tls)
         r.ctx = wsrr_tls_client_ctx(o->ca_file, o->insecure, NULL, NULL, err, errlen);

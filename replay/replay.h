@@ -46,12 +46,19 @@ struct rp_opts {
     const struct wsrr_redactor *redact; /* ... with secrets redacted (NULL: as they are) */
     uint32_t conn_base;                 /* ... connection ids from conn_base + 1 */
     FILE *log;                          /* --verbose: every step as it runs; NULL: quiet */
-    /* fuzz: a wait for a server message that lasts quiet_ms is let go (the
-     * server answered a changed message with fewer messages): the run goes
-     * on, and the connection counts it in `quiet`; a recorded failure is
-     * waited for as long. 0: a message's wait times out after timeout_ms,
-     * a failure. */
+    /* fuzz: a wait for a server message is let go after quiet_ms plus
+     * twice what the server took for that message when recorded (or for
+     * any message of the run on that connection, if longer), at most
+     * timeout_ms (the server answered a changed message with fewer
+     * messages): the run goes on, and the connection counts it in `quiet`;
+     * a recorded failure is waited for as long. 0: a message's wait times
+     * out after timeout_ms, a failure. */
     uint64_t quiet_ms;
+    /* ... and such a wait (causal timing) sends a ping: once its pong is
+     * back (the server has read what came before), the wait ends at twice
+     * the recorded time plus 1 ms. Fast, for fuzz; a server that answers
+     * later than that is not waited for (shrink leaves it off). */
+    bool barrier;
     /* fuzz: every server data message as it arrives (conn: session index) */
     void (*on_message)(void *arg, uint32_t conn, uint8_t opcode, const uint8_t *p, size_t n);
     void *arg;

@@ -15,6 +15,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -492,6 +493,8 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     }
     c->sv = sv;
     c->id = ++sv->next_id;
+    int one = 1; /* replies go when they are written, as the backend's would */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->rec = -1;
     bool reader = rp_reader_init(&c->rd, WSRR_DIR_C2S);
     c->timer = evtimer_new(sv->base, on_wait_timer, c);

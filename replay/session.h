@@ -42,9 +42,11 @@ struct rp_step {
      * length encoding (16 or 64; 0 minimal), no mask */
     uint8_t rsv, len_width;
     bool unmasked;
-    uint32_t pause_ms; /* client steps: wait this long first (fuzz's delays) */
+    uint32_t pause_us; /* client steps: wait this long first (fuzz's delays), in us */
     bool invalid;      /* SEND: made invalid on purpose (fuzz): the server may end the
                           transport without a close frame (RFC 6455 7.1.7) */
+    bool burst;        /* client steps: part of what fuzz made happen at once (a
+                          connection storm): no --gap before it or after it */
 };
 
 /* How a connection ended, recorded or replayed. */

@@ -38,7 +38,8 @@ static const char usage[] =
     "                       server.log with --server-cmd (required)\n"
     "  --runs N             stop after N runs\n"
     "  --time T             stop after T seconds (T may end in s, m or h)\n"
-    "  --until TEXT         stop early once a failure's signature contains TEXT\n"
+    "  --until TEXT         stop early once a failure whose signature contains\n"
+    "                       TEXT is saved as a case that fails again alone\n"
     "                       (repeatable: once each has been found); a CI check\n"
     "                       that fuzzing still finds a known bug within --runs\n"
     "  --seed S             the generator's seed (default: a random one, printed);\n"
@@ -58,7 +59,10 @@ static const char usage[] =
     "  --divergence         a differing answer is a failure too (see above; use\n"
     "                       --ignore for fields that change every run)\n"
     "  --quiet-wait MS      how long to wait for a server message that a changed\n"
-    "                       request may never get before going on (default 100)\n"
+    "                       request may never get before going on: MS (default\n"
+    "                       100) plus twice what the server took for it when\n"
+    "                       recorded; sooner when a ping sent after the request\n"
+    "                       is answered and that recorded time has passed\n"
     "  --trace FILE         a JSON line per run: its parent, mutations, failures\n"
     "  --no-redact          saved cases keep secrets as they were sent\n"
     "  --json               the summary as one JSON object on standard output\n"
@@ -123,6 +127,7 @@ static int run_fuzz(int argc, char **argv)
     struct replay_cli cli;
     replay_cli_init(&cli, 2000);
     cli.o.quiet_ms = 100;
+    cli.o.barrier = true;
     struct fz_opts fo = {.families = FZ_ALL,
                          .max_mutations = 3,
                          .feedback = true,

@@ -91,6 +91,18 @@ static inline uint64_t wsrr_be64(const uint8_t *p)
 size_t wsrr_base64_encode(char *out, const uint8_t *in, size_t n);
 ssize_t wsrr_base64_decode(uint8_t *out, const char *in, size_t n);
 
+struct evbuffer;
+
+/* Read what the kernel already holds for socket fd (FIONREAD), at most max
+ * bytes, in one readv into the end of `in`, a bufferevent's input: libevent
+ * 2.1 reads at most 4096 bytes per readiness event (evbuffer_set_max_read()
+ * arrived in 2.2), so a 16 MiB message would take 4096 trips through epoll.
+ * Never more than FIONREAD reports, so an end of stream or a reset stays
+ * for the bufferevent to report. Returns the bytes read (0: none, or an
+ * error the bufferevent will see on its next read). Harmless with 2.2,
+ * whose reads are larger: FIONREAD then reports less. */
+size_t wsrr_read_pending(struct evbuffer *in, int fd, size_t max);
+
 /* snprintf into err if err is not NULL; always returns -code so a caller can
  * write `return wsrr_seterr(err, errlen, EPROTO, "...")`. */
 int wsrr_seterr(char *err, size_t errlen, int code, const char *fmt, ...)

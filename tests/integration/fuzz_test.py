@@ -357,7 +357,7 @@ async def test_demo_backend():
     if hits:
         p2 = free_port()
         rc, text, _ = reproduces(hits[0]["case"], p2, "exec %s backend %d" % (agent, p2))
-        check(rc == 0, "the saved case reproduces: %s" % text[-300:])
+        check(rc == 0, "the saved case reproduces: %s" % text[-3000:])
 
 
 async def test_bad_usage():
@@ -408,7 +408,10 @@ def main():
     try:
         return run_tests(TESTS, a.tests, always=("test_race_bugs",), per_test=280)
     finally:
-        shutil.rmtree(TMP)
+        if os.environ.get("WSRR_KEEP_TMP"):
+            print("kept", TMP)
+        else:
+            shutil.rmtree(TMP)
 
 
 if __name__ == "__main__":
