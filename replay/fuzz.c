@@ -667,7 +667,7 @@ static void *worker(void *arg)
             snprintf(err, sizeof(err), "out of memory");
         struct fz_failure fl[32];
         size_t nf = 0;
-        bool content = chain_changes_content(chain);
+        bool content = iso || chain_changes_content(chain); /* iso: names changed */
         if (rc == 0) {
             nf = fz_failures(rs, &res, content, o->strict, o->divergence, fl, 32);
             end_features(&v, &res);

@@ -679,10 +679,24 @@ static int mutate_frame(struct rp_session *s, struct fz_rng *g, cJSON *log)
 
 /* keys whose string values name a user, changed per copy for "different
  * users" */
+/* keys whose values are credentials: never changed (a changed token is
+ * only refused) */
+static bool secret_key(const char *k)
+{
+    static const char *const names[] = {"token", "secret", "password", "auth",
+                                        "key",   "sig",    "cookie",   "credential"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcasestr(k, names[i]))
+            return true;
+    return false;
+}
+
 static bool user_key(const char *k)
 {
     static const char *const names[] = {"user", "account", "session", "tenant", "login"};
-    for (size_t i = 0; k && i < sizeof(names) / sizeof(names[0]); i++)
+    if (!k || secret_key(k))
+        return false;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcasestr(k, names[i]))
             return true;
     return false;
@@ -694,10 +708,12 @@ static bool id_key(const char *k)
 {
     static const char *const names[] = {"run",  "request", "call",   "conversation", "job",
                                         "task", "chat",    "thread", "stream"};
-    if (!k || user_key(k))
+    if (!k || user_key(k) || secret_key(k))
         return false;
+    /* "id", "run_id", "run-id", "runId", "RunID"; not "valid" or "paid" */
     size_t n = strlen(k);
-    if (!strcasecmp(k, "id") || (n > 2 && !strcasecmp(k + n - 2, "id")))
+    if (!strcasecmp(k, "id") || (n > 2 && !strcasecmp(k + n - 2, "id") &&
+                                 (k[n - 3] == '_' || k[n - 3] == '-' || k[n - 2] == 'I')))
         return true;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcasestr(k, names[i]))
@@ -878,23 +894,26 @@ static int no_wait(struct rp_session *s, struct fz_rng *g, cJSON *log)
 /* The client step now at `hi` was at `lo`: the server steps of its
  * connection in between (its answer, the close reply) now come after it,
  * or the replay would wait for an answer to something not yet sent. */
-static void after_moved(struct rp_session *s, size_t lo, size_t hi)
+static int after_moved(struct rp_session *s, size_t lo, size_t hi)
 {
     uint32_t conn = s->steps[hi].conn;
+    struct rp_step *moved = malloc((hi - lo) * sizeof(*moved));
+    if (!moved)
+        return -1;
     size_t w = lo + 1, nmoved = 0;
-    struct rp_step moved[16];
     for (size_t i = lo + 1; i < hi; i++) {
-        if (s->steps[i].conn == conn && nmoved < 16)
+        if (s->steps[i].conn == conn)
             moved[nmoved++] = s->steps[i];
         else
             s->steps[w++] = s->steps[i];
     }
-    if (!nmoved)
-        return;
-    s->steps[w++] = s->steps[hi];
-    memcpy(&s->steps[w], moved, nmoved * sizeof(*moved));
+    if (nmoved) {
+        s->steps[w++] = s->steps[hi];
+        memcpy(&s->steps[w], moved, nmoved * sizeof(*moved));
+    }
+    free(moved);
+    return 0;
 }
-
 static int swap_sends(struct rp_session *s, struct fz_rng *g, cJSON *log)
 {
     size_t n;
@@ -917,9 +936,7 @@ static int swap_sends(struct rp_session *s, struct fz_rng *g, cJSON *log)
         *b = tmp;
         cJSON *d = describe(log, s, "sched.swap", (long)v[k]);
         cJSON_AddNumberToObject(d, "with_seq", (double)b->seq);
-        if (b->conn != a->conn)
-            after_moved(s, v[k], v[k + 1]);
-        rc = 0;
+        rc = b->conn != a->conn && after_moved(s, v[k], v[k + 1]) < 0 ? -1 : 0;
     }
     free(v);
     return rc;
@@ -927,17 +944,18 @@ static int swap_sends(struct rp_session *s, struct fz_rng *g, cJSON *log)
 
 /* The typical time the server took to answer, as recorded: the median gap
  * between a server message and the client message before it on the same
- * connection, or an upgrade's answer and its request, in us (at least 10;
- * 5 ms when the session shows none). */
-static uint64_t answer_us(const struct rp_session *s)
+ * connection (or else an upgrade's answer and its request), in us (at
+ * least 10; 5 ms when the session shows none). */
+/* Up to 64 gaps between a `what` step and the `after` step before it on the
+ * same connection, into gaps[]; how many. */
+static size_t gaps_after(const struct rp_session *s, enum rp_kind what, enum rp_kind after,
+                         uint64_t *gaps)
 {
-    uint64_t gaps[64];
     size_t n = 0;
     for (size_t i = 1; i < s->nsteps && n < 64; i++) {
         const struct rp_step *st = &s->steps[i];
-        if (st->kind != RP_MESSAGE && st->kind != RP_UPGRADED)
+        if (st->kind != what)
             continue;
-        enum rp_kind after = st->kind == RP_MESSAGE ? RP_SEND : RP_OPEN;
         for (size_t k = i, looked = 0; k-- > 0 && looked < 64; looked++) {
             const struct rp_step *p = &s->steps[k];
             if (p->conn != st->conn || p->kind != after)
@@ -947,6 +965,17 @@ static uint64_t answer_us(const struct rp_session *s)
             break;
         }
     }
+    return n;
+}
+
+static uint64_t answer_us(const struct rp_session *s)
+{
+    uint64_t gaps[64];
+    /* upgrades only when no message shows it: through a recording proxy
+     * they include its connect to the server */
+    size_t n = gaps_after(s, RP_MESSAGE, RP_SEND, gaps);
+    if (!n)
+        n = gaps_after(s, RP_UPGRADED, RP_OPEN, gaps);
     if (!n)
         return 5000;
     for (size_t i = 1; i < n; i++) /* insertion sort: at most 64 */

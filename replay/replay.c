@@ -57,12 +57,13 @@ struct rconn {
     struct event *timer;
     size_t timer_step;
     size_t paused;        /* the step whose pause_us has passed, + 1 */
-    uint64_t last_ns;     /* quiet waits: its last data sent or message received */
+    uint64_t sent_ns;     /* quiet waits: our last data frame, until a message came after it */
     bool barrier_out;     /* a ping of ours is out: its pong says the server read what came
                              before it */
     uint32_t barriers;    /* pings sent so */
     size_t barrier_after; /* the step the one out follows */
-    uint64_t slowest;     /* ... and the longest the server took for a message after one */
+    uint64_t slowest;     /* quiet waits: the longest the server took for the first message
+                             after a data frame of ours */
 };
 
 struct run {
@@ -85,7 +86,10 @@ struct run {
     uint64_t last_ns;
     bool last_burst;       /* ... and whether it was part of a burst (fuzz) */
     size_t last_step;      /* ... its index */
+    bool last_noop;        /* ... it did nothing: its connection was over */
     size_t gap_clear;      /* causal: the step (+ 1) whose gap a pong ended (opts.barrier) */
+    uint32_t wait_pings;   /* causal: pongs the quiet wait for `next` still waits for
+                              (UINT32_MAX: no ping could go) */
     uint64_t wait_t0;      /* causal: when the wait for the server step `next` began */
     size_t paused;         /* causal: the step whose pause_us has passed, + 1 */
     bool advancing, again; /* advance() is running; it was asked again meanwhile */
@@ -426,11 +430,11 @@ static void on_message(struct rconn *c, const uint8_t *p, size_t n)
         return;
     }
     c->received = nth;
-    if (r->o->quiet_ms) {
-        uint64_t now = wsrr_now_ns();
-        if (c->last_ns && now - c->last_ns > c->slowest)
-            c->slowest = now - c->last_ns;
-        c->last_ns = now;
+    if (r->o->quiet_ms && c->sent_ns) { /* the first message after a send of ours */
+        uint64_t took = wsrr_now_ns() - c->sent_ns;
+        if (took > c->slowest)
+            c->slowest = took;
+        c->sent_ns = 0;
     }
     if (cr->diverged || same)
         return;
@@ -684,8 +688,8 @@ static void client_step(struct run *r, const struct rp_step *st)
             send_wire(c, st, st->opcode, st->fin, st->data, st->len);
         if (st->opcode < 8)
             r->res->conns[st->conn].last_send = (size_t)(st - r->s->steps) + 1;
-        if (r->o->quiet_ms)
-            c->last_ns = wsrr_now_ns();
+        if (r->o->quiet_ms && st->opcode < 8)
+            c->sent_ns = wsrr_now_ns();
         break;
     case RP_HANGUP:
         if (c->failure_gone) { /* it left after the failure; this run had none */
@@ -796,15 +800,31 @@ static uint64_t wait_ms(const struct run *r, size_t i)
  *    once the server has read the first, instead of after gap_us.
  * A server that does not answer pings gets the full wait and gap. `after`:
  * the step the ping follows. */
-static void barrier(struct rconn *c, size_t after)
+static bool barrier(struct rconn *c, size_t after)
 {
     if (c->st != RC_OPEN || c->close_sent || c->barrier_out || !c->bev)
-        return;
+        return false;
     char p[32];
     int k = snprintf(p, sizeof(p), BARRIER "%u", ++c->barriers);
     c->barrier_out = true;
     c->barrier_after = after;
     send_frame(c, WSRR_OP_PING, true, (const uint8_t *)p, (size_t)k);
+    return true;
+}
+
+/* A quiet wait for a message on connection w begins (step `next`): a ping
+ * on w (the message may answer what w sent) and on the connection of the
+ * last client step (or what it sent: a broadcast). */
+static void wait_barriers(struct run *r, uint32_t w)
+{
+    r->wait_pings = 0;
+    if (!r->o->barrier || !r->o->quiet_ms)
+        return;
+    r->wait_pings += barrier(&r->c[w], r->next);
+    if (r->last_step != SIZE_MAX && r->s->steps[r->last_step].conn != w)
+        r->wait_pings += barrier(&r->c[r->s->steps[r->last_step].conn], r->next);
+    if (!r->wait_pings)
+        r->wait_pings = UINT32_MAX; /* none could go: the whole quiet wait */
 }
 
 static void barrier_back(struct rconn *c)
@@ -814,35 +834,46 @@ static void barrier_back(struct rconn *c)
     if (r->o->timing != RP_CAUSAL || r->next >= r->s->nsteps)
         return;
     const struct rp_step *st = &r->s->steps[r->next];
-    if (!server_step(st->kind)) { /* the gap before it, if this ping ends it */
-        if (c->idx != r->last_conn || c->barrier_after != r->last_step)
-            return;
-        r->gap_clear = r->next + 1;
-        if (r->timer_step == r->next && (!st->pause_us || r->paused == r->next + 1)) {
-            struct timeval now = {0, 0};
-            evtimer_add(r->timer, &now);
-        }
+    if (!server_step(st->kind)) {
+        /* the gap before it: the server has read the last client step
+         * (advance() after this read lets it go) */
+        if (c->idx == r->last_conn && c->barrier_after == r->last_step)
+            r->gap_clear = r->next + 1;
         return;
     }
-    if (r->timer_step != r->next)
+    if (r->timer_step != r->next || st->kind != RP_MESSAGE || happened(r, st) ||
+        r->wait_pings == UINT32_MAX)
         return;
-    if (st->kind != RP_MESSAGE || st->conn != c->idx || happened(r, st))
+    if (c->barrier_after != r->next) { /* an older one: it says nothing of this wait */
+        bool ours = c->idx == st->conn ||
+                    (r->last_step != SIZE_MAX && c->idx == r->s->steps[r->last_step].conn);
+        if (ours && barrier(c, r->next))
+            r->wait_pings++;
+        return;
+    }
+    if (!r->wait_pings || --r->wait_pings)
         return;
     uint64_t took = recorded_gap_ns(r->s, r->next);
-    if (c->slowest > took)
-        took = c->slowest;
+    if (r->c[st->conn].slowest > took)
+        took = r->c[st->conn].slowest;
     uint64_t until = r->wait_t0 + 2 * took + 1000000, now = wsrr_now_ns();
-    struct timeval tv = {0, until > now ? (suseconds_t)((until - now) / 1000) : 0};
-    if (tv.tv_usec >= 1000000)
+    uint64_t us = until > now ? (until - now) / 1000 : 0;
+    if (us >= 1000000)
         return; /* the quiet wait's own end is as near */
+    struct timeval tv = {0, (suseconds_t)us};
     evtimer_add(r->timer, &tv);
 }
-/* The last client step hung up a connection whose close handshake was
- * over: the server had seen the end of it before; no gap is needed after. */
-static bool after_close(const struct run *r)
+
+/* Needs the client step `next` (on another connection than the last
+ * one) no --gap, because the server has seen the last one? It did nothing
+ * (its connection was over); or, with fuzz's pings, the pong of one sent
+ * after it came back, or the server answered our close on that
+ * connection. */
+static bool seen_last(const struct run *r)
 {
     const struct rconn *c = &r->c[r->last_conn];
-    return r->s->steps[r->last_step].kind == RP_HANGUP && c->close_sent && c->close_rcvd;
+    return r->last_noop ||
+           (r->o->barrier && (r->gap_clear == r->next + 1 || (c->close_sent && c->close_rcvd)));
 }
 
 /* causal: one cursor over the global order; a client step runs once every
@@ -861,8 +892,8 @@ static bool advance_causal(struct run *r)
                      : st->kind == RP_CLOSE    ? "the server's close"
                                                : "the end of the server's transport");
                 r->wait_t0 = wsrr_now_ns();
-                if (st->kind == RP_MESSAGE && r->o->quiet_ms && r->o->barrier)
-                    barrier(&r->c[st->conn], r->next);
+                if (st->kind == RP_MESSAGE)
+                    wait_barriers(r, st->conn);
             }
             arm(r->timer, &r->timer_step, r->next, wait_ms(r, r->next));
             return false;
@@ -880,11 +911,15 @@ static bool advance_causal(struct run *r)
              * around the steps of a burst: their order is open) */
             uint64_t now = wsrr_now_ns(), gap = r->o->gap_us * 1000;
             if (r->last_conn != SIZE_MAX && r->last_conn != st->conn && !st->burst &&
-                !r->last_burst && now < r->last_ns + gap && r->gap_clear != r->next + 1 &&
-                !after_close(r)) {
+                !r->last_burst && now < r->last_ns + gap && !seen_last(r)) {
+                if (r->timer_step != r->next)
+                    vlog(r, "#%llu waits --gap after connection %u's step #%llu",
+                         (unsigned long long)st->seq, s->conns[r->last_conn].id,
+                         (unsigned long long)s->steps[r->last_step].seq);
                 arm_us(r->timer, &r->timer_step, r->next, (r->last_ns + gap - now) / 1000);
                 return false;
             }
+            r->last_noop = r->c[st->conn].st == RC_DONE; /* it ended earlier than recorded */
             client_step(r, st);
             r->last_conn = st->conn;
             r->last_step = r->next;
