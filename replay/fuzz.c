@@ -363,6 +363,39 @@ bool fz_server_failed(struct fz_server *sv, const struct rp_result *res, char *k
                   : fz_server_check(sv, kind, kcap, what, wcap) != 0;
 }
 
+int fz_replay_case(const char *path, const struct rp_opts *ro, const char *const *secrets,
+                   size_t nsecrets, struct fz_server *sv, unsigned times, char *err, size_t errlen)
+{
+    struct rp_session *v = rp_session_load(path, err, errlen);
+    if (!v || rp_session_fill_secrets(v, secrets, nsecrets, err, errlen) < 0) {
+        rp_session_free(v);
+        return -1;
+    }
+    struct rp_opts plain = *ro;
+    plain.quiet_ms = 0;
+    plain.barrier = false;
+    plain.on_message = NULL;
+    plain.record = NULL;
+    plain.log = NULL;
+    int ok = 0;
+    for (unsigned t = 0; t < times && ok >= 0; t++) {
+        struct rp_result res;
+        char why[400];
+        if (rp_run(v, &plain, &res, err, errlen) < 0) {
+            ok = -1;
+            break;
+        }
+        ok += rp_result_reproduced(v, &res, why, sizeof(why));
+        char kind[16], what[128];
+        if (sv && fz_server_failed(sv, &res, kind, sizeof(kind), what, sizeof(what)) &&
+            fz_server_restart(sv, err, errlen) < 0)
+            ok = -1;
+        rp_result_free(&res);
+    }
+    rp_session_free(v);
+    return ok;
+}
+
 static double elapsed(const struct fuzz *F)
 {
     return (double)(wsrr_now_ns() - F->t0) / 1e9;
@@ -460,6 +493,7 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
     char *meta = cJSON_PrintUnformatted(m);
     char err[512] = "";
     int reproduced = 0;
+    char unchecked[512] = ""; /* why plain replay could not check it */
     for (int attempt = 1; attempt <= 3 && !reproduced && meta; attempt++) {
         struct rp_result res;
         if (record_run(s, &o->ro, tmp, meta, F->red, &res, err, sizeof(err)) < 0)
@@ -483,6 +517,15 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
                 again = again || !strcmp(got[i].sig, f->sig);
         }
         rp_result_free(&res);
+        /* and as the user will run it: the recording, with plain replay */
+        if (again && f->conn != UINT32_MAX) {
+            int n = fz_replay_case(tmp, &o->ro, o->secrets, o->nsecrets, F->sv, 1, unchecked,
+                                   sizeof(unchecked));
+            if (n >= 0) { /* else (a secret not given, say) it is said in the JSON */
+                again = n == 1;
+                unchecked[0] = '\0';
+            }
+        }
         if (again)
             reproduced = attempt;
     }
@@ -507,10 +550,13 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
     if (f->conn != UINT32_MAX)
         cJSON_AddNumberToObject(m, "connection", s->conns[f->conn].id);
     cJSON_AddStringToObject(m, "recorded",
-                            reproduced ? "a run that failed the same way, alone"
+                            reproduced ? "a run that failed the same way, alone, and does again "
+                                         "with wsrr replay --reproduce"
                                        : "a run that did not fail again in 3 tries alone (flaky)");
     if (err[0])
         cJSON_AddStringToObject(m, "error", err);
+    if (unchecked[0])
+        cJSON_AddStringToObject(m, "not_checked_with_replay", unchecked);
     if (F->sv) {
         char tail[2048];
         fz_server_log_tail(F->sv, tail, sizeof(tail));

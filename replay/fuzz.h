@@ -83,6 +83,14 @@ struct fz_opts {
  * one-line error (nothing could be run). */
 long fz_fuzz(const struct fz_opts *o, char *err, size_t errlen);
 
+/* Run the saved case at path `times` times the way `wsrr replay --reproduce`
+ * does (plain replay with opts ro: no quiet waits, no pings), the secrets
+ * put back; restart sv after a run that made it fail. How many runs
+ * reproduced every failure the case records, or -1 with err (the case
+ * cannot be read, a run could not start, the server not restarted). */
+int fz_replay_case(const char *path, const struct rp_opts *ro, const char *const *secrets,
+                   size_t nsecrets, struct fz_server *sv, unsigned times, char *err, size_t errlen);
+
 struct fz_shrink_opts {
     const char *input, *output;
     struct rp_opts ro;

@@ -7,6 +7,7 @@
 #include <event2/http.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -37,6 +38,9 @@ static void nap_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
+#define ACCEPT_WAIT_MS                                                                             \
+    500 /* a listener that does not complete a connect by then is not accepting */
+
 static bool accepts(const struct fz_server *sv)
 {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *ai;
@@ -46,10 +50,20 @@ static bool accepts(const struct fz_server *sv)
         return false;
     bool ok = false;
     for (struct addrinfo *a = ai; a && !ok; a = a->ai_next) {
-        int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, 0);
+        /* not blocking: a server whose backlog is full would hold the
+         * caller (and the fuzz lock it holds) for the SYN retries */
+        int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
             continue;
-        ok = connect(fd, a->ai_addr, a->ai_addrlen) == 0;
+        if (connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+            ok = true;
+        } else if (errno == EINPROGRESS) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            int e = 0;
+            socklen_t el = sizeof(e);
+            ok = poll(&p, 1, ACCEPT_WAIT_MS) == 1 &&
+                 getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e == 0;
+        }
         close(fd);
     }
     freeaddrinfo(ai);

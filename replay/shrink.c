@@ -424,7 +424,11 @@ int fz_shrink(const struct fz_shrink_opts *o, char *err, size_t errlen)
         struct rp_result res;
         int r = rp_run(s, &ro, &res, err, errlen);
         char cerr[256];
-        wsrr_capture_writer_close(w, cerr, sizeof(cerr));
+        if (wsrr_capture_writer_close(w, cerr, sizeof(cerr)) < 0 && r == 0) {
+            snprintf(err, errlen, "%.200s: %.250s", o->output, cerr);
+            rp_result_free(&res);
+            r = -1;
+        }
         if (r < 0)
             break;
         struct fz_failure f[32];
@@ -433,7 +437,10 @@ int fz_shrink(const struct fz_shrink_opts *o, char *err, size_t errlen)
         if (k.sv && fz_server_failed(k.sv, &res, kind, sizeof(kind), what, sizeof(what))) {
             fz_server_failure(&f[n < 32 ? n : 31], kind, what);
             n = n < 32 ? n + 1 : 32;
-            fz_server_restart(k.sv, err, errlen);
+            if (fz_server_restart(k.sv, err, errlen) < 0) {
+                rp_result_free(&res);
+                break;
+            }
         }
         for (size_t i = 0; i < n; i++)
             recorded = recorded || !strcmp(f[i].sig, k.sig);
@@ -447,24 +454,11 @@ int fz_shrink(const struct fz_shrink_opts *o, char *err, size_t errlen)
         goto out;
     }
     /* verify: replay --reproduce --repeat over what was written */
-    unsigned ok = 0;
-    struct rp_session *v = rp_session_load(o->output, err, errlen);
-    if (!v || rp_session_fill_secrets(v, o->secrets, o->nsecrets, err, errlen) < 0) {
-        rp_session_free(v);
+    int got =
+        fz_replay_case(o->output, &o->ro, o->secrets, o->nsecrets, k.sv, o->verify, err, errlen);
+    if (got < 0)
         goto out;
-    }
-    for (unsigned t = 0; t < o->verify; t++) {
-        struct rp_result res;
-        char why[400];
-        if (rp_run(v, &o->ro, &res, err, errlen) < 0)
-            break;
-        ok += rp_result_reproduced(v, &res, why, sizeof(why));
-        char kind[16], what[128];
-        if (k.sv && fz_server_failed(k.sv, &res, kind, sizeof(kind), what, sizeof(what)))
-            fz_server_restart(k.sv, err, errlen);
-        rp_result_free(&res);
-    }
-    rp_session_free(v);
+    unsigned ok = (unsigned)got;
     size_t c1 = s->nconns, m1 = count_messages(s), b1 = client_bytes(s);
     if (o->json) {
         cJSON *j = cJSON_CreateObject();
