@@ -1055,3 +1055,90 @@ struct wsrr_rules *wsrr_rules_load(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "%s: %s", path, inner);
     return rs;
 }
+
+/* ---- actions shared by the proxy and replay ---- */
+
+char *wsrr_json_edit(const uint8_t *p, size_t n, const cJSON *edit)
+{
+    cJSON *doc = cJSON_ParseWithLength((const char *)p, n);
+    if (!doc)
+        return NULL;
+    const cJSON *set = cJSON_GetObjectItemCaseSensitive(edit, "set");
+    const cJSON *rm = cJSON_GetObjectItemCaseSensitive(edit, "remove");
+    for (int pass = 0; pass < 2; pass++) {
+        const cJSON *list = pass == 0 ? rm : set;
+        for (const cJSON *e = list ? list->child : NULL; e; e = e->next) {
+            const char *path = pass == 0 ? e->valuestring : e->string;
+            if (!path)
+                continue;
+            cJSON *node = doc;
+            const char *s = path;
+            for (;;) {
+                const char *dot = strchr(s, '.');
+                size_t k = dot ? (size_t)(dot - s) : strlen(s);
+                char key[256];
+                if (k >= sizeof(key))
+                    break;
+                memcpy(key, s, k);
+                key[k] = '\0';
+                bool last = !dot;
+                if (cJSON_IsArray(node) && k && strspn(key, "0123456789") == k && k < 10) {
+                    int idx = atoi(key);
+                    if (last) {
+                        if (pass == 0)
+                            cJSON_DeleteItemFromArray(node, idx);
+                        else if (idx < cJSON_GetArraySize(node))
+                            cJSON_ReplaceItemInArray(node, idx, cJSON_Duplicate(e, true));
+                        break;
+                    }
+                    node = cJSON_GetArrayItem(node, idx);
+                } else if (cJSON_IsObject(node)) {
+                    if (last) {
+                        cJSON_DeleteItemFromObjectCaseSensitive(node, key);
+                        if (pass == 1)
+                            cJSON_AddItemToObject(node, key, cJSON_Duplicate(e, true));
+                        break;
+                    }
+                    cJSON *next = cJSON_GetObjectItemCaseSensitive(node, key);
+                    if (!next && pass == 1)
+                        next = cJSON_AddObjectToObject(node, key);
+                    node = next;
+                } else {
+                    node = NULL;
+                }
+                if (!node)
+                    break;
+                s = dot + 1;
+            }
+        }
+    }
+    char *txt = cJSON_PrintUnformatted(doc);
+    cJSON_Delete(doc);
+    return txt;
+}
+
+/* Change `count` bytes of the payload: with keep_valid, ASCII letters of a
+ * text message become other letters (the UTF-8 stays valid), any byte of a
+ * binary one changes; the positions come from the seeded draw. */
+void wsrr_corrupt(uint8_t *p, size_t n, uint64_t count, bool text, bool keep_valid, uint64_t seed,
+                  const char *rule, uint64_t conn, int dir, uint64_t nth, cJSON *positions)
+{
+    uint8_t *used = calloc(n ? n : 1, 1); /* each position changes once */
+    for (uint64_t i = 0; i < count && n && used; i++) {
+        size_t at =
+            (size_t)(wsrr_rules_draw(seed ^ (i * 0x9e3779b97f4a7c15ull), rule, conn, dir, nth) *
+                     (double)n);
+        size_t probe = 0;
+        while ((used[at] || (keep_valid && text && p[at] >= 0x80)) && probe++ < n)
+            at = (at + 1) % n;
+        if (probe > n || used[at] || (keep_valid && text && p[at] >= 0x80))
+            break; /* no byte left to change */
+        used[at] = 1;
+        if (keep_valid && text)
+            p[at] = p[at] == 'x' ? 'y' : 'x'; /* ASCII stays ASCII */
+        else
+            p[at] ^= (uint8_t)(1u + (i % 255));
+        cJSON_AddItemToArray(positions, cJSON_CreateNumber((double)at));
+    }
+    free(used);
+}

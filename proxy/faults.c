@@ -690,92 +690,6 @@ static void storm_cb(evutil_socket_t fd, short what, void *arg)
 /* A JSON edit: {"set": {path: value}, "remove": [path]}. Paths are dotted;
  * set creates the objects on the way. Returns the new text or NULL when the
  * payload is not JSON. */
-static char *json_edit(const uint8_t *p, size_t n, const cJSON *edit)
-{
-    cJSON *doc = cJSON_ParseWithLength((const char *)p, n);
-    if (!doc)
-        return NULL;
-    const cJSON *set = cJSON_GetObjectItemCaseSensitive(edit, "set");
-    const cJSON *rm = cJSON_GetObjectItemCaseSensitive(edit, "remove");
-    for (int pass = 0; pass < 2; pass++) {
-        const cJSON *list = pass == 0 ? rm : set;
-        for (const cJSON *e = list ? list->child : NULL; e; e = e->next) {
-            const char *path = pass == 0 ? e->valuestring : e->string;
-            if (!path)
-                continue;
-            cJSON *node = doc;
-            const char *s = path;
-            for (;;) {
-                const char *dot = strchr(s, '.');
-                size_t k = dot ? (size_t)(dot - s) : strlen(s);
-                char key[256];
-                if (k >= sizeof(key))
-                    break;
-                memcpy(key, s, k);
-                key[k] = '\0';
-                bool last = !dot;
-                if (cJSON_IsArray(node) && k && strspn(key, "0123456789") == k && k < 10) {
-                    int idx = atoi(key);
-                    if (last) {
-                        if (pass == 0)
-                            cJSON_DeleteItemFromArray(node, idx);
-                        else if (idx < cJSON_GetArraySize(node))
-                            cJSON_ReplaceItemInArray(node, idx, cJSON_Duplicate(e, true));
-                        break;
-                    }
-                    node = cJSON_GetArrayItem(node, idx);
-                } else if (cJSON_IsObject(node)) {
-                    if (last) {
-                        cJSON_DeleteItemFromObjectCaseSensitive(node, key);
-                        if (pass == 1)
-                            cJSON_AddItemToObject(node, key, cJSON_Duplicate(e, true));
-                        break;
-                    }
-                    cJSON *next = cJSON_GetObjectItemCaseSensitive(node, key);
-                    if (!next && pass == 1)
-                        next = cJSON_AddObjectToObject(node, key);
-                    node = next;
-                } else {
-                    node = NULL;
-                }
-                if (!node)
-                    break;
-                s = dot + 1;
-            }
-        }
-    }
-    char *txt = cJSON_PrintUnformatted(doc);
-    cJSON_Delete(doc);
-    return txt;
-}
-
-/* Change `count` bytes of the payload: with keep_valid, ASCII letters of a
- * text message become other letters (the UTF-8 stays valid), any byte of a
- * binary one changes; the positions come from the seeded draw. */
-static void corrupt_bytes(uint8_t *p, size_t n, uint64_t count, bool text, bool keep_valid,
-                          uint64_t seed, const struct wsrr_rule *r, const struct conn *c,
-                          const struct unit *u, cJSON *positions)
-{
-    uint8_t *used = calloc(n ? n : 1, 1); /* each position changes once */
-    for (uint64_t i = 0; i < count && n && used; i++) {
-        size_t at = (size_t)(wsrr_rules_draw(seed ^ (i * 0x9e3779b97f4a7c15ull), r->name, c->id,
-                                             u->dir, u->nth) *
-                             (double)n);
-        size_t probe = 0;
-        while ((used[at] || (keep_valid && text && p[at] >= 0x80)) && probe++ < n)
-            at = (at + 1) % n;
-        if (probe > n || used[at] || (keep_valid && text && p[at] >= 0x80))
-            break; /* no byte left to change */
-        used[at] = 1;
-        if (keep_valid && text)
-            p[at] = p[at] == 'x' ? 'y' : 'x'; /* ASCII stays ASCII */
-        else
-            p[at] ^= (uint8_t)(1u + (i % 255));
-        cJSON_AddItemToArray(positions, cJSON_CreateNumber((double)at));
-    }
-    free(used);
-}
-
 static void passed(struct conn *c, enum wsrr_dir dir);
 
 static bool ctx_takeover(const struct faults *f, enum wsrr_dir sender)
@@ -964,7 +878,8 @@ static void act_corrupt_raw(struct firing *x)
                 memcpy(flat + o, u->pc[k].wire, u->pc[k].len);
                 o += u->pc[k].len;
             }
-        corrupt_bytes(flat, total, x->a->count, false, false, x->seed, x->r, c, u, pos);
+        wsrr_corrupt(flat, total, x->a->count, false, false, x->seed, x->r->name, c->id, u->dir,
+                     u->nth, pos);
         o = 0;
         for (size_t k = 0; k < u->npc; k++)
             if (payload_piece(u, k)) {
@@ -999,8 +914,8 @@ static void act_rewrite(struct firing *x)
     size_t frames = 1;
     switch (a->kind) {
     case WSRR_ACT_CORRUPT:
-        corrupt_bytes(p, n, a->count, text, true, x->seed, x->r, c, u,
-                      cJSON_AddArrayToObject(x->det, "positions"));
+        wsrr_corrupt(p, n, a->count, text, true, x->seed, x->r->name, c->id, u->dir, u->nth,
+                     cJSON_AddArrayToObject(x->det, "positions"));
         break;
     case WSRR_ACT_TRUNCATE:
         if (n > a->count) {
@@ -1013,7 +928,7 @@ static void act_rewrite(struct firing *x)
     case WSRR_ACT_FRAGMENT: frames = (size_t)a->count; break;
     default: /* replace */
         if (a->json) {
-            if ((edited = json_edit(p, n, a->json))) {
+            if ((edited = wsrr_json_edit(p, n, a->json))) {
                 p = (uint8_t *)edited;
                 n = strlen(edited);
             } else {

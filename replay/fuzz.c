@@ -3,6 +3,7 @@
 #include "fuzz.h"
 
 #include "mutate.h"
+#include "rules_apply.h"
 #include "server.h"
 
 #include "wsrr-config.h"
@@ -10,6 +11,7 @@
 #include "wsrr/common.h"
 #include "wsrr/frame.h"
 #include "wsrr/redact.h"
+#include "wsrr/rules.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -584,16 +586,20 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
             cmd);
 }
 
-static void add_trace(struct fuzz *F, uint64_t run, const char *parent, const cJSON *muts,
+static void add_trace(struct fuzz *F, uint64_t run, const char *parent, const cJSON *step,
                       const struct rp_result *res, const struct fz_failure *f, size_t nf,
                       bool fresh, uint64_t ns)
 {
+    const cJSON *muts = cJSON_GetObjectItemCaseSensitive(step, "mutations");
     if (!F->trace)
         return;
     cJSON *t = cJSON_CreateObject();
     cJSON_AddNumberToObject(t, "run", (double)run);
     cJSON_AddStringToObject(t, "parent", parent);
     cJSON_AddItemToObject(t, "mutations", cJSON_Duplicate(muts, true));
+    const cJSON *rules = cJSON_GetObjectItemCaseSensitive(step, "rules");
+    if (rules)
+        cJSON_AddItemToObject(t, "rules", cJSON_Duplicate(rules, true));
     cJSON *ends = cJSON_AddArrayToObject(t, "ends");
     for (size_t i = 0; res && i < res->nconns; i++) {
         char d[200];
@@ -633,6 +639,19 @@ static bool out_of_budget(const struct fuzz *F)
     const struct fz_opts *o = F->o;
     return F->stop || found_all(F) || (o->stop && *o->stop) ||
            (o->runs && F->next_run >= o->runs) || (o->seconds > 0 && elapsed(F) >= o->seconds);
+}
+
+/* --rules: the rules applied to a run's session (parsed anew: the limits
+ * and after_rule count per run); the faults are listed in the run's entry
+ * of its chain. How many, or -1 (out of memory). */
+static int apply_rules(const char *text, struct rp_session *s, cJSON *step)
+{
+    char err[256]; /* it parsed when it was loaded */
+    struct wsrr_rules *rs = wsrr_rules_parse(text, strlen(text), err, sizeof(err));
+    cJSON *log = cJSON_AddArrayToObject(step, "rules");
+    int n = rs && log ? rp_rules_apply(s, rs, log) : -1;
+    wsrr_rules_free(rs);
+    return n;
 }
 
 struct worker_arg {
@@ -694,6 +713,9 @@ static void *worker(void *arg)
         cJSON *muts = cJSON_AddArrayToObject(step, "mutations");
         cJSON_AddItemToArray(chain, step);
         int applied = fz_mutate(s, &g, o->families, o->max_mutations, muts);
+        int faults = applied >= 0 && o->rules_text ? apply_rules(o->rules_text, s, step) : 0;
+        if (faults < 0)
+            applied = -1;
         /* what runs: s, or with --jobs a copy of it with this worker's
          * users and ids (the corpus keeps s) */
         struct rp_session *iso = NULL;
@@ -713,7 +735,7 @@ static void *worker(void *arg)
             snprintf(err, sizeof(err), "out of memory");
         struct fz_failure fl[32];
         size_t nf = 0;
-        bool content = iso || chain_changes_content(chain); /* iso: names changed */
+        bool content = iso || faults > 0 || chain_changes_content(chain); /* iso: names */
         if (rc == 0) {
             nf = fz_failures(rs, &res, content, o->strict, o->divergence, fl, 32);
             end_features(&v, &res);
@@ -775,7 +797,7 @@ static void *worker(void *arg)
                 keep = fresh && o->feedback && applied > 0 && payload_bytes(s) <= CORPUS_BYTES;
             }
             F->done_runs++;
-            add_trace(F, run, parent, muts, &res, fl, nf, fresh, run_ns);
+            add_trace(F, run, parent, step, &res, fl, nf, fresh, run_ns);
             if (keep) {
                 size_t at = F->ncorpus;
                 if (at < CORPUS_MAX) {

@@ -77,6 +77,8 @@ struct fz_opts {
     volatile int *stop;       /* set (by a signal) to end early */
     const char *const *until; /* stop once each is part of a failure's signature */
     size_t nuntil;
+    const char *rules_text; /* --rules: a rules document applied to every run after its
+                               mutations (fresh counters each run); NULL none */
 };
 
 /* Fuzz. Returns the number of unique failures (>= 0), or -1 with a

@@ -77,39 +77,6 @@ static bool is_client(const struct rp_step *st)
     return st->kind == RP_OPEN || st->kind == RP_SEND || st->kind == RP_HANGUP;
 }
 
-/* n zeroed steps at `at`; NULL when out of memory */
-static struct rp_step *insert_steps(struct rp_session *s, size_t at, size_t n)
-{
-    struct rp_step *st = realloc(s->steps, (s->nsteps + n) * sizeof(*st));
-    if (!st)
-        return NULL;
-    s->steps = st;
-    memmove(&st[at + n], &st[at], (s->nsteps - at) * sizeof(*st));
-    memset(&st[at], 0, n * sizeof(*st));
-    s->nsteps += n;
-    return &st[at];
-}
-
-static void remove_step(struct rp_session *s, size_t at)
-{
-    free(s->steps[at].data);
-    memmove(&s->steps[at], &s->steps[at + 1], (s->nsteps - at - 1) * sizeof(*s->steps));
-    s->nsteps--;
-}
-
-static int set_data(struct rp_step *st, const void *p, size_t n)
-{
-    uint8_t *d = n ? malloc(n) : NULL;
-    if (n && !d)
-        return -1;
-    if (n)
-        memcpy(d, p, n);
-    free(st->data);
-    st->data = d;
-    st->len = n;
-    return 0;
-}
-
 /* a new connection like conns[from] (head and response copied), with a
  * fresh id; its index, or -1 */
 static long add_conn(struct rp_session *s, size_t from)
@@ -393,8 +360,8 @@ static int json_swap(struct rp_session *s, struct fz_rng *g, cJSON *log)
             }
             cJSON_ReplaceItemViaPointer(jb, fb, ca);
             char *pa = cJSON_PrintUnformatted(ja), *pb = cJSON_PrintUnformatted(jb);
-            rc = pa && pb && !set_data(&s->steps[a], pa, strlen(pa)) &&
-                         !set_data(&s->steps[b], pb, strlen(pb))
+            rc = pa && pb && !rp_step_set_data(&s->steps[a], pa, strlen(pa)) &&
+                         !rp_step_set_data(&s->steps[b], pb, strlen(pb))
                      ? 0
                      : -1;
             cJSON_free(pa);
@@ -503,7 +470,7 @@ static int mutate_json(struct rp_session *s, struct fz_rng *g, cJSON *log)
     }
     if (!rc) {
         char *out = cJSON_PrintUnformatted(j);
-        rc = out && !set_data(st, out, strlen(out)) ? 0 : -1;
+        rc = out && !rp_step_set_data(st, out, strlen(out)) ? 0 : -1;
         cJSON_free(out);
         if (!rc) {
             cJSON *d = describe(log, s, name, at);
@@ -529,7 +496,7 @@ static int fragment(struct rp_session *s, size_t at, uint32_t k, bool ping)
 {
     struct rp_step orig = s->steps[at];
     size_t extra = k - 1 + (ping ? 1 : 0);
-    struct rp_step *st = insert_steps(s, at + 1, extra);
+    struct rp_step *st = rp_steps_insert(s, at + 1, extra);
     if (!st)
         return -1;
     st = &s->steps[at];
@@ -547,7 +514,7 @@ static int fragment(struct rp_session *s, size_t at, uint32_t k, bool ping)
         f->opcode = i ? WSRR_OP_CONT : orig.opcode;
         f->fin = i == k - 1;
         f->invalid = orig.invalid;
-        if (set_data(f, data + off, n) < 0)
+        if (rp_step_set_data(f, data + off, n) < 0)
             rc = -1;
         off += n;
         if (ping && i == 0) {
@@ -560,7 +527,7 @@ static int fragment(struct rp_session *s, size_t at, uint32_t k, bool ping)
             pg->rsv = 0;
             pg->len_width = 0;
             pg->unmasked = false;
-            if (set_data(pg, "wsrr", 4) < 0)
+            if (rp_step_set_data(pg, "wsrr", 4) < 0)
                 rc = -1;
         }
     }
@@ -657,7 +624,7 @@ static int mutate_frame(struct rp_session *s, struct fz_rng *g, cJSON *log)
     }
     default: /* a control frame: an unsolicited pong, or a ping, before it */
     {
-        struct rp_step *c = insert_steps(s, (size_t)at, 1);
+        struct rp_step *c = rp_steps_insert(s, (size_t)at, 1);
         if (!c)
             return -1;
         *c = s->steps[at + 1];
@@ -667,7 +634,7 @@ static int mutate_frame(struct rp_session *s, struct fz_rng *g, cJSON *log)
         c->rsv = c->len_width = 0;
         c->unmasked = false;
         c->pause_us = 0;
-        if (set_data(c, "wsrr-fuzz", 9) < 0)
+        if (rp_step_set_data(c, "wsrr-fuzz", 9) < 0)
             return -1;
         describe(log, s, c->opcode == WSRR_OP_PING ? "frame.ping" : "frame.pong", at + 1);
         return 0;
@@ -754,7 +721,7 @@ static int suffix_session(struct rp_session *s, bool (*pred)(const char *), cons
         int rc = 0;
         if (j && suffix_values(j, pred, suffix, 0)) {
             char *p = cJSON_PrintUnformatted(j);
-            rc = p && set_data(st, p, strlen(p)) == 0 ? 0 : -1;
+            rc = p && rp_step_set_data(st, p, strlen(p)) == 0 ? 0 : -1;
             cJSON_free(p);
         }
         cJSON_Delete(j);
@@ -830,7 +797,7 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
                 snprintf(suffix, sizeof(suffix), "-%u", c);
                 if (j && suffix_values(j, pred, suffix, 0)) {
                     char *p = cJSON_PrintUnformatted(j);
-                    if (!p || set_data(dst, p, strlen(p)) < 0) {
+                    if (!p || rp_step_set_data(dst, p, strlen(p)) < 0) {
                         cJSON_free(p);
                         cJSON_Delete(j);
                         goto oom;
@@ -1021,8 +988,8 @@ static int early_close(struct rp_session *s, struct fz_rng *g, cJSON *log)
     uint32_t conn = s->steps[at].conn;
     for (size_t i = s->nsteps; i-- > (size_t)at + 1;)
         if (s->steps[i].conn == conn)
-            remove_step(s, i);
-    struct rp_step *c = insert_steps(s, (size_t)at + 1, 1);
+            rp_step_remove(s, i);
+    struct rp_step *c = rp_steps_insert(s, (size_t)at + 1, 1);
     if (!c)
         return -1;
     *c = (struct rp_step){.conn = conn, .seq = s->steps[at].seq, .ts = s->steps[at].ts};
@@ -1066,7 +1033,7 @@ static int storm(struct rp_session *s, struct fz_rng *g, cJSON *log)
     size_t at = fz_below(g, (uint32_t)s->nsteps + 1);
     bool rst = fz_below(g, 2);
     uint64_t seq = at < s->nsteps ? s->steps[at].seq : s->steps[s->nsteps - 1].seq;
-    struct rp_step *st = insert_steps(s, at, 3 * (size_t)n);
+    struct rp_step *st = rp_steps_insert(s, at, 3 * (size_t)n);
     if (!st)
         return -1;
     for (uint32_t i = 0; i < n; i++) {

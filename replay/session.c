@@ -764,3 +764,37 @@ void rp_outcome_describe(const struct rp_outcome *o, char *out, size_t cap)
     case RP_END_FAILED: snprintf(out, cap, "failed: %s", o->reason); break;
     }
 }
+
+/* ---- editing (fuzz, rules) ---- */
+
+struct rp_step *rp_steps_insert(struct rp_session *s, size_t at, size_t n)
+{
+    struct rp_step *st = realloc(s->steps, (s->nsteps + n) * sizeof(*st));
+    if (!st)
+        return NULL;
+    s->steps = st;
+    memmove(&st[at + n], &st[at], (s->nsteps - at) * sizeof(*st));
+    memset(&st[at], 0, n * sizeof(*st));
+    s->nsteps += n;
+    return &st[at];
+}
+
+void rp_step_remove(struct rp_session *s, size_t at)
+{
+    free(s->steps[at].data);
+    memmove(&s->steps[at], &s->steps[at + 1], (s->nsteps - at - 1) * sizeof(*s->steps));
+    s->nsteps--;
+}
+
+int rp_step_set_data(struct rp_step *st, const void *p, size_t n)
+{
+    uint8_t *d = n ? malloc(n) : NULL;
+    if (n && !d)
+        return -1;
+    if (n)
+        memcpy(d, p, n);
+    free(st->data);
+    st->data = d;
+    st->len = n;
+    return 0;
+}

@@ -128,4 +128,12 @@ bool rp_outcome_failed(const struct rp_outcome *o);
 /* One line: "closed 1011 (Internal error) by the server after 2 messages". */
 void rp_outcome_describe(const struct rp_outcome *o, char *out, size_t cap);
 
+/* Editing a session (fuzz's mutations, --rules): n zeroed steps inserted at
+ * `at` (NULL when out of memory: s unchanged); a step removed (its data
+ * freed); a step's data replaced by a copy of p[0..n) (-1 when out of
+ * memory). Call rp_session_renumber() after. */
+struct rp_step *rp_steps_insert(struct rp_session *s, size_t at, size_t n);
+void rp_step_remove(struct rp_session *s, size_t at);
+int rp_step_set_data(struct rp_step *st, const void *p, size_t n);
+
 #endif

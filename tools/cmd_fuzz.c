@@ -5,6 +5,8 @@
 #include "replay_cli.h"
 #include "tool.h"
 
+#include "wsrr/rules.h"
+
 #include <openssl/rand.h>
 #include <signal.h>
 #include <stdio.h>
@@ -58,6 +60,10 @@ static const char usage[] =
     "                       ours is a failure too\n"
     "  --divergence         a differing answer is a failure too (see above; use\n"
     "                       --ignore for fields that change every run)\n"
+    "  --rules FILE         apply a rules file (docs/rules.md) to every run's\n"
+    "                       client traffic after its mutations, as `wsrr replay\n"
+    "                       --rules` does; the faults are listed per run in the\n"
+    "                       trace and in a case's JSON. The file needs a seed\n"
     "  --quiet-wait MS      how long to wait for a server message that a changed\n"
     "                       request may never get before going on: MS (default\n"
     "                       100) plus twice what the server took for it when\n"
@@ -116,6 +122,7 @@ static int run_fuzz(int argc, char **argv)
         {"strict", no_argument, NULL, 'x'},
         {"divergence", no_argument, NULL, 'D'},
         {"quiet-wait", required_argument, NULL, 'q'},
+        {"rules", required_argument, NULL, 'L'},
         {"trace", required_argument, NULL, 'r'},
         {"no-redact", no_argument, NULL, 'U'},
         {"json", no_argument, NULL, 'j'},
@@ -188,6 +195,25 @@ static int run_fuzz(int argc, char **argv)
                 return tool_usage_error("fuzz", "--quiet-wait %s: expected 1..600000 ms", optarg);
             break;
         case 'r': fo.trace = optarg; break;
+        case 'L': {
+            char err[512];
+            struct wsrr_rules *rs = wsrr_rules_load(optarg, err, sizeof(err));
+            if (!rs)
+                return tool_fail("fuzz", EXIT_BAD_INPUT, "--rules %s", err);
+            if (!rs->seed_given) { /* the same faults in every run, and next time */
+                wsrr_rules_free(rs);
+                return tool_usage_error("fuzz",
+                                        "--rules %s: give a \"seed\" in the file "
+                                        "(the faults must be the same in every run)",
+                                        optarg);
+            }
+            char *text = wsrr_rules_to_json(rs);
+            wsrr_rules_free(rs);
+            if (!text)
+                return tool_fail("fuzz", EXIT_BAD_INPUT, "out of memory");
+            fo.rules_text = text; /* lives until exit */
+            break;
+        }
         case 'U': fo.redact = false; break;
         case 'j': fo.json = true; break;
         case 'v': cli.o.log = stderr; break;

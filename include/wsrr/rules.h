@@ -224,4 +224,19 @@ int wsrr_rules_on_message(struct wsrr_rules *rs, struct wsrr_rules_conn *rc,
  * traffic with the same seed draws the same numbers, whatever else flows. */
 double wsrr_rules_draw(uint64_t seed, const char *rule, uint64_t conn, int dir, uint64_t nth);
 
+/* ---- actions shared by the proxy and replay ---- */
+
+/* replace with {"set": {PATH: value}, "remove": [PATH]}: p[0..n) as JSON with
+ * the edits made (dotted paths, digits index arrays; set creates missing
+ * objects on the way), printed compactly; malloc'd (cJSON's allocator), NULL
+ * when p is not JSON. */
+char *wsrr_json_edit(const uint8_t *p, size_t n, const struct cJSON *edit);
+
+/* corrupt: change `count` bytes of p[0..n): with keep_valid, ASCII letters of
+ * a text message become other letters (the UTF-8 stays valid), any byte of a
+ * binary one changes; the positions come from wsrr_rules_draw() (seed, rule,
+ * conn, dir, nth) and are appended to positions (a cJSON array, or NULL). */
+void wsrr_corrupt(uint8_t *p, size_t n, uint64_t count, bool text, bool keep_valid, uint64_t seed,
+                  const char *rule, uint64_t conn, int dir, uint64_t nth, struct cJSON *positions);
+
 #endif

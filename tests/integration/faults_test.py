@@ -2094,7 +2094,7 @@ def main():
                 p.proc.kill()
                 p.proc.wait()
         shutil.rmtree(TMP, ignore_errors=True)
-    print("%d failures in %d tests (%.1f s)%s" % (len(failures), len(failed),
+    print("%d failures, %d tests failed (%.1f s)%s" % (len(failures), len(failed),
                                                    time.monotonic() - t_all,
                                                    ": " + " ".join(failed) if failed else ""))
     return 1 if failures else 0

@@ -203,19 +203,32 @@ async def test_shrink():
 async def test_same_seed():
     port = free_port()
     traces = []
+    # a rules file on top (its faults are part of what must repeat)
+    rules = os.path.join(TMP, "seed-rules.json")
+    with open(rules, "w") as f:
+        json.dump({"seed": 5, "rules": [
+            {"name": "half-the-results", "action": {"drop": {}},
+             "match": {"direction": "client", "json": {"type": "tool_result"},
+                       "probability": 0.5}}]}, f)
     for i, seed in enumerate(("42", "42", "43")):
         tr = os.path.join(TMP, "trace-%d.jsonl" % i)
         rc, out, err = wsrr("fuzz", SEQ, "--target", "ws://127.0.0.1:%d" % port,
                             "--server-cmd", race_cmd(port, fixed=True),
                             "--out", os.path.join(TMP, "seed-%d" % i), "--runs", "25",
-                            "--seed", seed, "--no-feedback", "--trace", tr, "--quiet-wait", "50")
+                            "--seed", seed, "--no-feedback", "--trace", tr, "--quiet-wait", "50",
+                            "--rules", rules)
         check(rc in (0, 1), "fuzz ran: %d %s" % (rc, err[-300:]))
-        traces.append([(json.loads(l)["run"], json.dumps(json.loads(l)["mutations"]))
+        traces.append([(json.loads(l)["run"], json.dumps(json.loads(l)["mutations"]),
+                        json.dumps(json.loads(l).get("rules")))
                        for l in open(tr)])
+    fired = [json.loads(r) for _, _, r in traces[0] if r != "null" and json.loads(r)]
+    check(len(fired) >= 5 and all(f["rule"] == "half-the-results" and f["action"] == "drop"
+                                  for run in fired for f in run),
+          "--rules: its faults listed in the trace, in most runs: %d of 25" % len(fired))
     check(len(traces[0]) == 25, "a trace line per run: %d" % len(traces[0]))
     check(traces[0] == traces[1], "the same seed, the same mutations run by run")
     check(traces[0] != traces[2], "another seed, other mutations")
-    ops = {m["op"].split(".")[0] for _, ms in traces[0] for m in json.loads(ms)}
+    ops = {m["op"].split(".")[0] for _, ms, _ in traces[0] for m in json.loads(ms)}
     check(ops == {"json", "frame", "sched"}, "all three families by default: %r" % ops)
 
 
@@ -376,6 +389,18 @@ async def test_bad_usage():
     rc, out, err = wsrr("fuzz", junk, "--target", "ws://127.0.0.1:1", "--out", TMP, "--runs", "5")
     check(rc == 2 and "junk.wsrr" in err and len(err.strip().splitlines()) == 1,
           "a bad capture: one line, exit 2: %s" % err)
+    # --rules: a file without a seed, and a bad one, refused
+    noseed = os.path.join(TMP, "noseed.json")
+    with open(noseed, "w") as f:
+        f.write('{"rules": [{"name": "d", "match": {"nth": 2}, "action": {"drop": {}}}]}')
+    rc, out, err = wsrr("fuzz", SEQ, "--target", "ws://127.0.0.1:1", "--out", TMP, "--runs", "5",
+                        "--rules", noseed)
+    check(rc == 2 and "seed" in err, "--rules without a seed refused: %s" % err)
+    with open(noseed, "w") as f:
+        f.write('{"seed": 1, "rules": [{"name": "d", "match": {"nht": 2}, "action": {"drop": {}}}]}')
+    rc, out, err = wsrr("fuzz", SEQ, "--target", "ws://127.0.0.1:1", "--out", TMP, "--runs", "5",
+                        "--rules", noseed)
+    check(rc == 2 and "rule 'd'" in err and "nht" in err, "a bad rules file named: %s" % err)
     # nothing listens: the fuzz stops and says so
     rc, out, err = wsrr("fuzz", SEQ, "--target", "ws://127.0.0.1:%d" % port, "--out",
                         os.path.join(TMP, "down"), "--runs", "100")
