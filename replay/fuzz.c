@@ -315,11 +315,12 @@ static bool chain_changes_content(const cJSON *chain)
             if (cJSON_IsString(op) && strncmp(op->valuestring, "sched.", 6))
                 return true;
         }
+        if (cJSON_GetObjectItemCaseSensitive(gen, "rules_changed_content"))
+            return true; /* --rules */
     }
     return false;
 }
 
-/* mutations since the capture */
 /* The bytes a session sends and expects. */
 static size_t payload_bytes(const struct rp_session *s)
 {
@@ -339,6 +340,7 @@ static size_t pick_entry(const struct fuzz *F, struct fz_rng *g)
     return F->corpus[b].ns < F->corpus[a].ns ? b : a;
 }
 
+/* mutations since the capture */
 static int chain_length(const cJSON *chain)
 {
     int n = 0;
@@ -643,15 +645,19 @@ static bool out_of_budget(const struct fuzz *F)
 
 /* --rules: the rules applied to a run's session (parsed anew: the limits
  * and after_rule count per run); the faults are listed in the run's entry
- * of its chain. How many, or -1 (out of memory). */
+ * of its chain. How many changed what the client sends (not only when),
+ * or -1 (out of memory). */
 static int apply_rules(const char *text, struct rp_session *s, cJSON *step)
 {
     char err[256]; /* it parsed when it was loaded */
     struct wsrr_rules *rs = wsrr_rules_parse(text, strlen(text), err, sizeof(err));
     cJSON *log = cJSON_AddArrayToObject(step, "rules");
-    int n = rs && log ? rp_rules_apply(s, rs, log) : -1;
+    int changed = 0;
+    int n = rs && log ? rp_rules_apply(s, rs, log, &changed) : -1;
     wsrr_rules_free(rs);
-    return n;
+    if (changed > 0)
+        cJSON_AddTrueToObject(step, "rules_changed_content");
+    return n < 0 ? -1 : changed;
 }
 
 struct worker_arg {
@@ -713,14 +719,16 @@ static void *worker(void *arg)
         cJSON *muts = cJSON_AddArrayToObject(step, "mutations");
         cJSON_AddItemToArray(chain, step);
         int applied = fz_mutate(s, &g, o->families, o->max_mutations, muts);
-        int faults = applied >= 0 && o->rules_text ? apply_rules(o->rules_text, s, step) : 0;
-        if (faults < 0)
-            applied = -1;
-        /* what runs: s, or with --jobs a copy of it with this worker's
-         * users and ids (the corpus keeps s) */
+        /* what runs: s, or a copy of it with --rules' faults and, with
+         * --jobs, this worker's users and ids (the corpus keeps s) */
         struct rp_session *iso = NULL;
-        if (applied >= 0 && idx > 0 && (!(iso = rp_session_clone(s)) || fz_isolate(iso, idx) < 0))
-            applied = -1;
+        int faults = 0;
+        if (applied >= 0 && (idx > 0 || o->rules_text)) {
+            if (!(iso = rp_session_clone(s)) || (idx > 0 && fz_isolate(iso, idx) < 0))
+                applied = -1;
+            else if (o->rules_text && (faults = apply_rules(o->rules_text, iso, step)) < 0)
+                applied = -1;
+        }
         const struct rp_session *rs = iso ? iso : s;
         struct seen v = {.nc = s->nconns, .t0 = wsrr_now_ns()};
         v.c = calloc(s->nconns ? s->nconns : 1, sizeof(*v.c));
@@ -735,7 +743,7 @@ static void *worker(void *arg)
             snprintf(err, sizeof(err), "out of memory");
         struct fz_failure fl[32];
         size_t nf = 0;
-        bool content = iso || faults > 0 || chain_changes_content(chain); /* iso: names */
+        bool content = idx > 0 || faults > 0 || chain_changes_content(chain); /* idx: names */
         if (rc == 0) {
             nf = fz_failures(rs, &res, content, o->strict, o->divergence, fl, 32);
             end_features(&v, &res);

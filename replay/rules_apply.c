@@ -45,6 +45,12 @@ static cJSON *note(cJSON *log, const struct wsrr_rule *r, const struct rp_sessio
     return e;
 }
 
+static void add_pause(struct rp_step *st, uint64_t us)
+{
+    uint64_t t = (uint64_t)st->pause_us + us;
+    st->pause_us = (uint32_t)(t < UINT32_MAX ? t : UINT32_MAX);
+}
+
 /* The request path of a recorded upgrade, without the query. */
 static void conn_open(struct wsrr_rules *rs, const struct rp_conn *c, struct rconn_state *cs)
 {
@@ -99,14 +105,15 @@ static void end_here(struct rp_session *s, size_t i)
 /* An action on the client message at *i. Returns 1 applied, 0 skipped
  * (logged why), -1 out of memory; *i is left on the last step it made. */
 static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
-                      const struct wsrr_rule *r, struct rconn_state *cs, cJSON *log)
+                      const struct wsrr_rule *r, struct rconn_state *cs, cJSON *log,
+                      bool *timing_only)
 {
     struct rp_step *st = &s->steps[*i];
     const struct wsrr_action *a = &r->action;
     bool text = st->opcode == WSRR_OP_TEXT;
-    double draw = wsrr_rules_draw(rs->seed ^ 0x6a09e667f3bcc909ull, r->name, cs->ordinal,
-                                  WSRR_DIR_C2S, cs->nth[WSRR_DIR_C2S]);
     cJSON *e = NULL;
+    *timing_only =
+        a->kind == WSRR_ACT_DELAY || a->kind == WSRR_ACT_STALL || a->kind == WSRR_ACT_LATENCY;
     if (!st->fin && a->kind != WSRR_ACT_DELAY) {
         note(log, r, s, st, WSRR_DIR_C2S, "a message in fragments: only whole ones are changed");
         return 0;
@@ -117,9 +124,14 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
         rp_step_remove(s, *i);
         (*i)--; /* the caller moves on to what followed */
         return e ? 1 : -1;
-    case WSRR_ACT_DELAY: {
-        uint64_t ms = a->ms + (uint64_t)(draw * (double)a->jitter_ms);
-        st->pause_us += (uint32_t)(ms * 1000 < UINT32_MAX ? ms * 1000 : UINT32_MAX);
+    case WSRR_ACT_DELAY: { /* ms +- jitter, drawn as the proxy draws it */
+        uint64_t j = a->jitter_ms
+                         ? (uint64_t)(wsrr_rules_draw(rs->seed, r->name, cs->ordinal, WSRR_DIR_C2S,
+                                                      cs->nth[WSRR_DIR_C2S]) *
+                                      (double)(2 * a->jitter_ms))
+                         : 0;
+        uint64_t ms = a->ms + j > a->jitter_ms ? a->ms + j - a->jitter_ms : 0;
+        add_pause(st, ms * 1000);
         e = note(log, r, s, st, WSRR_DIR_C2S, NULL);
         if (e)
             cJSON_AddNumberToObject(e, "ms", (double)ms);
@@ -132,6 +144,7 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
                 return -1;
             *n = s->steps[*i]; /* every field, and a copy of the data */
             n->data = NULL;
+            n->pause_us = 0; /* right after it */
             if (rp_step_set_data(n, s->steps[*i].data, s->steps[*i].len) < 0)
                 return -1;
             (*i)++;
@@ -149,7 +162,13 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
             note(log, r, s, st, WSRR_DIR_C2S, "fewer client messages follow than it holds for");
             return 0;
         }
+        /* not between the frames of the last one */
+        for (bool fin = s->steps[j - 1].fin; !fin && j < s->nsteps; j++)
+            if (s->steps[j].conn == st->conn && s->steps[j].kind == RP_SEND &&
+                s->steps[j].opcode == WSRR_OP_CONT)
+                fin = s->steps[j].fin;
         struct rp_step held = *st;
+        held.decided = true; /* not decided again where it lands */
         memmove(&s->steps[*i], &s->steps[*i + 1], (j - *i - 1) * sizeof(*st));
         s->steps[j - 1] = held;
         e = note(log, r, s, &held, WSRR_DIR_C2S, NULL);
@@ -163,15 +182,18 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
                      e ? cJSON_AddArrayToObject(e, "positions") : NULL);
         st->invalid = st->invalid || !a->flag;
         break;
-    case WSRR_ACT_TRUNCATE:
-        if (st->len > a->count) {
-            size_t n = (size_t)a->count;
-            while (text && n && (st->data[n] & 0xC0) == 0x80) /* not inside a character */
-                n--;
-            st->len = n;
+    case WSRR_ACT_TRUNCATE: {
+        if (st->len <= a->count) {
+            note(log, r, s, st, WSRR_DIR_C2S, "no longer than that already");
+            return 0;
         }
+        size_t n = (size_t)a->count;
+        while (text && n && (st->data[n] & 0xC0) == 0x80) /* not inside a character */
+            n--;
+        st->len = n;
         e = note(log, r, s, st, WSRR_DIR_C2S, NULL);
         break;
+    }
     case WSRR_ACT_FRAGMENT: {
         size_t k = a->count > 1 ? (size_t)a->count : 2, n = st->len, per = n / k ? n / k : 1;
         if (!st->fin || st->opcode >= 8 || n < 2) {
@@ -215,7 +237,8 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
         } else {
             if (rp_step_set_data(st, a->text, a->text_len) < 0)
                 return -1;
-            st->opcode = a->binary ? WSRR_OP_BINARY : WSRR_OP_TEXT;
+            if (a->binary && st->opcode < 8) /* else the message keeps its opcode */
+                st->opcode = WSRR_OP_BINARY;
         }
         e = note(log, r, s, st, WSRR_DIR_C2S, NULL);
         break;
@@ -230,11 +253,15 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
         e = note(log, r, s, &s->steps[a->flag ? *i : *i - 1], WSRR_DIR_C2S, NULL);
         break;
     case WSRR_ACT_PING_STORM:
+        if (a->to == WSRR_TO_CLIENT) {
+            note(log, r, s, st, WSRR_DIR_C2S, "towards the client: replay is the client");
+            return 0;
+        }
         for (uint64_t k = 0; k < (a->count ? a->count : 10); k++) {
             struct rp_step *p = add_send(s, *i + 1, st, WSRR_OP_PING, true, "wsrr", 4);
             if (!p)
                 return -1;
-            p->pause_us = (uint32_t)(a->ms * 1000);
+            add_pause(p, a->ms * 1000);
             st = &s->steps[*i]; /* the array may have moved */
             (*i)++;
         }
@@ -269,10 +296,12 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
             note(log, r, s, st, WSRR_DIR_C2S, "a stall for ever: nothing to replay after it");
             return 0;
         }
-        if (a->kind == WSRR_ACT_LATENCY)
-            cs->latency_us += a->ms * 1000; /* this message and the later ones */
-        else
-            st->pause_us += (uint32_t)(a->ms * 1000);
+        if (a->kind == WSRR_ACT_LATENCY) { /* this message and the later ones */
+            cs->latency_us += a->ms * 1000;
+            add_pause(st, a->ms * 1000);
+        } else {
+            add_pause(st, a->ms * 1000);
+        }
         e = note(log, r, s, st, WSRR_DIR_C2S, NULL);
         break;
     default:
@@ -314,30 +343,33 @@ static int act_server(struct rp_session *s, size_t *i, const struct wsrr_rule *r
     return note(log, r, s, &like, WSRR_DIR_S2C, NULL) ? 1 : -1;
 }
 
-int rp_rules_apply(struct rp_session *s, struct wsrr_rules *rs, cJSON *log)
+int rp_rules_apply(struct rp_session *s, struct wsrr_rules *rs, cJSON *log, int *changed)
 {
     struct rconn_state *cs = calloc(s->nconns ? s->nconns : 1, sizeof(*cs));
     if (!cs)
         return -1;
-    uint64_t opened = 0;
     int applied = 0;
+    *changed = 0;
     for (size_t i = 0; i < s->nsteps && applied >= 0; i++) {
         struct rp_step *st = &s->steps[i];
         struct rconn_state *c = &cs[st->conn];
+        if (st->decided) /* a held message where it landed: done */
+            continue;
         if (!c->ordinal) {
-            c->ordinal = ++opened;
+            c->ordinal = s->conns[st->conn].id; /* the proxy's connection number */
             c->open_ts = st->ts;
             conn_open(rs, &s->conns[st->conn], c);
         }
         if (st->kind == RP_SEND || st->kind == RP_HANGUP)
-            st->pause_us += (uint32_t)c->latency_us;
+            add_pause(st, c->latency_us);
         bool client = st->kind == RP_SEND;
-        if ((!client && st->kind != RP_MESSAGE) || st->opcode == WSRR_OP_CONT || !c->rc)
+        if ((!client && st->kind != RP_MESSAGE && st->kind != RP_CLOSE) ||
+            st->opcode == WSRR_OP_CONT || !c->rc)
             continue;
         int dir = client ? WSRR_DIR_C2S : WSRR_DIR_S2C;
         struct wsrr_msg_info m = {
             .dir = dir,
-            .opcode = st->opcode,
+            .opcode = st->kind == RP_CLOSE ? WSRR_OP_CLOSE : st->opcode,
             .nth = ++c->nth[dir],
             .payload = st->data ? st->data : (const uint8_t *)"",
             .len = st->len,
@@ -346,10 +378,15 @@ int rp_rules_apply(struct rp_session *s, struct wsrr_rules *rs, cJSON *log)
         int k = wsrr_rules_on_message(rs, c->rc, &m);
         if (k < 0)
             continue;
-        int rc = client ? act_client(s, &i, rs, &rs->rules[k], c, log)
+        bool timing_only = true;
+        int rc = client ? act_client(s, &i, rs, &rs->rules[k], c, log, &timing_only)
                         : act_server(s, &i, &rs->rules[k], log);
         applied = rc < 0 ? -1 : applied + rc;
+        if (rc > 0 && (!client || !timing_only))
+            (*changed)++;
     }
+    for (size_t i = 0; i < s->nsteps; i++)
+        s->steps[i].decided = false;
     for (size_t i = 0; i < s->nconns; i++)
         wsrr_rules_conn_free(cs[i].rc);
     free(cs);

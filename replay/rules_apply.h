@@ -20,7 +20,15 @@ struct wsrr_rules;
  * affect the server's side (bandwidth, slicer, half_close, reject...) are
  * logged as not applicable. Each firing is appended to log (a cJSON array,
  * or NULL): {"rule", "action", "conn", "seq", "dir"} and "skipped": why.
- * Returns the faults applied, or -1 (out of memory: s unusable). */
-int rp_rules_apply(struct rp_session *s, struct wsrr_rules *rs, struct cJSON *log);
+ * Returns the faults applied, or -1 (out of memory: s unusable); *changed:
+ * how many of them changed what the client sends (not only when).
+ *
+ * Counting as the proxy does, with what a session holds: every client frame
+ * that starts a message or is a control frame on its own, and every server
+ * data message and close (a session keeps no server ping or pong, nor the
+ * client's automatic pongs and close replies). A message in fragments is
+ * counted at its first frame, seen by the rules as that frame's payload,
+ * and only delayed. */
+int rp_rules_apply(struct rp_session *s, struct wsrr_rules *rs, struct cJSON *log, int *changed);
 
 #endif

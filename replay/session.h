@@ -45,6 +45,7 @@ struct rp_step {
     uint32_t pause_us; /* client steps: wait this long first (fuzz's delays), in us */
     bool invalid;      /* SEND: made invalid on purpose (fuzz): the server may end the
                           transport without a close frame (RFC 6455 7.1.7) */
+    bool decided;      /* --rules: held back by a reorder, already decided */
     bool burst;        /* client steps: part of what fuzz made happen at once (a
                           connection storm): no --gap before it or after it */
 };

@@ -7,6 +7,7 @@
 
 #include "wsrr/rules.h"
 
+#include <cjson/cJSON.h>
 #include <openssl/rand.h>
 #include <signal.h>
 #include <stdio.h>
@@ -79,6 +80,15 @@ static const char usage[] =
     "\n"
     "Exit status: 0 no failure found; 1 failures found; 2 bad usage, a capture\n"
     "that cannot be read, or a server that cannot be started.\n";
+
+/* --rules, as a document: read by every run, freed at exit */
+static char *rules_text;
+
+static void free_rules_text(void)
+{
+    cJSON_free(rules_text);
+    rules_text = NULL;
+}
 
 static int run_fuzz(int argc, char **argv);
 
@@ -207,11 +217,13 @@ static int run_fuzz(int argc, char **argv)
                                         "(the faults must be the same in every run)",
                                         optarg);
             }
-            char *text = wsrr_rules_to_json(rs);
+            cJSON_free(rules_text);
+            rules_text = wsrr_rules_to_json(rs);
             wsrr_rules_free(rs);
-            if (!text)
+            if (!rules_text)
                 return tool_fail("fuzz", EXIT_BAD_INPUT, "out of memory");
-            fo.rules_text = text; /* lives until exit */
+            atexit(free_rules_text);
+            fo.rules_text = rules_text;
             break;
         }
         case 'U': fo.redact = false; break;

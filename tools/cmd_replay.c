@@ -314,14 +314,16 @@ static char *take_text(struct evbuffer *b)
 }
 
 /* --rules: the faults the rules make in the client's traffic of s, listed
- * (and in the JSON report). How many, or -1 (the error listed). */
+ * (and in the JSON report). How many changed what the client sends (not
+ * only when), or -1 (the error listed). */
 static int apply_rules(struct job *j, struct sink *k, const char *path, struct rp_session *s,
                        cJSON *jcap)
 {
     char err[512];
     struct wsrr_rules *rs = wsrr_rules_load(j->rules, err, sizeof(err));
     cJSON *log = cJSON_CreateArray();
-    int n = rs && log ? rp_rules_apply(s, rs, log) : -1;
+    int changed = 0;
+    int n = rs && log ? rp_rules_apply(s, rs, log, &changed) : -1;
     if (!rs)
         say(k, "%s: %s\n", path, err);
     for (const cJSON *e = log ? log->child : NULL; e; e = e->next) {
@@ -339,7 +341,7 @@ static int apply_rules(struct job *j, struct sink *k, const char *path, struct r
     else
         cJSON_Delete(log);
     wsrr_rules_free(rs);
-    return n;
+    return n < 0 ? -1 : changed;
 }
 
 /* Replay capture i repeat times; its report goes to standard output at once
@@ -363,6 +365,18 @@ static void replay_one(struct job *j, size_t i)
     cJSON *jcap = j->json ? cJSON_CreateObject() : NULL;
     cJSON *jruns = jcap ? cJSON_AddArrayToObject(jcap, "runs") : NULL;
     int faults = j->rules ? apply_rules(j, &k, path, s, jcap) : 0;
+    if (faults < 0) {
+        char e2[600];
+        snprintf(e2, sizeof(e2), "%s: --rules %s: could not be applied", path, j->rules);
+        c->err = strdup(e2);
+        cJSON_Delete(jcap);
+        if (k.text)
+            evbuffer_free(k.text);
+        if (k.all)
+            evbuffer_free(k.all);
+        rp_session_free(s);
+        return;
+    }
     uint64_t t0 = wsrr_now_ns();
     unsigned hits = 0; /* runs that reproduced, or that failed (--check) */
     for (unsigned run = 1; run <= j->repeat; run++) {

@@ -844,7 +844,7 @@ async def test_rules():
     port = server.sockets[0].getsockname()[1]
     cap = os.path.join(TMP, "rules.wsrr")
     px = proxy(port, cap)
-    for path in ("/a", "/b"):
+    for path in ("/a", "/b", "/c"):
         async with websockets.connect("ws://127.0.0.1:%s%s" % (px.m.group(1), path),
                                       ping_interval=None) as ws:
             for n in range(1, 5):
@@ -868,6 +868,10 @@ async def test_rules():
              "action": {"duplicate": {"times": 2}}},
             {"name": "reset-b", "match": {"path": "/b", "direction": "server", "nth": 1},
              "action": {"reset": {"to": "server"}}},
+            {"name": "swap-c", "match": {"path": "/c", "direction": "client", "nth": 1},
+             "action": {"reorder": {}}},
+            {"name": "every-c", "match": {"path": "/c", "direction": "client", "nth": 4},
+             "action": {"reorder": {}}},
         ]}, f)
     del GOT[:]
     rc, out, err = await wsrr("replay", cap, "--target", "ws://127.0.0.1:%d" % port,
@@ -883,11 +887,16 @@ async def test_rules():
     check(b[:2] == [{"type": "step", "n": 1, "secret_sauce": "x"}] * 2 and
           b[2:] in (["ended abnormally"], [b[0], "ended abnormally"]),
           "/b: message 1 three times, then a reset after the first answer: %r" % b)
+    c = [m["n"] for p, m in [(p, json.loads(m)) for p, m in GOT if p == "/c" and
+                                  m.startswith("{")]]
+    check(c == [2, 1, 3, 4], "/c: message 1 held until message 2 went; message 4 has none "
+          "after it to wait for: %r" % c)
     j = json.loads(out.splitlines()[0]) if out.strip() else {}
     rules_fired = [(f["rule"], f["action"]) for f in j.get("faults", [])]
     check(rc == 0 and rules_fired == [("edit-1", "replace"), ("drop-2", "drop"),
                                       ("inject-3", "inject"), ("bye-4", "close"),
-                                      ("dup-b", "duplicate"), ("reset-b", "reset")],
+                                      ("dup-b", "duplicate"), ("reset-b", "reset"),
+                                      ("swap-c", "reorder"), ("every-c", "reorder")],
           "every fault listed, in order, and the run is not a failure (%d): %r %s"
           % (rc, rules_fired, err[-300:]))
     # the same rules again: the same faults (the decisions depend on the seed and ordinals)
