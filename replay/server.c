@@ -103,6 +103,7 @@ static int spawn(struct fz_server *sv, char *err, size_t errlen)
         return -1;
     }
     dprintf(fd, "---- wsrr: start %u: %s\n", sv->starts + 1, sv->cmd);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         close(fd);
@@ -111,6 +112,15 @@ static int spawn(struct fz_server *sv, char *err, size_t errlen)
     }
     if (pid == 0) {
         setpgid(0, 0);
+        /* wsrr killed (SIGKILL, an abort) takes the server along: no
+         * server left running on the port. The signal follows the thread
+         * that forked (a fuzz worker lives until the end, when the server
+         * is stopped anyway); with `exec` in CMD the server is this
+         * process, else the shell (its children are the group's, stopped
+         * with it). */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(127); /* gone already, between fork and prctl */
         int devnull = open("/dev/null", O_RDONLY);
         if (devnull >= 0)
             dup2(devnull, 0);

@@ -416,8 +416,41 @@ async def test_bad_usage():
     check(rc == 1 and "nothing to shrink" in err, "shrink of a passing capture: %d %s" % (rc, err))
 
 
+def accepting(port):
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+async def test_killed_takes_server():
+    """wsrr fuzz killed with SIGKILL: the server it started goes too (no
+    server left on the port for the next run to find)."""
+    port = free_port()
+    fz = subprocess.Popen([WSRR, "fuzz", SEQ, "--target", "ws://127.0.0.1:%d" % port,
+                           "--server-cmd", race_cmd(port, fixed=True), "--out",
+                           os.path.join(TMP, "killed"), "--time", "60", "--jobs", "2"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not accepting(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        check(accepting(port), "the server started")
+        time.sleep(1)  # some runs, and maybe a restart from a worker
+    finally:
+        fz.kill()
+        fz.wait()
+    deadline = time.monotonic() + 5
+    while accepting(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    check(not accepting(port), "the server went with wsrr")
+
+
 TESTS = [test_race_bugs, test_shrink, test_same_seed, test_server_crash_and_sanitizer,
-         test_frame_mutations_on_the_wire, test_demo_backend, test_bad_usage]
+         test_frame_mutations_on_the_wire, test_demo_backend, test_bad_usage,
+         test_killed_takes_server]
 
 
 def main():
