@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <openssl/rand.h>
 #include <event2/buffer.h>
 #include <pthread.h>
 #include <signal.h>
@@ -61,9 +62,11 @@ static const char usage[] =
     "                       sends, as the proxy would: messages dropped, delayed,\n"
     "                       duplicated, reordered, corrupted, truncated,\n"
     "                       fragmented, replaced, frames injected, a close or a\n"
-    "                       reset instead; each fault applied is listed. Server\n"
-    "                       messages the changed traffic does not get are waited\n"
-    "                       for 100 ms; a differing answer is then not a failure\n"
+    "                       reset instead; each fault applied is listed. A server\n"
+    "                       message the changed traffic does not get is waited\n"
+    "                       for 100 ms plus twice its recorded time; a differing\n"
+    "                       answer is then not a failure. No seed in the file: a\n"
+    "                       random one, printed\n"
     "  --record OUT         write the runs' own traffic to the capture OUT (every\n"
     "                       run's connections, numbered on; secrets redacted\n"
     "                       unless --no-redact); --force replaces OUT\n"
@@ -293,8 +296,9 @@ struct job {
     const char *const *secrets;
     size_t nsecrets;
     bool reproduce, verbose, json, stream;
-    const char *rules;  /* --rules FILE: applied to each capture (fresh counters) */
-    uint32_t conn_base; /* --record: ids used by the runs so far */
+    const char *rules;   /* --rules FILE: applied to each capture (fresh counters) */
+    uint64_t rules_seed; /* ... its seed when the file gives none */
+    uint32_t conn_base;  /* --record: ids used by the runs so far */
     unsigned repeat;
     uint64_t shard_k, shard_n;
     struct junit_case *cases;
@@ -321,6 +325,8 @@ static int apply_rules(struct job *j, struct sink *k, const char *path, struct r
 {
     char err[512];
     struct wsrr_rules *rs = wsrr_rules_load(j->rules, err, sizeof(err));
+    if (rs && !rs->seed_given)
+        rs->seed = j->rules_seed;
     cJSON *log = cJSON_CreateArray();
     int changed = 0;
     int n = rs && log ? rp_rules_apply(s, rs, log, &changed) : -1;
@@ -467,6 +473,7 @@ static int run_replay(int argc, char **argv)
     bool force = false, redact = true;
     bool reproduce = false, verbose = false, json = false;
     const char *junit = NULL, *rules = NULL;
+    uint64_t rules_seed = 0; /* for a rules file without one */
     uint64_t repeat = 1, v;
     int opt;
     while ((opt = tool_getopt(&verb_replay, argc, argv, "t:H:vh", longopts)) != -1) {
@@ -500,6 +507,15 @@ static int run_replay(int argc, char **argv)
             struct wsrr_rules *rs = wsrr_rules_load(optarg, err, sizeof(err));
             if (!rs)
                 return tool_fail("replay", EXIT_BAD_INPUT, "--rules %s", err);
+            if (!rs->seed_given) { /* as the proxy: a random one, said so it can be repeated */
+                if (RAND_bytes((unsigned char *)&rules_seed, sizeof(rules_seed)) != 1)
+                    rules_seed = wsrr_now_ns();
+                rules_seed &= (1ull << 53) - 1; /* exact in JSON */
+                fprintf(stderr,
+                        "wsrr replay: --rules %s has no seed: %llu (give \"seed\": %llu in the "
+                        "file for the same faults again)\n",
+                        optarg, (unsigned long long)rules_seed, (unsigned long long)rules_seed);
+            }
             wsrr_rules_free(rs);
             rules = optarg;
             break;
@@ -563,6 +579,7 @@ static int run_replay(int argc, char **argv)
                     .verbose = verbose,
                     .json = json,
                     .rules = rules,
+                    .rules_seed = rules_seed,
                     .repeat = (unsigned)repeat,
                     .shard_k = shard_k,
                     .shard_n = shard_n,

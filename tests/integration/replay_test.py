@@ -904,6 +904,14 @@ async def test_rules():
                               "--rules", rules, "--json")
     j2 = json.loads(out2.splitlines()[0]) if out2.strip() else {}
     check(j2.get("faults") == j.get("faults"), "the same faults twice: %r" % j2.get("faults"))
+    noseed = os.path.join(TMP, "noseed-rules.json")
+    with open(noseed, "w") as f:
+        json.dump({"rules": [{"name": "d", "match": {"path": "/a", "nth": 2},
+                              "action": {"drop": {}}}]}, f)
+    rc, out, err = await wsrr("replay", cap, "--target", "ws://127.0.0.1:%d" % port,
+                              "--rules", noseed)
+    check(rc == 0 and re.search(r"has no seed: \d+", err) and "rule d: drop" in out,
+          "a rules file without a seed: one picked and printed (%d): %r %r" % (rc, out, err))
     bad = os.path.join(TMP, "bad-rules.json")
     with open(bad, "w") as f:
         f.write('{"rules": [{"name": "x", "match": {"nth": -1}, "action": {"drop": {}}}]}')
