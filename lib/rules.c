@@ -1058,6 +1058,21 @@ struct wsrr_rules *wsrr_rules_load(const char *path, char *err, size_t errlen)
 
 /* ---- actions shared by the proxy and replay ---- */
 
+uint64_t wsrr_rules_jitter(uint64_t ms, uint64_t jitter_ms, uint64_t seed, const char *rule,
+                           uint64_t conn, int dir, uint64_t nth)
+{
+    if (!jitter_ms)
+        return ms;
+    uint64_t j = (uint64_t)(wsrr_rules_draw(seed, rule, conn, dir, nth) * (double)(2 * jitter_ms));
+    return ms + j > jitter_ms ? ms + j - jitter_ms : 0;
+}
+
+void wsrr_rules_reset_counts(struct wsrr_rules *rs)
+{
+    for (size_t i = 0; rs && i < rs->count; i++)
+        rs->rules[i].fired = 0;
+}
+
 char *wsrr_json_edit(const uint8_t *p, size_t n, const cJSON *edit)
 {
     cJSON *doc = cJSON_ParseWithLength((const char *)p, n);

@@ -312,13 +312,9 @@ static void out_at(struct conn *c, enum wsrr_dir dir, struct evbuffer *b, uint64
         return;
     }
     if (d->latency_ns) {
-        uint64_t j = 0;
-        if (d->jitter_ns) {
-            double x = wsrr_rules_draw(c->p->rules ? c->p->rules->seed : 0, d->latency_rule, c->id,
-                                       dir, nth);
-            j = (uint64_t)(x * (double)(2 * d->jitter_ns));
-        }
-        uint64_t lat = d->latency_ns + j > d->jitter_ns ? d->latency_ns + j - d->jitter_ns : 0;
+        uint64_t lat =
+            wsrr_rules_jitter(d->latency_ns, d->jitter_ns, c->p->rules ? c->p->rules->seed : 0,
+                              d->latency_rule, c->id, (int)dir, nth);
         if (now + lat > at)
             at = now + lat;
     }
@@ -687,9 +683,6 @@ static void storm_cb(evutil_socket_t fd, short what, void *arg)
         arm(f->storm_timer, wsrr_now_ns() + f->storm_ns);
 }
 
-/* A JSON edit: {"set": {path: value}, "remove": [path]}. Paths are dotted;
- * set creates the objects on the way. Returns the new text or NULL when the
- * payload is not JSON. */
 static void passed(struct conn *c, enum wsrr_dir dir);
 
 static bool ctx_takeover(const struct faults *f, enum wsrr_dir sender)
@@ -782,11 +775,8 @@ static void act_delay(struct firing *x)
 {
     const struct wsrr_action *a = x->a;
     struct unit *u = x->u;
-    uint64_t j = a->jitter_ms
-                     ? (uint64_t)(wsrr_rules_draw(x->seed, x->r->name, x->c->id, u->dir, u->nth) *
-                                  (double)(2 * a->jitter_ms))
-                     : 0;
-    uint64_t ms = a->ms + j > a->jitter_ms ? a->ms + j - a->jitter_ms : 0;
+    uint64_t ms =
+        wsrr_rules_jitter(a->ms, a->jitter_ms, x->seed, x->r->name, x->c->id, u->dir, u->nth);
     cJSON_AddNumberToObject(x->det, "delayed_ms", (double)ms);
     recorded(x);
     pass_unit(x->c, u, x->now + ms_ns(ms));

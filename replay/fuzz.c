@@ -197,9 +197,9 @@ static void end_features(struct seen *v, const struct rp_result *res)
 
 /* ---- recording a run: the saved case ---- */
 
-static int record_run(const struct rp_session *s, const struct rp_opts *base, const char *path,
-                      const char *meta, const struct wsrr_redactor *red, struct rp_result *res,
-                      char *err, size_t errlen)
+int fz_record_run(const struct rp_session *s, const struct rp_opts *base, const char *path,
+                  const char *meta, const struct wsrr_redactor *red, struct rp_result *res,
+                  char *err, size_t errlen)
 {
     struct wsrr_capture_opts co = {.metadata = meta, .overwrite = true, .mode = red ? 0644 : 0600};
     struct wsrr_capture_writer *w = wsrr_capture_writer_open(path, &co, err, errlen);
@@ -421,9 +421,6 @@ static void status_line(struct fuzz *F, bool final)
     fflush(stderr);
 }
 
-/* A failure not seen before: record a run of the session that shows it
- * again (up to 3 tries) as OUT/failure-NNN.wsrr, with what led to it in
- * OUT/failure-NNN.json. Called with the lock held. */
 static struct uniq *find_uniq(struct fuzz *F, const char *sig)
 {
     for (size_t i = 0; i < F->nuniq; i++)
@@ -441,7 +438,8 @@ static bool wanted(struct fuzz *F, const char *sig)
 }
 
 /* A failure not seen before (or seen only flaky): record a run of the
- * session that shows it again (up to 3 tries), alone against the server
+ * session that shows it again, and whose recording shows it again with
+ * plain replay (up to 3 tries), alone against the server
  * (no other run in flight: with --jobs, runs overlap, and a failure one
  * run caused in another must not be saved as that one's), as
  * OUT/failure-NNN.wsrr, with what led to it in OUT/failure-NNN.json.
@@ -500,7 +498,7 @@ static void save_case(struct fuzz *F, const struct rp_session *s, const cJSON *c
     char unchecked[512] = ""; /* why plain replay could not check it */
     for (int attempt = 1; attempt <= 3 && !reproduced && meta; attempt++) {
         struct rp_result res;
-        if (record_run(s, &o->ro, tmp, meta, F->red, &res, err, sizeof(err)) < 0)
+        if (fz_record_run(s, &o->ro, tmp, meta, F->red, &res, err, sizeof(err)) < 0)
             break;
         bool again = false;
         if (f->conn == UINT32_MAX) {
@@ -643,18 +641,15 @@ static bool out_of_budget(const struct fuzz *F)
            (o->runs && F->next_run >= o->runs) || (o->seconds > 0 && elapsed(F) >= o->seconds);
 }
 
-/* --rules: the rules applied to a run's session (parsed anew: the limits
- * and after_rule count per run); the faults are listed in the run's entry
- * of its chain. How many changed what the client sends (not only when),
+/* --rules: the rules applied to a run's session; the faults are listed in
+ * the run's entry of its chain. How many changed what the client sends (not only when),
  * or -1 (out of memory). */
-static int apply_rules(const char *text, struct rp_session *s, cJSON *step)
+static int apply_rules(struct wsrr_rules *rs, struct rp_session *s, cJSON *step)
 {
-    char err[256]; /* it parsed when it was loaded */
-    struct wsrr_rules *rs = wsrr_rules_parse(text, strlen(text), err, sizeof(err));
+    wsrr_rules_reset_counts(rs); /* limits and after_rule count per run */
     cJSON *log = cJSON_AddArrayToObject(step, "rules");
     int changed = 0;
-    int n = rs && log ? rp_rules_apply(s, rs, log, &changed) : -1;
-    wsrr_rules_free(rs);
+    int n = log ? rp_rules_apply(s, rs, log, &changed) : -1;
     if (changed > 0)
         cJSON_AddTrueToObject(step, "rules_changed_content");
     return n < 0 ? -1 : changed;
@@ -670,6 +665,10 @@ static void *worker(void *arg)
     struct fuzz *F = ((struct worker_arg *)arg)->F;
     unsigned idx = ((struct worker_arg *)arg)->idx;
     const struct fz_opts *o = F->o;
+    char rerr[256]; /* --rules: parsed once per worker (it parsed when it was loaded) */
+    struct wsrr_rules *rules =
+        o->rules_text ? wsrr_rules_parse(o->rules_text, strlen(o->rules_text), rerr, sizeof(rerr))
+                      : NULL;
     for (;;) {
         pthread_mutex_lock(&F->mu);
         while (F->saving)
@@ -726,7 +725,7 @@ static void *worker(void *arg)
         if (applied >= 0 && (idx > 0 || o->rules_text)) {
             if (!(iso = rp_session_clone(s)) || (idx > 0 && fz_isolate(iso, idx) < 0))
                 applied = -1;
-            else if (o->rules_text && (faults = apply_rules(o->rules_text, iso, step)) < 0)
+            else if (o->rules_text && (!rules || (faults = apply_rules(rules, iso, step)) < 0))
                 applied = -1;
         }
         const struct rp_session *rs = iso ? iso : s;
@@ -830,6 +829,7 @@ static void *worker(void *arg)
             cJSON_Delete(chain);
         }
     }
+    wsrr_rules_free(rules);
     return NULL;
 }
 

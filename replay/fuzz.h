@@ -85,6 +85,14 @@ struct fz_opts {
  * one-line error (nothing could be run). */
 long fz_fuzz(const struct fz_opts *o, char *err, size_t errlen);
 
+/* One run of s recorded to the capture at path (metadata meta, secrets
+ * redacted by red unless NULL): 0 with res, or -1 with err (the run could
+ * not start, the capture could not be written or closed). */
+struct wsrr_redactor;
+int fz_record_run(const struct rp_session *s, const struct rp_opts *base, const char *path,
+                  const char *meta, const struct wsrr_redactor *red, struct rp_result *res,
+                  char *err, size_t errlen);
+
 /* Run the saved case at path `times` times the way `wsrr replay --reproduce`
  * does (plain replay with opts ro: no quiet waits, no pings), the secrets
  * put back; restart sv after a run that made it fail. How many runs

@@ -709,25 +709,29 @@ static bool suffix_values(cJSON *j, bool (*pred)(const char *), const char *suff
     return changed;
 }
 
-/* Every client JSON message of s with the values that pred picks suffixed;
- * 0, or -1 when out of memory. */
+/* A client JSON message with the values that pred picks suffixed; 0, or
+ * -1 when out of memory. */
+static int suffix_step(struct rp_step *st, bool (*pred)(const char *), const char *suffix)
+{
+    if (st->kind != RP_SEND || !is_json_send(st))
+        return 0;
+    cJSON *j = cJSON_ParseWithLength((const char *)st->data, st->len);
+    int rc = 0;
+    if (j && suffix_values(j, pred, suffix, 0)) {
+        char *p = cJSON_PrintUnformatted(j);
+        rc = p && rp_step_set_data(st, p, strlen(p)) == 0 ? 0 : -1;
+        cJSON_free(p);
+    }
+    cJSON_Delete(j);
+    return rc;
+}
+
+/* Every client JSON message of s so; 0, or -1 when out of memory. */
 static int suffix_session(struct rp_session *s, bool (*pred)(const char *), const char *suffix)
 {
-    for (size_t i = 0; i < s->nsteps; i++) {
-        struct rp_step *st = &s->steps[i];
-        if (st->kind != RP_SEND || !is_json_send(st))
-            continue;
-        cJSON *j = cJSON_ParseWithLength((const char *)st->data, st->len);
-        int rc = 0;
-        if (j && suffix_values(j, pred, suffix, 0)) {
-            char *p = cJSON_PrintUnformatted(j);
-            rc = p && rp_step_set_data(st, p, strlen(p)) == 0 ? 0 : -1;
-            cJSON_free(p);
-        }
-        cJSON_Delete(j);
-        if (rc < 0)
+    for (size_t i = 0; i < s->nsteps; i++)
+        if (suffix_step(&s->steps[i], pred, suffix) < 0)
             return -1;
-    }
     return 0;
 }
 
@@ -791,20 +795,11 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
             dst->conn = src->conn + (uint32_t)(c * nc);
             if (c && src->kind == RP_OPEN)
                 dst->burst = true; /* copies connect at once, in any order */
-            if (c && mode && src->kind == RP_SEND && is_json_send(src)) {
-                cJSON *j = cJSON_ParseWithLength((const char *)src->data, src->len);
+            if (c && mode) {
                 char suffix[16];
                 snprintf(suffix, sizeof(suffix), "-%u", c);
-                if (j && suffix_values(j, pred, suffix, 0)) {
-                    char *p = cJSON_PrintUnformatted(j);
-                    if (!p || rp_step_set_data(dst, p, strlen(p)) < 0) {
-                        cJSON_free(p);
-                        cJSON_Delete(j);
-                        goto oom;
-                    }
-                    cJSON_free(p);
-                }
-                cJSON_Delete(j);
+                if (suffix_step(dst, pred, suffix) < 0)
+                    goto oom;
             }
         } while (cur[c] < ns && !is_client(&s->steps[cur[c]]) && fz_below(g, 3));
     }
@@ -856,8 +851,6 @@ static int no_wait(struct rp_session *s, struct fz_rng *g, cJSON *log)
     return 0;
 }
 
-/* sched.swap: two client steps with only server steps between them change
- * places (an OPEN stays before its connection's other steps) */
 /* The client step now at `hi` was at `lo`: the server steps of its
  * connection in between (its answer, the close reply) now come after it,
  * or the replay would wait for an answer to something not yet sent. */
@@ -881,6 +874,9 @@ static int after_moved(struct rp_session *s, size_t lo, size_t hi)
     free(moved);
     return 0;
 }
+
+/* sched.swap: two client steps with only server steps between them change
+ * places (an OPEN stays before its connection's other steps) */
 static int swap_sends(struct rp_session *s, struct fz_rng *g, cJSON *log)
 {
     size_t n;
@@ -909,10 +905,6 @@ static int swap_sends(struct rp_session *s, struct fz_rng *g, cJSON *log)
     return rc;
 }
 
-/* The typical time the server took to answer, as recorded: the median gap
- * between a server message and the client message before it on the same
- * connection (or else an upgrade's answer and its request), in us (at
- * least 10; 5 ms when the session shows none). */
 /* Up to 64 gaps between a `what` step and the `after` step before it on the
  * same connection, into gaps[]; how many. */
 static size_t gaps_after(const struct rp_session *s, enum rp_kind what, enum rp_kind after,
@@ -920,21 +912,17 @@ static size_t gaps_after(const struct rp_session *s, enum rp_kind what, enum rp_
 {
     size_t n = 0;
     for (size_t i = 1; i < s->nsteps && n < 64; i++) {
-        const struct rp_step *st = &s->steps[i];
-        if (st->kind != what)
-            continue;
-        for (size_t k = i, looked = 0; k-- > 0 && looked < 64; looked++) {
-            const struct rp_step *p = &s->steps[k];
-            if (p->conn != st->conn || p->kind != after)
-                continue;
-            if (p->ts && st->ts > p->ts)
-                gaps[n++] = st->ts - p->ts;
-            break;
-        }
+        size_t k = s->steps[i].kind == what ? rp_step_before(s, i, (int)after) : SIZE_MAX;
+        if (k != SIZE_MAX && s->steps[k].ts && s->steps[i].ts > s->steps[k].ts)
+            gaps[n++] = s->steps[i].ts - s->steps[k].ts;
     }
     return n;
 }
 
+/* The typical time the server took to answer, as recorded: the median gap
+ * between a server message and the client message before it on the same
+ * connection (or else an upgrade's answer and its request), in us (at
+ * least 10; 5 ms when the session shows none). */
 static uint64_t answer_us(const struct rp_session *s)
 {
     uint64_t gaps[64];

@@ -80,11 +80,10 @@ struct run {
     struct event *timer; /* causal: a wait's timeout, a pause, a gap; the end's timeout */
     size_t timer_step;   /* which step the timer is for (SIZE_MAX: the end) */
     bool draining;       /* every step done: waiting for the connections to end */
-    uint64_t t0;         /* run start (recorded timing) */
+    uint64_t t0;         /* run start (recorded timing, the verbose log) */
     size_t last_conn;    /* causal: the last client step's connection, SIZE_MAX after a
                             server step */
     uint64_t last_ns;
-    bool last_burst;       /* ... and whether it was part of a burst (fuzz) */
     size_t last_step;      /* ... its index */
     bool last_noop;        /* ... it did nothing: its connection was over */
     size_t gap_clear;      /* causal: the step (+ 1) whose gap a pong ended (opts.barrier) */
@@ -514,7 +513,8 @@ static void on_read(struct bufferevent *bev, void *arg)
 {
     struct rconn *c = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
-    if (!c->run->tls) /* what else has come, at once (large messages) */
+    /* a full read of libevent 2.1 (4 KiB): what else has come, at once */
+    if (!c->run->tls && evbuffer_get_length(in) >= 4096)
         wsrr_read_pending(in, bufferevent_getfd(bev), READ_MAX);
     if (c->tap)
         record_input(c, in);
@@ -761,15 +761,16 @@ static void arm(struct event *ev, size_t *armed_for, size_t step, uint64_t ms)
     arm_us(ev, armed_for, step, ms * 1000);
 }
 
-/* How long the server took, when recorded, for the message of step i since
- * the step before it on the same connection (0: not known). */
-static uint64_t recorded_gap_ns(const struct rp_session *s, size_t i)
+/* How long the server may take for the message of step i: what it took
+ * when recorded (since the step before it on the same connection), or the
+ * longest it took for a message of this run on that connection, if longer. */
+static uint64_t answer_ns(const struct run *r, size_t i)
 {
-    const struct rp_step *st = &s->steps[i];
-    for (size_t k = i, looked = 0; k-- > 0 && looked < 64; looked++)
-        if (s->steps[k].conn == st->conn)
-            return s->steps[k].ts && st->ts > s->steps[k].ts ? st->ts - s->steps[k].ts : 0;
-    return 0;
+    const struct rp_step *st = &r->s->steps[i];
+    size_t k = rp_step_before(r->s, i, -1);
+    const struct rp_step *p = k != SIZE_MAX ? &r->s->steps[k] : NULL;
+    uint64_t took = p && p->ts && st->ts > p->ts ? st->ts - p->ts : 0;
+    return r->c[st->conn].slowest > took ? r->c[st->conn].slowest : took;
 }
 
 static uint64_t wait_ms(const struct run *r, size_t i)
@@ -781,10 +782,7 @@ static uint64_t wait_ms(const struct run *r, size_t i)
      * this run on the connection, whichever is longer, plus quiet_ms */
     if (!r->o->quiet_ms || (st->kind != RP_MESSAGE && !st->failure))
         return r->o->timeout_ms;
-    uint64_t took = recorded_gap_ns(r->s, i);
-    if (r->c[st->conn].slowest > took)
-        took = r->c[st->conn].slowest;
-    uint64_t ms = r->o->quiet_ms + 2 * (took / 1000000);
+    uint64_t ms = r->o->quiet_ms + 2 * (answer_ns(r, i) / 1000000);
     return ms < r->o->timeout_ms ? ms : r->o->timeout_ms;
 }
 
@@ -853,10 +851,7 @@ static void barrier_back(struct rconn *c)
     }
     if (!r->wait_pings || --r->wait_pings)
         return;
-    uint64_t took = recorded_gap_ns(r->s, r->next);
-    if (r->c[st->conn].slowest > took)
-        took = r->c[st->conn].slowest;
-    uint64_t until = r->wait_t0 + 2 * took + 1000000, now = wsrr_now_ns();
+    uint64_t until = r->wait_t0 + 2 * answer_ns(r, r->next) + 1000000, now = wsrr_now_ns();
     uint64_t us = until > now ? (until - now) / 1000 : 0;
     if (us >= 1000000)
         return; /* the quiet wait's own end is as near */
@@ -911,7 +906,7 @@ static bool advance_causal(struct run *r)
              * around the steps of a burst: their order is open) */
             uint64_t now = wsrr_now_ns(), gap = r->o->gap_us * 1000;
             if (r->last_conn != SIZE_MAX && r->last_conn != st->conn && !st->burst &&
-                !r->last_burst && now < r->last_ns + gap && !seen_last(r)) {
+                !s->steps[r->last_step].burst && now < r->last_ns + gap && !seen_last(r)) {
                 if (r->timer_step != r->next)
                     vlog(r, "#%llu waits --gap after connection %u's step #%llu",
                          (unsigned long long)st->seq, s->conns[r->last_conn].id,
@@ -923,7 +918,6 @@ static bool advance_causal(struct run *r)
             client_step(r, st);
             r->last_conn = st->conn;
             r->last_step = r->next;
-            r->last_burst = st->burst;
             r->last_ns = wsrr_now_ns();
             /* the next step, on another connection, will wait for the
              * server to have read this one */
@@ -1108,6 +1102,7 @@ int rp_run(const struct rp_session *s, const struct rp_opts *o, struct rp_result
                     .res = res,
                     .timer_step = SIZE_MAX,
                     .last_conn = SIZE_MAX,
+                    .last_step = SIZE_MAX,
                     .t0 = wsrr_now_ns()};
     memset(res, 0, sizeof(*res));
     if (parse_target(&r, o->target, err, errlen) < 0)
@@ -1173,7 +1168,6 @@ int rp_run(const struct rp_session *s, const struct rp_opts *o, struct rp_result
              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
              u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
              u[15]);
-    r.t0 = wsrr_now_ns();
     advance(&r);
     event_base_dispatch(r.base);
     rc = 0;
@@ -1212,14 +1206,6 @@ void rp_result_free(struct rp_result *res)
     free(res->conns);
     res->conns = NULL;
     res->nconns = 0;
-}
-
-bool rp_result_failed(const struct rp_result *res)
-{
-    for (size_t i = 0; i < res->nconns; i++)
-        if (rp_outcome_failed(&res->conns[i].out) || res->conns[i].diverged)
-            return true;
-    return false;
 }
 
 bool rp_result_reproduced(const struct rp_session *s, const struct rp_result *res, char *why,

@@ -90,9 +90,6 @@ int rp_run(const struct rp_session *s, const struct rp_opts *o, struct rp_result
            size_t errlen);
 void rp_result_free(struct rp_result *res);
 
-/* --check: any failure (rp_outcome_failed) or divergence. */
-bool rp_result_failed(const struct rp_result *res);
-
 /* --reproduce: every failure the capture records came back, on the same
  * connection, the same way (end, close code, sender) at the same point
  * (messages received before it). why says what did not, or that the

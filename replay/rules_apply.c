@@ -51,7 +51,8 @@ static void add_pause(struct rp_step *st, uint64_t us)
     st->pause_us = (uint32_t)(t < UINT32_MAX ? t : UINT32_MAX);
 }
 
-/* The request path of a recorded upgrade, without the query. */
+/* The connection's rule state, from its recorded upgrade request (the
+ * path as the proxy gives it: the whole request target). */
 static void conn_open(struct wsrr_rules *rs, const struct rp_conn *c, struct rconn_state *cs)
 {
     struct wsrr_http_parser hp;
@@ -59,16 +60,11 @@ static void conn_open(struct wsrr_rules *rs, const struct rp_conn *c, struct rco
     const struct wsrr_http_head *req = NULL;
     if (c->head && wsrr_http_parse(&hp, (const uint8_t *)c->head, c->head_len) > 0)
         req = wsrr_http_parser_head(&hp);
-    char path[1024] = "";
-    if (req && req->target) {
-        size_t n = strcspn(req->target, "? ");
-        n = n < req->target_len ? n : req->target_len;
-        snprintf(path, sizeof(path), "%.*s", (int)(n < sizeof(path) ? n : sizeof(path) - 1),
-                 req->target);
-    }
+    char *path = req && req->target ? strndup(req->target, req->target_len) : NULL;
     struct wsrr_conn_info ci = {
-        .ordinal = cs->ordinal, .path = path, .client = "replay", .request = req};
+        .ordinal = cs->ordinal, .path = path ? path : "", .client = "replay", .request = req};
     cs->rc = wsrr_rules_conn_new(rs, &ci);
+    free(path);
     wsrr_http_parser_finish(&hp);
 }
 
@@ -125,12 +121,8 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
         (*i)--; /* the caller moves on to what followed */
         return e ? 1 : -1;
     case WSRR_ACT_DELAY: { /* ms +- jitter, drawn as the proxy draws it */
-        uint64_t j = a->jitter_ms
-                         ? (uint64_t)(wsrr_rules_draw(rs->seed, r->name, cs->ordinal, WSRR_DIR_C2S,
-                                                      cs->nth[WSRR_DIR_C2S]) *
-                                      (double)(2 * a->jitter_ms))
-                         : 0;
-        uint64_t ms = a->ms + j > a->jitter_ms ? a->ms + j - a->jitter_ms : 0;
+        uint64_t ms = wsrr_rules_jitter(a->ms, a->jitter_ms, rs->seed, r->name, cs->ordinal,
+                                        WSRR_DIR_C2S, cs->nth[WSRR_DIR_C2S]);
         add_pause(st, ms * 1000);
         e = note(log, r, s, st, WSRR_DIR_C2S, NULL);
         if (e)
@@ -275,10 +267,9 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
         }
         e = note(log, r, s, st, WSRR_DIR_C2S, NULL);
         if (a->kind == WSRR_ACT_CLOSE) { /* instead of the message, as the proxy does */
-            uint8_t opcode = WSRR_OP_CLOSE;
             if (rp_step_set_data(st, a->text, a->text_len) < 0)
                 return -1;
-            st->opcode = opcode;
+            st->opcode = WSRR_OP_CLOSE;
             st->code = (uint16_t)a->code;
             st->fin = true;
             st->rsv = st->len_width = 0;
@@ -296,12 +287,9 @@ static int act_client(struct rp_session *s, size_t *i, struct wsrr_rules *rs,
             note(log, r, s, st, WSRR_DIR_C2S, "a stall for ever: nothing to replay after it");
             return 0;
         }
-        if (a->kind == WSRR_ACT_LATENCY) { /* this message and the later ones */
+        if (a->kind == WSRR_ACT_LATENCY) /* this message and the later ones */
             cs->latency_us += a->ms * 1000;
-            add_pause(st, a->ms * 1000);
-        } else {
-            add_pause(st, a->ms * 1000);
-        }
+        add_pause(st, a->ms * 1000);
         e = note(log, r, s, st, WSRR_DIR_C2S, NULL);
         break;
     default:

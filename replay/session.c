@@ -767,6 +767,14 @@ void rp_outcome_describe(const struct rp_outcome *o, char *out, size_t cap)
 
 /* ---- editing (fuzz, rules) ---- */
 
+size_t rp_step_before(const struct rp_session *s, size_t i, int kind)
+{
+    for (size_t k = i, looked = 0; k-- > 0 && looked < 64; looked++)
+        if (s->steps[k].conn == s->steps[i].conn && (kind < 0 || (int)s->steps[k].kind == kind))
+            return k;
+    return SIZE_MAX;
+}
+
 struct rp_step *rp_steps_insert(struct rp_session *s, size_t at, size_t n)
 {
     struct rp_step *st = realloc(s->steps, (s->nsteps + n) * sizeof(*st));

@@ -134,6 +134,9 @@ void rp_outcome_describe(const struct rp_outcome *o, char *out, size_t cap);
  * freed); a step's data replaced by a copy of p[0..n) (-1 when out of
  * memory). Call rp_session_renumber() after. */
 struct rp_step *rp_steps_insert(struct rp_session *s, size_t at, size_t n);
+/* The nearest step before i on i's connection, of that kind (-1: any), at
+ * most 64 steps back; SIZE_MAX when none. */
+size_t rp_step_before(const struct rp_session *s, size_t i, int kind);
 void rp_step_remove(struct rp_session *s, size_t at);
 int rp_step_set_data(struct rp_step *st, const void *p, size_t n);
 

@@ -413,22 +413,8 @@ int fz_shrink(const struct fz_shrink_opts *o, char *err, size_t errlen)
     cJSON_Delete(m);
     bool recorded = false;
     for (unsigned t = 0; t < 3 * o->tries && !recorded && meta; t++) {
-        struct wsrr_capture_opts co = {
-            .metadata = meta, .overwrite = true, .mode = o->redact ? 0644 : 0600};
-        struct wsrr_capture_writer *w = wsrr_capture_writer_open(o->output, &co, err, errlen);
-        if (!w)
-            break;
-        struct rp_opts ro = o->ro;
-        ro.record = w;
-        ro.redact = red;
         struct rp_result res;
-        int r = rp_run(s, &ro, &res, err, errlen);
-        char cerr[256];
-        if (wsrr_capture_writer_close(w, cerr, sizeof(cerr)) < 0 && r == 0) {
-            snprintf(err, errlen, "%.200s: %.250s", o->output, cerr);
-            rp_result_free(&res);
-            r = -1;
-        }
+        int r = fz_record_run(s, &o->ro, o->output, meta, red, &res, err, errlen);
         if (r < 0)
             break;
         struct fz_failure f[32];

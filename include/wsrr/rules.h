@@ -226,6 +226,14 @@ double wsrr_rules_draw(uint64_t seed, const char *rule, uint64_t conn, int dir, 
 
 /* ---- actions shared by the proxy and replay ---- */
 
+/* ms +- jitter_ms (not below 0), the jitter drawn as wsrr_rules_draw()
+ * draws (delay, latency). */
+uint64_t wsrr_rules_jitter(uint64_t ms, uint64_t jitter_ms, uint64_t seed, const char *rule,
+                           uint64_t conn, int dir, uint64_t nth);
+
+/* Every rule's count of firings back to 0 (a new run of the same rules). */
+void wsrr_rules_reset_counts(struct wsrr_rules *rs);
+
 /* replace with {"set": {PATH: value}, "remove": [PATH]}: p[0..n) as JSON with
  * the edits made (dotted paths, digits index arrays; set creates missing
  * objects on the way), printed compactly; malloc'd (cJSON's allocator), NULL

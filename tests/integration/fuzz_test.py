@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,14 @@ def record_sequential(path):
         be.stop()
 
 
+def accepting(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 class Server:
     """A backend on a fixed port for `wsrr replay` checks, stopped by PID."""
 
@@ -76,13 +85,10 @@ class Server:
         self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.DEVNULL,
                                      stderr=self.log)
-        import socket
         for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            if accepting(port):
                 return
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         raise RuntimeError("%s did not listen" % cmd)
 
     def stop(self):
@@ -414,15 +420,6 @@ async def test_bad_usage():
     finally:
         sv.stop()
     check(rc == 1 and "nothing to shrink" in err, "shrink of a passing capture: %d %s" % (rc, err))
-
-
-def accepting(port):
-    import socket
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 async def test_killed_takes_server():

@@ -149,8 +149,8 @@ static bool steps_equal(const struct rp_step *a, const struct rp_step *b)
     return a->kind == b->kind && a->conn == b->conn && a->seq == b->seq && a->opcode == b->opcode &&
            a->fin == b->fin && a->code == b->code && a->rst == b->rst && a->nth == b->nth &&
            a->rsv == b->rsv && a->len_width == b->len_width && a->unmasked == b->unmasked &&
-           a->pause_us == b->pause_us && a->invalid == b->invalid && a->len == b->len &&
-           (!a->len || memcmp(a->data, b->data, a->len) == 0);
+           a->pause_us == b->pause_us && a->invalid == b->invalid && a->burst == b->burst &&
+           a->len == b->len && (!a->len || memcmp(a->data, b->data, a->len) == 0);
 }
 
 static bool streq_null(const char *a, const char *b)
