@@ -11,7 +11,9 @@
 #include "wsrr/rules.h"
 
 #include <fnmatch.h>
-#ifdef __SSE2__
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#elif defined(__SSE2__)
 #include <emmintrin.h>
 #endif
 #include <stdlib.h>
@@ -175,6 +177,56 @@ static inline bool any_eq64(const uint8_t *p, v16 pat)
 #endif
 }
 
+/* The first block of 64 bytes at j, j + 64, ... that holds a byte equal to
+ * its byte of the 4-periodic pattern pat (j is a multiple of 4), or the
+ * first j with j + 64 > len when none does. */
+static size_t scan_blocks(const uint8_t *hay, size_t j, size_t len, const uint8_t pat[4])
+{
+    v16 p;
+    for (unsigned i = 0; i < 16; i++)
+        p[i] = pat[i & 3];
+    while (j + 64 <= len && !any_eq64(hay + j, p))
+        j += 64;
+    return j;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The same, 128 bytes per turn with AVX2 where the CPU has it: a masked
+ * payload is searched at about the speed of glibc's memchr on an unmasked
+ * one (the proxy's inspection of every 64 KiB message is mostly this). */
+typedef uint8_t v32 __attribute__((vector_size(32)));
+
+__attribute__((target("avx2"))) static size_t scan_blocks_avx2(const uint8_t *hay, size_t j,
+                                                               size_t len, const uint8_t pat[4])
+{
+    v32 p;
+    for (unsigned i = 0; i < 32; i++)
+        p[i] = pat[i & 3];
+    while (j + 128 <= len) {
+        v32 a, b, c, d;
+        memcpy(&a, hay + j, 32);
+        memcpy(&b, hay + j + 32, 32);
+        memcpy(&c, hay + j + 64, 32);
+        memcpy(&d, hay + j + 96, 32);
+        v32 lo = (v32)((a == p) | (b == p)), hi = (v32)((c == p) | (d == p));
+        if (!_mm256_testz_si256((__m256i)(lo | hi), (__m256i)(lo | hi)))
+            return _mm256_testz_si256((__m256i)lo, (__m256i)lo) ? j + 64 : j;
+        j += 128;
+    }
+    return scan_blocks(hay, j, len, pat);
+}
+
+static size_t (*scan_impl(void))(const uint8_t *, size_t, size_t, const uint8_t *)
+{
+    return __builtin_cpu_supports("avx2") ? scan_blocks_avx2 : scan_blocks;
+}
+#else
+static size_t (*scan_impl(void))(const uint8_t *, size_t, size_t, const uint8_t *)
+{
+    return scan_blocks;
+}
+#endif
+
 static void unmask_piece(uint8_t *dst, const struct wsrr_piece *pc, size_t from, size_t n)
 {
     if (pc->masked)
@@ -192,23 +244,20 @@ static bool masked_contains(const struct wsrr_piece *pc, const char *needle, siz
 {
     const uint8_t *hay = pc->p;
     size_t len = pc->len, first = rare, last = len - (n - rare); /* key positions */
-    v16 pat;
-    for (unsigned i = 0; i < 16; i++)
+    uint8_t pat[4];
+    for (unsigned i = 0; i < 4; i++)
         pat[i] = (uint8_t)needle[rare] ^ pc->mask[(pc->phase + i) & 3];
+    size_t (*scan)(const uint8_t *, size_t, size_t, const uint8_t *) = scan_impl();
     uint8_t tmp[WSRR_PIECES_NEEDLE_MAX];
     unsigned misses = 0;
-    size_t next = 0, j = first & ~(size_t)15; /* blocks at multiples of 16 keep pat's phase */
+    size_t next = 0, j = first & ~(size_t)3; /* blocks at multiples of 4 keep pat's phase */
     while (j <= last) {
-        size_t blk = 16;
-        if (j + 64 <= len) {
-            blk = 64;
-            if (!any_eq64(hay + j, pat)) {
-                j += 64;
-                continue;
-            }
-        }
+        j = scan(hay, j, len, pat);
+        if (j > last)
+            break;
+        size_t blk = j + 64 <= len ? 64 : 16;
         for (size_t k = j; k < j + blk && k <= last; k++) {
-            if (k < first || hay[k] != pat[k & 15])
+            if (k < first || hay[k] != pat[k & 3])
                 continue;
             unmask_piece(tmp, pc, k - rare, n);
             if (memcmp(tmp, needle, n) == 0)

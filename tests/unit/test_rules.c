@@ -548,6 +548,28 @@ static void test_contains_pieces(void)
     }
     memset(hay, 'q', 20000);
     CHECK(!pieces_find(hay, 20000, "qq ", 3, 0, true));
+    /* a rare key in large masked pieces (the block scan, 64 or 128 bytes a
+     * turn): the needle anywhere, around block edges and at the very end,
+     * among a few decoys that hold the key but not the needle */
+    for (int round = 0; round < 400; round++) {
+        size_t len = 200 + rnd() % 20000;
+        memset(hay, 'x', len);
+        for (int k = rnd() % 4; k > 0; k--)
+            memcpy(hay + rnd() % (len - 2), "zq", 2);
+        size_t pos = round % 4 == 3 ? len - 4 : rnd() % (len - 3);
+        if (round % 8 == 1)
+            pos = (rnd() % (len / 64)) * 64 + 60 + rnd() % 8; /* across a 64-byte edge */
+        pos = pos > len - 4 ? len - 4 : pos;
+        bool put = round % 5 != 4;
+        if (put)
+            memcpy(hay + pos, "wqzy", 4);
+        bool want = memmem(hay, len, "wqzy", 4) != NULL;
+        bool got = pieces_find(hay, len, "wqzy", 4, round % 2 ? 0 : 1 + rnd() % 20000, true);
+        CHECK_MSG(want == got, "rare round %d: len %zu at %zu: %d, memmem %d", round, len, pos, got,
+                  want);
+        if (want != got)
+            break;
+    }
     /* longer than the pieces take: not searched (the proxy gathers those) */
     memset(nd, 'q', sizeof(nd));
     CHECK(!pieces_find(hay, 20000, nd, sizeof(nd), 0, true));
