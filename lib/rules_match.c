@@ -177,31 +177,46 @@ static inline bool any_eq64(const uint8_t *p, v16 pat)
 #endif
 }
 
-/* The first block of 64 bytes at j, j + 64, ... that holds a byte equal to
- * its byte of the 4-periodic pattern pat (j is a multiple of 4), or the
- * first j with j + 64 > len when none does. */
-static size_t scan_blocks(const uint8_t *hay, size_t j, size_t len, const uint8_t pat[4])
+/* The pattern a block at j is compared with: the key of position k is
+ * pat[k & 3] (the masked key takes four values by position). */
+static v16 phased16(const uint8_t pat[4], size_t j)
 {
     v16 p;
     for (unsigned i = 0; i < 16; i++)
-        p[i] = pat[i & 3];
+        p[i] = pat[(j + i) & 3];
+    return p;
+}
+
+/* The first block of 64 bytes at j, j + 64, ... that holds a byte equal to
+ * its key, or the first j with j + 64 > len when none does. */
+static size_t scan_blocks(const uint8_t *hay, size_t j, size_t len, const uint8_t pat[4])
+{
+    v16 p = phased16(pat, j);
     while (j + 64 <= len && !any_eq64(hay + j, p))
         j += 64;
     return j;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-/* The same, 128 bytes per turn with AVX2 where the CPU has it: a masked
- * payload is searched at about the speed of glibc's memchr on an unmasked
- * one (the proxy's inspection of every 64 KiB message is mostly this). */
+/* The same, 128 bytes per turn with AVX2 where the CPU has it, from the
+ * first 64-byte boundary on (a payload starts anywhere; loads across cache
+ * lines cost twice): a masked payload is searched at about the speed of
+ * glibc's memchr on an unmasked one. The block returned may start before a
+ * boundary; what lies before it holds no key. */
 typedef uint8_t v32 __attribute__((vector_size(32)));
 
 __attribute__((target("avx2"))) static size_t scan_blocks_avx2(const uint8_t *hay, size_t j,
                                                                size_t len, const uint8_t pat[4])
 {
+    size_t mis = (uintptr_t)(hay + j) & 63;
+    if (mis && j + 64 <= len) {
+        if (any_eq64(hay + j, phased16(pat, j)))
+            return j;
+        j += 64 - mis;
+    }
     v32 p;
     for (unsigned i = 0; i < 32; i++)
-        p[i] = pat[i & 3];
+        p[i] = pat[(j + i) & 3];
     while (j + 128 <= len) {
         v32 a, b, c, d;
         memcpy(&a, hay + j, 32);
@@ -250,7 +265,7 @@ static bool masked_contains(const struct wsrr_piece *pc, const char *needle, siz
     size_t (*scan)(const uint8_t *, size_t, size_t, const uint8_t *) = scan_impl();
     uint8_t tmp[WSRR_PIECES_NEEDLE_MAX];
     unsigned misses = 0;
-    size_t next = 0, j = first & ~(size_t)3; /* blocks at multiples of 4 keep pat's phase */
+    size_t next = 0, j = first;
     while (j <= last) {
         j = scan(hay, j, len, pat);
         if (j > last)
