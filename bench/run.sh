@@ -6,7 +6,11 @@
 # mitmdump in reverse mode writing flows (-w). Prints a markdown table and
 # writes it, with the raw figures, to bench/results/<date>.md.
 #
-# usage: bench/run.sh [--quick] [--rounds N] [--only "direct wsrr ..."] [--out FILE]
+# usage: bench/run.sh [--quick] [--pin] [--rounds N] [--only "direct wsrr ..."] [--out FILE]
+#   --pin       the proxy under test on the last CPU, the load generator and
+#               the backend on the others (taskset): on 2 cores, three busy
+#               processes left to the scheduler land in placements that
+#               change the 64 KiB figure by up to 10% from run to run
 #   BUILD=DIR   a release build (default /tmp/b-bench; configured and built
 #               here with -Dbuildtype=release when missing)
 # Needs python3 (the table), haproxy and mitmdump (apt-get install haproxy
@@ -20,16 +24,17 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 BUILD=${BUILD:-/tmp/b-bench}
-SCENARIOS="direct wsrr wsrr-rules wsrr-inspect wsrr-record wsrr-record-pmd haproxy mitmproxy"
-OUT=""
+SCENARIOS="direct wsrr wsrr-rules wsrr-opcode wsrr-inspect wsrr-record wsrr-record-pmd haproxy mitmproxy"
+OUT="" PIN=""
 WARM=2 ECHO_S=3 RATE_S=10 ROUNDS=5 RATE_ROUNDS=3 BIG_S=3 IDLE_CONNS=9900 IDLE_HOLD=3 MAX_TOTAL=1200
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) WARM=1 ECHO_S=3 RATE_S=4 ROUNDS=1 RATE_ROUNDS=1 BIG_S=3 IDLE_CONNS=2000 IDLE_HOLD=1 ;;
     --only) SCENARIOS=$2; shift ;;
+    --pin) PIN=1 ;;
     --rounds) ROUNDS=$2 RATE_ROUNDS=$2; shift ;;
     --out) OUT=$2; shift ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -52,6 +57,24 @@ if [ "$(meson introspect --buildoptions "$BUILD" 2>/dev/null |
     python3 -c 'import json,sys;print([o["value"] for o in json.load(sys.stdin) if o["name"]=="buildtype"][0])' 2>/dev/null)" != release ]; then
     echo "run.sh: warning: $BUILD is not a release build (meson setup $BUILD -Dbuildtype=release)" >&2
 fi
+# --pin: the proxy alone on the last CPU; the load and the backend share the rest
+NCPU=$(nproc)
+LOADRUN=() PIN_NOTE="not pinned"
+if [ -n "$PIN" ]; then
+    if [ "$NCPU" -lt 2 ] || ! command -v taskset >/dev/null; then
+        echo "run.sh: --pin needs 2 CPUs and taskset; running unpinned" >&2
+        PIN=""
+    else
+        PROXY_CPU=$((NCPU - 1)) LOAD_CPUS=0
+        [ "$NCPU" -gt 2 ] && LOAD_CPUS=0-$((NCPU - 2))
+        LOADRUN=(taskset -c "$LOAD_CPUS")
+        PIN_NOTE="pinned: the proxy on CPU $PROXY_CPU, wsload and the backend on CPU $LOAD_CPUS"
+    fi
+fi
+# pin PID CPUS: every thread of PID (with --pin)
+pin() {
+    [ -z "$PIN" ] || taskset -a -p -c "$2" "$1" >/dev/null 2>&1 || true
+}
 WSLOAD=$BUILD/bench/wsload WSECHO=$BUILD/bench/wsecho WSRR=$BUILD/tools/wsrr
 
 WORK=$(mktemp -d /tmp/wsrr-bench.XXXXXX)
@@ -130,6 +153,7 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 "$WSECHO" --listen 127.0.0.1:0 --max-time "$MAX_TOTAL" >"$WORK/wsecho.out" 2>"$WORK/wsecho.err" &
 ECHO_PID=$!
 PIDS+=("$ECHO_PID")
+pin "$ECHO_PID" "${LOAD_CPUS:-}"
 for _ in $(seq 50); do
     grep -q listening "$WORK/wsecho.out" && break
     sleep 0.1
@@ -157,13 +181,18 @@ start_proxy() {
         "$WSRR" proxy -q --listen "127.0.0.1:$PX_PORT" --upstream "ws://$up" \
             2>>"$WORK/$sc.log" &
         ;;
-    wsrr-rules | wsrr-inspect)
+    wsrr-rules | wsrr-opcode | wsrr-inspect)
         # wsrr-rules: rules loaded, none for these connections (another
-        # path): they cost nothing. wsrr-inspect: a rule that reads every
-        # payload and never matches: the cost of looking at every message.
+        # path): they cost nothing. wsrr-opcode: a rule looked at for every
+        # message that does not read payloads (every message is cut out and
+        # held until complete). wsrr-inspect: a rule that reads every
+        # payload and never matches: the cost of looking at every byte.
         if [ "$sc" = wsrr-rules ]; then
             echo '{"seed": 1, "rules": [{"name": "other", "match": {"path": "/other/*"},
                    "action": {"close": {"code": 1011}}}]}' >"$WORK/$sc.json"
+        elif [ "$sc" = wsrr-opcode ]; then
+            echo '{"seed": 1, "rules": [{"name": "never", "match": {"opcode": "binary"},
+                   "action": {"drop": {}}}]}' >"$WORK/$sc.json"
         else
             echo '{"seed": 1, "rules": [{"name": "never", "match": {"contains": "not-in-load"},
                    "action": {"drop": {}}}]}' >"$WORK/$sc.json"
@@ -213,6 +242,7 @@ EOF
     esac
     PX_PID=$!
     PIDS+=("$PX_PID")
+    pin "$PX_PID" "${PROXY_CPU:-}"
     if ! wait_port "$PX_PORT" "$PX_PID"; then
         PX_WHY="$sc did not start: $(tail -c 300 "$WORK/$sc.log" | tr '\n|' '  ')"
         stop "$PX_PID"
@@ -251,17 +281,17 @@ run_test() {
     extra="{}"
     case "$test" in
     echo64)
-        out=$("$WSLOAD" --json --url "$url" --mode echo --conns $ECHO_CONNS --size 64 \
+        out=$("${LOADRUN[@]}" "$WSLOAD" --json --url "$url" --mode echo --conns $ECHO_CONNS --size 64 \
             --warmup "$WARM" --duration "$ECHO_S" --connect-timeout $ct $deflate $pids \
             2>>"$WORK/wsload.err" || true)
         ;;
     rate)
-        out=$("$WSLOAD" --json --url "$url" --mode rate --rate $RATE --conns $ECHO_CONNS \
+        out=$("${LOADRUN[@]}" "$WSLOAD" --json --url "$url" --mode rate --rate $RATE --conns $ECHO_CONNS \
             --size 64 --warmup "$WARM" --duration "$RATE_S" --connect-timeout $ct $deflate \
             $pids 2>>"$WORK/wsload.err" || true)
         ;;
     big)
-        out=$("$WSLOAD" --json --url "$url" --mode echo --conns $BIG_CONNS --size $BIG_SIZE \
+        out=$("${LOADRUN[@]}" "$WSLOAD" --json --url "$url" --mode echo --conns $BIG_CONNS --size $BIG_SIZE \
             --warmup "$WARM" --duration "$BIG_S" --connect-timeout $ct $deflate $pids \
             2>>"$WORK/wsload.err" || true)
         ;;
@@ -270,7 +300,7 @@ run_test() {
         rss0=$(rss_kb "$who")
         wl=$WORK/idle-$sc.err
         : >"$wl"
-        "$WSLOAD" --json --url "$url" --mode idle --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" \
+        "${LOADRUN[@]}" "$WSLOAD" --json --url "$url" --mode idle --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" \
             --connect-timeout $ct $deflate >"$WORK/idle.out" 2>"$wl" &
         local lp=$!
         PIDS+=("$lp")
@@ -350,10 +380,10 @@ if [ -z "$OUT" ]; then
 fi
 python3 - "$RESULTS" "$OUT" "$((T1 - T0))" "$HAPROXY_VERSION" "$MITM_VERSION" \
     "$IDLE_CONNS" "$WARM" "$ECHO_S" "$RATE_S" "$BIG_S" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
-    "$(uname -r)" "$(nproc)" "$ROUNDS/$RATE_ROUNDS" <<'EOF'
+    "$(uname -r)" "$NCPU" "$ROUNDS/$RATE_ROUNDS" "$PIN_NOTE" <<'EOF'
 import json, sys
 (res, out, secs, hav, mitv, idle_n, warm, echo_s, rate_s, big_s, rev, kernel,
- ncpu, rounds) = sys.argv[1:15]
+ ncpu, rounds, pin_note) = sys.argv[1:16]
 rows = {}
 order = []
 for line in open(res):
@@ -407,6 +437,7 @@ names = {
     "direct": "direct (no proxy)",
     "wsrr": "wsrr proxy",
     "wsrr-rules": "wsrr proxy --rules (none for these connections)",
+    "wsrr-opcode": "wsrr proxy --rules (an opcode rule on every message, none matches)",
     "wsrr-inspect": "wsrr proxy --rules (reads every message, none matches)",
     "wsrr-record": "wsrr proxy --record",
     "wsrr-record-pmd": "wsrr proxy --record, permessage-deflate",
@@ -441,8 +472,9 @@ direct = rows.get("direct", {}).get("rate")
 notes = []
 head = ("| scenario | msgs/s, 64 B echo, 50 conns | proxy msgs per CPU-s | proxy CPU s per M msgs "
         "| added latency p50 / p99 / p99.9 at %s msgs/s (us) | RSS per idle conn (KiB) "
-        "| capture B per 64 B round trip | MB/s, 64 KiB echo |" % "1,000")
-lines = [head, "|" + "---|" * 8]
+        "| capture B per 64 B round trip | MB/s, 64 KiB echo "
+        "| proxy CPU us per 64 KiB round trip |" % "1,000")
+lines = [head, "|" + "---|" * 9]
 for sc in order:
     t = rows[sc]
     cells = [names.get(sc, sc)]
@@ -497,11 +529,13 @@ for sc in order:
     b = t.get("big")
     w = why(b)
     if sc == "wsrr-record-pmd" and b is None:
-        cells.append("—")
+        cells += ["—", "—"]
     elif w:
-        cells.append(w)
+        cells += [w, ""]
     else:
         cells.append("%.0f" % b["mb_per_s"])
+        cpm = b.get("cpu_per_msg")
+        cells.append("—" if sc == "direct" or not cpm else "%.1f" % (cpm * 1e6))
         for p in problems(b):
             notes.append("%s, 64 KiB echo: %s" % (names.get(sc, sc), p))
     lines.append("| " + " | ".join(cells) + " |")
@@ -537,7 +571,7 @@ text = "\n".join(lines) + "\n"
 if notes:
     text += "\n" + "\n".join("- " + n for n in notes) + "\n"
 doc = ["# wsrr proxy benchmark, %s" % __import__("datetime").date.today().isoformat(), "",
-       "bench/run.sh at %s, %s cores, Linux %s, %s s in all. Loads: 64 B text echo over 50 "
+       "bench/run.sh at %s, %s cores (%s), Linux %s, %s s in all. Loads: 64 B text echo over 50 "
        "connections (closed loop, %s s warmup + %s s); 1,000 msgs/s open loop over 50 "
        "connections (%s s, latency from each message's due time); 64 KiB text echo over 10 "
        "connections (%s s); %s idle connections. Each timed load ran in rounds (echo and "
@@ -548,7 +582,7 @@ doc = ["# wsrr proxy benchmark, %s" % __import__("datetime").date.today().isofor
        "(sent, echoed). Added latency is the scenario's percentile minus the direct one's. "
        "CPU: utime+stime from /proc/PID/stat over the measured time; 'whole machine' is "
        "tick-sampled /proc/stat (busy seconds over both cores, anyone's), a hint of "
-       "foreign load." % (rev, ncpu, kernel, secs, warm, echo_s, rate_s, big_s, idle_n,
+       "foreign load." % (rev, ncpu, pin_note, kernel, secs, warm, echo_s, rate_s, big_s, idle_n,
                           rounds), "",
        "Versions: %s; %s." % (hav or "haproxy missing", mitv or "mitmproxy missing"), "",
        text, "## Raw figures", "", "\n".join(raw), ""]
