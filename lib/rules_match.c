@@ -228,19 +228,28 @@ __attribute__((target("avx2"))) static size_t scan_blocks_avx2(const uint8_t *ha
             return _mm256_testz_si256((__m256i)lo, (__m256i)lo) ? j + 64 : j;
         j += 128;
     }
+    _mm256_zeroupper(); /* the tail runs SSE code: no penalty for dirty upper halves */
     return scan_blocks(hay, j, len, pat);
 }
+#endif
 
-static size_t (*scan_impl(void))(const uint8_t *, size_t, size_t, const uint8_t *)
+typedef size_t (*scan_fn)(const uint8_t *hay, size_t j, size_t len, const uint8_t pat[4]);
+static scan_fn scan = scan_blocks;
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* Picked once, before main() and any thread (fuzz workers match rules). */
+__attribute__((constructor)) static void scan_pick(void)
 {
-    return __builtin_cpu_supports("avx2") ? scan_blocks_avx2 : scan_blocks;
-}
-#else
-static size_t (*scan_impl(void))(const uint8_t *, size_t, size_t, const uint8_t *)
-{
-    return scan_blocks;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2"))
+        scan = scan_blocks_avx2;
 }
 #endif
+
+void wsrr_rules_portable_scan(void)
+{
+    scan = scan_blocks;
+}
 
 static void unmask_piece(uint8_t *dst, const struct wsrr_piece *pc, size_t from, size_t n)
 {
@@ -252,7 +261,8 @@ static void unmask_piece(uint8_t *dst, const struct wsrr_piece *pc, size_t from,
 
 /* needle inside one masked piece: the key byte, masked, takes one of four
  * values by position mod 4, so the raw bytes are compared with that
- * periodic pattern 16 at a time; each hit is unmasked and checked. A key
+ * periodic pattern a block at a time (scan); each hit is unmasked and
+ * checked. A key
  * that is not rare here (256 misses) sends the rest through unmasked
  * chunks and wsrr_contains(). */
 static bool masked_contains(const struct wsrr_piece *pc, const char *needle, size_t n, size_t rare)
@@ -262,12 +272,12 @@ static bool masked_contains(const struct wsrr_piece *pc, const char *needle, siz
     uint8_t pat[4];
     for (unsigned i = 0; i < 4; i++)
         pat[i] = (uint8_t)needle[rare] ^ pc->mask[(pc->phase + i) & 3];
-    size_t (*scan)(const uint8_t *, size_t, size_t, const uint8_t *) = scan_impl();
     uint8_t tmp[WSRR_PIECES_NEEDLE_MAX];
     unsigned misses = 0;
     size_t next = 0, j = first;
     while (j <= last) {
-        j = scan(hay, j, len, pat);
+        if (j + 64 <= len)
+            j = scan(hay, j, len, pat);
         if (j > last)
             break;
         size_t blk = j + 64 <= len ? 64 : 16;

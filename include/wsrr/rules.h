@@ -146,6 +146,10 @@ struct wsrr_piece {
     uint8_t phase; /* payload offset of p[0] within its frame, mod 4 */
 };
 
+/* For tests: search masked pieces with the portable code even where the
+ * CPU has AVX2 (call before any thread matches rules). */
+void wsrr_rules_portable_scan(void);
+
 /* The longest needle wsrr_contains_pieces() takes. */
 #define WSRR_PIECES_NEEDLE_MAX 256
 

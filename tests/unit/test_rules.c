@@ -575,6 +575,50 @@ static void test_contains_pieces(void)
     CHECK(!pieces_find(hay, 20000, nd, sizeof(nd), 0, true));
 }
 
+/* One masked piece starting at every misalignment from a 64-byte boundary,
+ * of lengths around the block sizes, the needle at every position: the
+ * scan's unaligned head, its aligned blocks and its tail must each find it.
+ * Then a decoy (the key alone) at every position must not match. */
+static int sweep_masked(void)
+{
+    static _Alignas(64) uint8_t buf[64 + 512];
+    static const size_t lens[] = {4, 63, 64, 65, 100, 127, 128, 129, 191, 200, 257, 300};
+    size_t rare = wsrr_rare_byte("wqzy", 4);
+    int bad = 0;
+    for (size_t mis = 0; mis < 64; mis++) {
+        for (size_t li = 0; li < sizeof(lens) / sizeof(lens[0]); li++) {
+            size_t len = lens[li];
+            for (size_t pos = 0; pos + 4 <= len; pos++) {
+                for (int decoy = 0; decoy < 2; decoy++) {
+                    uint8_t plain[512];
+                    memset(plain, 'x', len);
+                    if (decoy) /* the key where the needle would be, alone */
+                        plain[pos + rare] = (uint8_t) "wqzy"[rare];
+                    else
+                        memcpy(plain + pos, "wqzy", 4);
+                    struct wsrr_piece pc = {.p = buf + mis, .len = len, .masked = true};
+                    pc.phase = (uint8_t)((mis + pos) & 3);
+                    memcpy(pc.mask, "\x5a\xc3\x01\xfe", 4);
+                    for (size_t i = 0; i < len; i++)
+                        buf[mis + i] = plain[i] ^ pc.mask[(pc.phase + i) & 3];
+                    bool got = wsrr_contains_pieces(&pc, 1, "wqzy", 4, rare);
+                    if (got == (bool)decoy && bad++ < 5)
+                        CHECK_MSG(got != decoy, "misaligned %zu, len %zu, at %zu, decoy %d: %d",
+                                  mis, len, pos, decoy, got);
+                }
+            }
+        }
+    }
+    return bad;
+}
+
+static void test_masked_alignment(void)
+{
+    CHECK(sweep_masked() == 0); /* as the proxy runs (AVX2 where the CPU has it) */
+    wsrr_rules_portable_scan();
+    CHECK(sweep_masked() == 0); /* and the portable scan */
+}
+
 int main(void)
 {
     test_example();
@@ -588,5 +632,6 @@ int main(void)
     test_decide_connection_once();
     test_contains_search();
     test_contains_pieces();
+    test_masked_alignment();
     return check_finish("test_rules");
 }
