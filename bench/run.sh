@@ -57,23 +57,28 @@ if [ "$(meson introspect --buildoptions "$BUILD" 2>/dev/null |
     python3 -c 'import json,sys;print([o["value"] for o in json.load(sys.stdin) if o["name"]=="buildtype"][0])' 2>/dev/null)" != release ]; then
     echo "run.sh: warning: $BUILD is not a release build (meson setup $BUILD -Dbuildtype=release)" >&2
 fi
-# --pin: the proxy alone on the last CPU; the load and the backend share the rest
+# --pin: the proxy alone on the last CPU we may use; the load and the
+# backend share the others (direct: they alone, on those)
 NCPU=$(nproc)
 LOADRUN=() PIN_NOTE="not pinned"
 if [ -n "$PIN" ]; then
-    if [ "$NCPU" -lt 2 ] || ! command -v taskset >/dev/null; then
-        echo "run.sh: --pin needs 2 CPUs and taskset; running unpinned" >&2
-        PIN=""
-    else
-        PROXY_CPU=$((NCPU - 1)) LOAD_CPUS=0
-        [ "$NCPU" -gt 2 ] && LOAD_CPUS=0-$((NCPU - 2))
-        LOADRUN=(taskset -c "$LOAD_CPUS")
-        PIN_NOTE="pinned: the proxy on CPU $PROXY_CPU, wsload and the backend on CPU $LOAD_CPUS"
+    read -r -a CPUS <<<"$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
+    if [ "${#CPUS[@]}" -lt 2 ] || ! command -v taskset >/dev/null; then
+        echo "run.sh: --pin needs 2 CPUs and taskset (util-linux)" >&2
+        exit 2
     fi
+    PROXY_CPU=${CPUS[-1]}
+    LOAD_CPUS=$(IFS=,; echo "${CPUS[*]:0:${#CPUS[@]}-1}")
+    LOADRUN=(taskset -c "$LOAD_CPUS")
+    PIN_NOTE="pinned: the proxy on CPU $PROXY_CPU, wsload and the backend on CPU $LOAD_CPUS"
 fi
 # pin PID CPUS: every thread of PID (with --pin)
 pin() {
-    [ -z "$PIN" ] || taskset -a -p -c "$2" "$1" >/dev/null 2>&1 || true
+    [ -z "$PIN" ] && return 0
+    if ! taskset -a -p -c "$2" "$1" >/dev/null; then
+        echo "run.sh: could not pin process $1 to CPU $2" >&2
+        exit 1
+    fi
 }
 WSLOAD=$BUILD/bench/wsload WSECHO=$BUILD/bench/wsecho WSRR=$BUILD/tools/wsrr
 
@@ -187,18 +192,11 @@ start_proxy() {
         # message that does not read payloads (every message is cut out and
         # held until complete). wsrr-inspect: a rule that reads every
         # payload and never matches: the cost of looking at every byte.
-        if [ "$sc" = wsrr-rules ]; then
-            echo '{"seed": 1, "rules": [{"name": "other", "match": {"path": "/other/*"},
-                   "action": {"close": {"code": 1011}}}]}' >"$WORK/$sc.json"
-        elif [ "$sc" = wsrr-opcode ]; then
-            echo '{"seed": 1, "rules": [{"name": "never", "match": {"opcode": "binary"},
-                   "action": {"drop": {}}}]}' >"$WORK/$sc.json"
-        else
-            echo '{"seed": 1, "rules": [{"name": "never", "match": {"contains": "not-in-load"},
-                   "action": {"drop": {}}}]}' >"$WORK/$sc.json"
-        fi
+        local rules=$HERE/rules/contains.json
+        [ "$sc" = wsrr-rules ] && rules=$HERE/rules/other-path.json
+        [ "$sc" = wsrr-opcode ] && rules=$HERE/rules/opcode.json
         "$WSRR" proxy -q --listen "127.0.0.1:$PX_PORT" --upstream "ws://$up" \
-            --rules "$WORK/$sc.json" 2>>"$WORK/$sc.log" &
+            --rules "$rules" 2>>"$WORK/$sc.log" &
         ;;
     wsrr-record | wsrr-record-pmd)
         PX_CAPTURE=$WORK/$sc-$test.wsrr
