@@ -735,6 +735,58 @@ static int suffix_session(struct rp_session *s, bool (*pred)(const char *), cons
     return 0;
 }
 
+/* The upgrade request's query parameters whose names pred picks, with a
+ * value, get the suffix (?user=alice&run_id=7 -> ?user=alice-w1&run_id=7-w1);
+ * 0, or -1 when out of memory. Path segments and cookies stay as they are:
+ * which segment names a user is a guess, and a session cookie is a
+ * credential. */
+static int suffix_query(struct rp_conn *c, bool (*pred)(const char *), const char *suffix)
+{
+    const char *sp = c->head ? strchr(c->head, ' ') : NULL;
+    const char *end = sp ? strpbrk(sp + 1, " \r\n") : NULL;
+    const char *q = end ? memchr(sp + 1, '?', (size_t)(end - sp - 1)) : NULL;
+    if (!q)
+        return 0;
+    size_t sl = strlen(suffix), cap = c->head_len + (size_t)(end - q) * sl + 1;
+    char *out = malloc(cap), *w = out;
+    if (!out)
+        return -1;
+    memcpy(w, c->head, (size_t)(q + 1 - c->head));
+    w += q + 1 - c->head;
+    bool changed = false;
+    for (const char *p = q + 1; p < end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p)), *pe = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(pe - p));
+        char key[128];
+        memcpy(w, p, (size_t)(pe - p));
+        w += pe - p;
+        if (eq && eq + 1 < pe && (size_t)(eq - p) < sizeof(key)) {
+            memcpy(key, p, (size_t)(eq - p));
+            key[eq - p] = '\0';
+            if (pred(key)) {
+                memcpy(w, suffix, sl);
+                w += sl;
+                changed = true;
+            }
+        }
+        if (amp)
+            *w++ = '&';
+        p = amp ? amp + 1 : end;
+    }
+    size_t rest = c->head_len - (size_t)(end - c->head);
+    memcpy(w, end, rest);
+    w += rest;
+    *w = '\0';
+    if (!changed) {
+        free(out);
+        return 0;
+    }
+    free(c->head);
+    c->head = out;
+    c->head_len = (size_t)(w - out);
+    return 0;
+}
+
 static bool party_key(const char *k)
 {
     return user_key(k) || id_key(k);
@@ -744,7 +796,12 @@ int fz_isolate(struct rp_session *s, unsigned worker)
 {
     char suffix[16];
     snprintf(suffix, sizeof(suffix), "-w%u", worker);
-    return worker ? suffix_session(s, party_key, suffix) : 0;
+    if (!worker)
+        return 0;
+    for (size_t i = 0; i < s->nconns; i++)
+        if (suffix_query(&s->conns[i], party_key, suffix) < 0)
+            return -1;
+    return suffix_session(s, party_key, suffix);
 }
 
 /* sched.concurrent: every connection K times over, the copies' steps
@@ -764,10 +821,15 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
         free(cur);
         return -1;
     }
-    for (uint32_t c = 1; c < k; c++)
-        for (size_t i = 0; i < nc; i++)
-            if (add_conn(s, i) < 0)
+    for (uint32_t c = 1; c < k; c++) {
+        char suffix[16];
+        snprintf(suffix, sizeof(suffix), "-%u", c);
+        for (size_t i = 0; i < nc; i++) {
+            long at = add_conn(s, i);
+            if (at < 0 || (mode && suffix_query(&s->conns[at], pred, suffix) < 0))
                 goto oom;
+        }
+    }
     size_t w = 0;
     for (;;) {
         uint32_t left = 0;

@@ -667,6 +667,55 @@ static void check_concurrent(const struct rp_session *base)
     rp_session_free(s);
 }
 
+/* sched.concurrent's copies carry their users and ids in the upgrade
+ * request's query too, as the mode says: every mode is seen and checked */
+static void check_concurrent_query(const struct rp_session *base)
+{
+    struct rp_session *b = clone_of(base);
+    for (size_t i = 0; i < b->nconns; i++) {
+        free(b->conns[i].head);
+        b->conns[i].head = xstrdup("GET /v1/agent?user=bob&run_id=r9 HTTP/1.1\r\nHost: x\r\n\r\n");
+        b->conns[i].head_len = strlen(b->conns[i].head);
+    }
+    static const char *const modes[] = {"same", "same user, other ids", "other users"};
+    unsigned seen = 0;
+    for (uint64_t seed = 0; seed < 20000 && seen != 7; seed++) {
+        struct rp_session *s = clone_of(b);
+        cJSON *log = cJSON_CreateArray();
+        REQUIRE(log);
+        struct fz_rng g = {seed};
+        int rc = fz_mutate(s, &g, FZ_SCHEDULE, 1, log);
+        const cJSON *e = cJSON_GetArrayItem(log, 0);
+        const cJSON *o = cJSON_GetObjectItemCaseSensitive(e, "op");
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "copies_are");
+        if (rc > 0 && cJSON_IsString(o) && !strcmp(o->valuestring, "sched.concurrent") &&
+            cJSON_IsString(m)) {
+            for (unsigned k = 0; k < 3; k++) {
+                if (strcmp(m->valuestring, modes[k]))
+                    continue;
+                seen |= 1u << k;
+                for (size_t i = 0; i < s->nconns; i++) {
+                    unsigned copy = (unsigned)(i / b->nconns);
+                    char us[16] = "", rs[16] = "", want[128];
+                    if (copy && k == 2)
+                        snprintf(us, sizeof(us), "-%u", copy);
+                    if (copy && k == 1)
+                        snprintf(rs, sizeof(rs), "-%u", copy);
+                    snprintf(want, sizeof(want), "GET /v1/agent?user=bob%s&run_id=r9%s HTTP", us,
+                             rs);
+                    CHECK_MSG(!strncmp(s->conns[i].head, want, strlen(want)),
+                              "mode %s, conn %zu: %.60s, want %s", modes[k], i, s->conns[i].head,
+                              want);
+                }
+            }
+        }
+        cJSON_Delete(log);
+        rp_session_free(s);
+    }
+    CHECK_INT(seen, 7);
+    rp_session_free(b);
+}
+
 static void check_early_end(const struct rp_session *base, const char *op)
 {
     struct rp_session *s;
@@ -775,11 +824,54 @@ static void check_empty_message(void)
     rp_session_free(s);
 }
 
+/* --jobs isolation: worker K's user and id values get "-wK", in client
+ * JSON and in the upgrade request's query; credentials, other keys, the
+ * path and the rest of the request stay as they are; worker 0 changes
+ * nothing. */
+static void test_isolate(void)
+{
+    static const char qhead[] =
+        "GET /v1/agent/alice?user=alice&run_id=r1&token=abc&x=1&session_id= HTTP/1.1\r\n"
+        "Host: x\r\n"
+        "Cookie: session=s3cr3t\r\n"
+        "\r\n";
+    static const char want_head[] =
+        "GET /v1/agent/alice?user=alice-w2&run_id=r1-w2&token=abc&x=1&session_id= HTTP/1.1\r\n"
+        "Host: x\r\n"
+        "Cookie: session=s3cr3t\r\n"
+        "\r\n";
+    struct rp_session *s = calloc(1, sizeof(*s));
+    REQUIRE(s);
+    add_conn(s, 1, true);
+    free(s->conns[0].head);
+    s->conns[0].head = xstrdup(qhead);
+    s->conns[0].head_len = strlen(qhead);
+    add_step(s, RP_OPEN, 0, 0, NULL, 0);
+    send_text(s, 0,
+              "{\"user_id\":\"alice\",\"run_id\":\"r1\",\"api_token\":\"t\",\"text\":\"hi\"}");
+    rp_session_renumber(s);
+    REQUIRE(fz_isolate(s, 0) == 0);
+    CHECK_STR(s->conns[0].head, qhead);
+    REQUIRE(fz_isolate(s, 2) == 0);
+    CHECK_STR(s->conns[0].head, want_head);
+    CHECK_INT(s->conns[0].head_len, strlen(want_head));
+    const struct rp_step *st = &s->steps[1];
+    cJSON *j = cJSON_ParseWithLength((const char *)st->data, st->len);
+    REQUIRE(j);
+    CHECK_STR(cJSON_GetObjectItem(j, "user_id")->valuestring, "alice-w2");
+    CHECK_STR(cJSON_GetObjectItem(j, "run_id")->valuestring, "r1-w2");
+    CHECK_STR(cJSON_GetObjectItem(j, "api_token")->valuestring, "t");
+    CHECK_STR(cJSON_GetObjectItem(j, "text")->valuestring, "hi");
+    cJSON_Delete(j);
+    rp_session_free(s);
+}
+
 int main(void)
 {
     test_rng();
     test_families_parse();
     test_message_type();
+    test_isolate();
 
     struct rp_session *base = base_session();
     char why[256];
@@ -792,6 +884,7 @@ int main(void)
     check_unmasked(base);
     check_json_drop(base);
     check_concurrent(base);
+    check_concurrent_query(base);
     check_early_end(base, "sched.early-close");
     check_early_end(base, "sched.early-hangup");
     check_early_end(base, "sched.early-reset");
