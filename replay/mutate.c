@@ -89,16 +89,10 @@ static long add_conn(struct rp_session *s, size_t from)
     for (size_t i = 0; i < s->nconns; i++)
         id = c[i].id > id ? c[i].id : id;
     struct rp_conn *n = &c[s->nconns];
-    *n = c[from];
+    if (rp_conn_copy(n, &c[from]) < 0)
+        return -1;
     n->id = id + 1;
     n->rec = (struct rp_outcome){.end = RP_END_OPEN};
-    n->head = strdup(c[from].head ? c[from].head : "");
-    n->response = c[from].response ? strdup(c[from].response) : NULL;
-    if (!n->head || (c[from].response && !n->response)) {
-        free(n->head);
-        free(n->response);
-        return -1;
-    }
     return (long)s->nconns++;
 }
 
@@ -669,12 +663,21 @@ static bool user_key(const char *k)
     return false;
 }
 
+/* names of one run of something: a conversation, a job, a thread... */
+static bool run_name(const char *k)
+{
+    static const char *const names[] = {"run",  "request", "call",   "conversation", "job",
+                                        "task", "chat",    "thread", "stream"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcasestr(k, names[i]))
+            return true;
+    return false;
+}
+
 /* keys whose string values identify one run of something (its id): given
  * their own value per copy for "same user, other runs" */
 static bool id_key(const char *k)
 {
-    static const char *const names[] = {"run",  "request", "call",   "conversation", "job",
-                                        "task", "chat",    "thread", "stream"};
     if (!k || user_key(k) || secret_key(k))
         return false;
     /* "id", "run_id", "run-id", "runId", "RunID"; not "valid" or "paid" */
@@ -682,10 +685,21 @@ static bool id_key(const char *k)
     if (!strcasecmp(k, "id") || (n > 2 && !strcasecmp(k + n - 2, "id") &&
                                  (k[n - 3] == '_' || k[n - 3] == '-' || k[n - 2] == 'I')))
         return true;
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (strcasestr(k, names[i]))
-            return true;
-    return false;
+    return run_name(k);
+}
+
+/* The same in an upgrade request's query, narrower: there a "session" is
+ * often the credential and a bare "x_id" often names the app or the
+ * project the server routes by (client_id, project_id), not the user's
+ * run: a changed value would be a refused upgrade, not a separate user. */
+static bool query_user_key(const char *k)
+{
+    return user_key(k) && !strcasestr(k, "session");
+}
+
+static bool query_id_key(const char *k)
+{
+    return id_key(k) && run_name(k);
 }
 
 /* The string values at keys that pass pred get "-copy" appended. */
@@ -792,6 +806,11 @@ static bool party_key(const char *k)
     return user_key(k) || id_key(k);
 }
 
+static bool query_party_key(const char *k)
+{
+    return query_user_key(k) || query_id_key(k);
+}
+
 int fz_isolate(struct rp_session *s, unsigned worker)
 {
     char suffix[16];
@@ -799,7 +818,7 @@ int fz_isolate(struct rp_session *s, unsigned worker)
     if (!worker)
         return 0;
     for (size_t i = 0; i < s->nconns; i++)
-        if (suffix_query(&s->conns[i], party_key, suffix) < 0)
+        if (suffix_query(&s->conns[i], query_party_key, suffix) < 0)
             return -1;
     return suffix_session(s, party_key, suffix);
 }
@@ -811,6 +830,7 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
     static const char *const modes[] = {"same", "same user, other ids", "other users"};
     uint32_t k = 2 + fz_below(g, 2), mode = fz_below(g, 3);
     bool (*pred)(const char *) = mode == 1 ? id_key : user_key;
+    bool (*qpred)(const char *) = mode == 1 ? query_id_key : query_user_key;
     size_t nc = s->nconns, ns = s->nsteps;
     if (nc * k > 48 || ns * k > 20000) /* copies of copies: enough */
         return 1;
@@ -826,7 +846,7 @@ static int concurrent(struct rp_session *s, struct fz_rng *g, cJSON *log)
         snprintf(suffix, sizeof(suffix), "-%u", c);
         for (size_t i = 0; i < nc; i++) {
             long at = add_conn(s, i);
-            if (at < 0 || (mode && suffix_query(&s->conns[at], pred, suffix) < 0))
+            if (at < 0 || (mode && suffix_query(&s->conns[at], qpred, suffix) < 0))
                 goto oom;
         }
     }

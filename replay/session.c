@@ -446,6 +446,23 @@ void rp_session_free(struct rp_session *s)
     free(s);
 }
 
+int rp_conn_copy(struct rp_conn *d, const struct rp_conn *s)
+{
+    *d = *s;
+    d->head = malloc(s->head_len + 1);
+    d->response = s->response ? strdup(s->response) : NULL;
+    if (!d->head || (s->response && !d->response)) {
+        free(d->head);
+        free(d->response);
+        d->head = d->response = NULL;
+        return -1;
+    }
+    if (s->head_len)
+        memcpy(d->head, s->head, s->head_len);
+    d->head[s->head_len] = '\0';
+    return 0;
+}
+
 struct rp_session *rp_session_clone(const struct rp_session *s)
 {
     struct rp_session *d = calloc(1, sizeof(*d));
@@ -457,12 +474,9 @@ struct rp_session *rp_session_clone(const struct rp_session *s)
     if (!d->path || !d->conns || !d->steps)
         goto oom;
     for (size_t i = 0; i < s->nconns; i++) {
-        struct rp_conn *c = &d->conns[d->nconns++];
-        *c = s->conns[i];
-        c->head = strdup(s->conns[i].head ? s->conns[i].head : "");
-        c->response = s->conns[i].response ? strdup(s->conns[i].response) : NULL;
-        if (!c->head || (s->conns[i].response && !c->response))
+        if (rp_conn_copy(&d->conns[d->nconns], &s->conns[i]) < 0)
             goto oom;
+        d->nconns++;
     }
     for (size_t i = 0; i < s->nsteps; i++) {
         struct rp_step *st = &d->steps[d->nsteps++];

@@ -94,6 +94,10 @@ struct rp_session {
 struct rp_session *rp_session_load(const char *path, char *err, size_t errlen);
 void rp_session_free(struct rp_session *s);
 
+/* *d = *s with copies of its own of the request (all head_len bytes, a NUL
+ * after) and the response; 0, or -1 when out of memory (d holds nothing). */
+int rp_conn_copy(struct rp_conn *d, const struct rp_conn *s);
+
 /* A deep copy (NULL when out of memory). */
 struct rp_session *rp_session_clone(const struct rp_session *s);
 

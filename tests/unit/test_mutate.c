@@ -701,11 +701,12 @@ static void check_concurrent_query(const struct rp_session *base)
                         snprintf(us, sizeof(us), "-%u", copy);
                     if (copy && k == 1)
                         snprintf(rs, sizeof(rs), "-%u", copy);
-                    snprintf(want, sizeof(want), "GET /v1/agent?user=bob%s&run_id=r9%s HTTP", us,
+                    snprintf(want, sizeof(want),
+                             "GET /v1/agent?user=bob%s&run_id=r9%s HTTP/1.1\r\nHost: x\r\n\r\n", us,
                              rs);
-                    CHECK_MSG(!strncmp(s->conns[i].head, want, strlen(want)),
-                              "mode %s, conn %zu: %.60s, want %s", modes[k], i, s->conns[i].head,
-                              want);
+                    CHECK_MSG(
+                        !strcmp(s->conns[i].head, want) && s->conns[i].head_len == strlen(want),
+                        "mode %s, conn %zu: %.60s, want %s", modes[k], i, s->conns[i].head, want);
                 }
             }
         }
@@ -825,24 +826,35 @@ static void check_empty_message(void)
 }
 
 /* --jobs isolation: worker K's user and id values get "-wK", in client
- * JSON and in the upgrade request's query; credentials, other keys, the
- * path and the rest of the request stay as they are; worker 0 changes
- * nothing. */
+ * JSON and in the upgrade request's query (there not a "session" nor a
+ * bare "x_id"); credentials, other keys, empty values, the path and the
+ * rest of the request stay as they are; a request without a query stays
+ * byte for byte; worker 0 changes nothing. */
 static void test_isolate(void)
 {
-    static const char qhead[] =
-        "GET /v1/agent/alice?user=alice&run_id=r1&token=abc&x=1&session_id= HTTP/1.1\r\n"
-        "Host: x\r\n"
-        "Cookie: session=s3cr3t\r\n"
-        "\r\n";
-    static const char want_head[] =
-        "GET /v1/agent/alice?user=alice-w2&run_id=r1-w2&token=abc&x=1&session_id= HTTP/1.1\r\n"
-        "Host: x\r\n"
-        "Cookie: session=s3cr3t\r\n"
-        "\r\n";
+    char longkey[160];
+    memset(longkey, 'x', sizeof(longkey));
+    memcpy(longkey, "user", 4);
+    longkey[140] = '\0';
+    char qhead[512], want_head[512];
+    snprintf(qhead, sizeof(qhead),
+             "GET /v1/agent/alice?user=alice&run_id=r1&token=abc&&x=1&user_name=&flag&session=s1&"
+             "client_id=app&conversation_id=c1&%s=v& HTTP/1.1\r\n"
+             "Host: x\r\n"
+             "Cookie: session=s3cr3t\r\n"
+             "\r\n",
+             longkey);
+    snprintf(want_head, sizeof(want_head),
+             "GET /v1/agent/alice?user=alice-w2&run_id=r1-w2&token=abc&&x=1&user_name=&flag&"
+             "session=s1&client_id=app&conversation_id=c1-w2&%s=v& HTTP/1.1\r\n"
+             "Host: x\r\n"
+             "Cookie: session=s3cr3t\r\n"
+             "\r\n",
+             longkey);
     struct rp_session *s = calloc(1, sizeof(*s));
     REQUIRE(s);
     add_conn(s, 1, true);
+    add_conn(s, 2, true); /* the plain head: no query */
     free(s->conns[0].head);
     s->conns[0].head = xstrdup(qhead);
     s->conns[0].head_len = strlen(qhead);
@@ -855,6 +867,8 @@ static void test_isolate(void)
     REQUIRE(fz_isolate(s, 2) == 0);
     CHECK_STR(s->conns[0].head, want_head);
     CHECK_INT(s->conns[0].head_len, strlen(want_head));
+    CHECK_STR(s->conns[1].head, head);
+    CHECK_INT(s->conns[1].head_len, strlen(head));
     const struct rp_step *st = &s->steps[1];
     cJSON *j = cJSON_ParseWithLength((const char *)st->data, st->len);
     REQUIRE(j);
@@ -866,12 +880,37 @@ static void test_isolate(void)
     rp_session_free(s);
 }
 
+/* A recorded request keeps all its bytes through a clone and through
+ * sched.concurrent's copies, a NUL among them or not (the loader stores
+ * all of them; copying up to the NUL read past the copy). */
+static void test_conn_copy_bytes(void)
+{
+    struct rp_session *s = calloc(1, sizeof(*s));
+    REQUIRE(s);
+    s->path = xstrdup("in-memory");
+    add_conn(s, 1, false);
+    size_t n = strlen(head) + 5;
+    char *h = malloc(n + 1);
+    REQUIRE(h);
+    memcpy(h, head, strlen(head));
+    memcpy(h + strlen(head), "\0junk", 6);
+    free(s->conns[0].head);
+    s->conns[0].head = h;
+    s->conns[0].head_len = n;
+    struct rp_session *c = clone_of(s);
+    CHECK_INT(c->conns[0].head_len, n);
+    CHECK_MEM(c->conns[0].head, c->conns[0].head_len, h, n);
+    rp_session_free(c);
+    rp_session_free(s);
+}
+
 int main(void)
 {
     test_rng();
     test_families_parse();
     test_message_type();
     test_isolate();
+    test_conn_copy_bytes();
 
     struct rp_session *base = base_session();
     char why[256];
