@@ -52,7 +52,8 @@ fi
 PXRUN=() LDRUN=()
 if [ "$PIN" != none ]; then
     read -r -a CPUS <<<"$(python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))')"
-    [ "${#CPUS[@]}" -ge 2 ] || { echo "ab.sh: --pin needs 2 CPUs" >&2; exit 2; }
+    [ "${#CPUS[@]}" -ge 2 ] && command -v taskset >/dev/null ||
+        { echo "ab.sh: --pin needs 2 CPUs and taskset (util-linux)" >&2; exit 2; }
     PXRUN=(taskset -c "${CPUS[-1]}")
     [ "$PIN" = all ] && LDRUN=(taskset -c "$(IFS=,; echo "${CPUS[*]:0:${#CPUS[@]}-1}")")
 fi
@@ -113,7 +114,18 @@ done
 python3 - "$WORK/results.jsonl" "${CONFIGS[@]}" <<'EOF'
 import json, sys
 res, names = sys.argv[1], sys.argv[2:]
-rows = [json.loads(l) for l in open(res)]
+rows, dropped = [], 0
+for l in open(res):
+    r = json.loads(l)
+    c = r.get("cpu_s", {})
+    # a round with errors, or without the proxy's CPU, is not a figure
+    if (r.get("conn_errors") or r.get("bad_echo") or r.get("failed") or not r.get("messages")
+            or min([v for k, v in c.items() if k not in ("self", "host_busy")] or [-1]) < 0):
+        dropped += 1
+    else:
+        rows.append(r)
+if dropped:
+    print("ab.sh: %d round(s) left out: connection errors, wrong echoes or no CPU figure" % dropped)
 def proxy_us(r):
     c = r["cpu_s"]
     k = [k for k in c if k not in ("self", "host_busy")][0]
@@ -125,7 +137,7 @@ print("| config | msgs/s per round | median msgs/s | MB/s | p50 us | proxy CPU u
 print("|---|---|---|---|---|---|")
 base = None
 for i, name in enumerate(names):
-    rs = [r for r in rows if r["config"] == i and r.get("messages")]
+    rs = [r for r in rows if r["config"] == i]
     m = med([r["msgs_per_s"] for r in rs])
     cpu = med([proxy_us(r) for r in rs])
     if base is None:

@@ -75,7 +75,8 @@ fi
 # pin PID CPUS: every thread of PID (with --pin)
 pin() {
     [ -z "$PIN" ] && return 0
-    if ! taskset -a -p -c "$2" "$1" >/dev/null; then
+    if ! taskset -a -p -c "$2" "$1" >/dev/null 2>&1; then
+        kill -0 "$1" 2>/dev/null || return 0 # it died: start_proxy reports that
         echo "run.sh: could not pin process $1 to CPU $2" >&2
         exit 1
     fi
