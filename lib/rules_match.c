@@ -309,15 +309,19 @@ chunks:;
     return false;
 }
 
-bool wsrr_contains_pieces(const struct wsrr_piece *pc, size_t npc, const char *needle, size_t n,
-                          size_t rare)
+/* wsrr_contains_pieces() with npre bytes (unmasked) before the pieces: a
+ * needle may start in them. */
+static bool contains_after(const uint8_t *pre, size_t npre, const struct wsrr_piece *pc, size_t npc,
+                           const char *needle, size_t n, size_t rare)
 {
     /* the last n - 1 bytes before the piece, unmasked, and the first n - 1
      * of it: a needle across a boundary is found there */
     uint8_t edge[2 * WSRR_PIECES_NEEDLE_MAX];
-    size_t carry = 0, keep = n - 1;
-    if (n > WSRR_PIECES_NEEDLE_MAX)
+    if (!n || n > WSRR_PIECES_NEEDLE_MAX)
         return false;
+    size_t keep = n - 1, carry = npre < keep ? npre : keep;
+    if (carry)
+        memcpy(edge, pre + npre - carry, carry);
     for (size_t i = 0; i < npc; i++) {
         const struct wsrr_piece *c = &pc[i];
         size_t head = c->len < keep ? c->len : keep;
@@ -337,6 +341,79 @@ bool wsrr_contains_pieces(const struct wsrr_piece *pc, size_t npc, const char *n
         }
     }
     return false;
+}
+
+bool wsrr_contains_pieces(const struct wsrr_piece *pc, size_t npc, const char *needle, size_t n,
+                          size_t rare)
+{
+    return contains_after(NULL, 0, pc, npc, needle, n, rare);
+}
+
+/* The scan's tail becomes the last bytes of what it held and the pieces. */
+static void tail_push(struct wsrr_scan *st, const struct wsrr_piece *pc, size_t npc)
+{
+    const size_t cap = sizeof(st->tail);
+    size_t total = 0;
+    for (size_t i = 0; i < npc; i++)
+        total += pc[i].len;
+    size_t old = total >= cap ? 0 : st->ntail < cap - total ? st->ntail : cap - total;
+    memmove(st->tail, st->tail + st->ntail - old, old);
+    size_t w = old, skip = total > cap - old ? total - (cap - old) : 0;
+    for (size_t i = 0; i < npc; i++) {
+        if (skip >= pc[i].len) {
+            skip -= pc[i].len;
+            continue;
+        }
+        unmask_piece(st->tail + w, &pc[i], skip, pc[i].len - skip);
+        w += pc[i].len - skip;
+        skip = 0;
+    }
+    st->ntail = w;
+}
+
+int wsrr_rules_scan_part(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc,
+                         struct wsrr_scan *st, int dir, uint8_t opcode, const struct wsrr_piece *pc,
+                         size_t npc)
+{
+    size_t words = (rs->count + 63) / 64;
+    if (st->words < words) {
+        uint64_t *f = realloc(st->found, words * sizeof(*f));
+        if (!f)
+            return -1;
+        memset(f + st->words, 0, (words - st->words) * sizeof(*f));
+        st->found = f;
+        st->words = words;
+    }
+    for (size_t i = 0; i < rs->count && i < rc->count; i++) {
+        const struct wsrr_rule *r = &rs->rules[i];
+        const struct wsrr_match *c = &r->match;
+        if (!c->contains || c->contains_len > WSRR_PIECES_NEEDLE_MAX || !r->enabled ||
+            !rc->r[i].conn_ok || (st->found[i / 64] >> (i % 64) & 1))
+            continue;
+        if ((c->direction >= 0 && c->direction != dir) ||
+            (c->opcodes && !(c->opcodes & (1u << (opcode & 15)))))
+            continue;
+        if (contains_after(st->tail, st->ntail, pc, npc, c->contains, c->contains_len,
+                           c->contains_rare))
+            st->found[i / 64] |= 1ull << (i % 64);
+    }
+    tail_push(st, pc, npc);
+    return 0;
+}
+
+void wsrr_scan_reset(struct wsrr_scan *st)
+{
+    if (st->found)
+        memset(st->found, 0, st->words * sizeof(*st->found));
+    st->ntail = 0;
+}
+
+void wsrr_scan_free(struct wsrr_scan *st)
+{
+    free(st->found);
+    st->found = NULL;
+    st->words = 0;
+    st->ntail = 0;
 }
 
 /* The node at a dotted path ("data.items.0.type"); digits index arrays. */
@@ -419,7 +496,19 @@ static bool regex_ok(const regex_t *re, const struct wsrr_msg_info *m)
 }
 
 /* Every condition of the rule on this message, cheapest first. */
-static bool message_ok(const struct wsrr_rules_conn *rc, const struct wsrr_rule *r,
+/* `contains` of rule i over the message */
+static bool contains_ok(const struct wsrr_match *c, size_t i, const struct wsrr_msg_info *m)
+{
+    if (m->payload)
+        return wsrr_contains(m->payload, m->len, c->contains, c->contains_len, c->contains_rare);
+    const struct wsrr_scan *st = m->scan;
+    if (st && i / 64 < st->words && (st->found[i / 64] >> (i % 64) & 1))
+        return true; /* found in a part already looked at */
+    return contains_after(st ? st->tail : NULL, st ? st->ntail : 0, m->pieces, m->npieces,
+                          c->contains, c->contains_len, c->contains_rare);
+}
+
+static bool message_ok(const struct wsrr_rules_conn *rc, const struct wsrr_rule *r, size_t i,
                        const struct wsrr_msg_info *m)
 {
     const struct wsrr_match *c = &r->match;
@@ -433,10 +522,7 @@ static bool message_ok(const struct wsrr_rules_conn *rc, const struct wsrr_rule 
         return false;
     if (c->after_rule >= 0 && rc->r[c->after_rule].fired == 0)
         return false;
-    if (c->contains && !(m->payload ? wsrr_contains(m->payload, m->len, c->contains,
-                                                    c->contains_len, c->contains_rare)
-                                    : wsrr_contains_pieces(m->pieces, m->npieces, c->contains,
-                                                           c->contains_len, c->contains_rare)))
+    if (c->contains && !contains_ok(c, i, m))
         return false;
     if (c->regex_src && !regex_ok(&c->regex, m))
         return false;
@@ -478,7 +564,7 @@ int wsrr_rules_on_message(struct wsrr_rules *rs, struct wsrr_rules_conn *rc,
          * are not its business */
         if (sc == WSRR_SCOPE_CONNECTION && pr->fired)
             continue;
-        if (!under_limits(r, pr) || !message_ok(rc, r, m))
+        if (!under_limits(r, pr) || !message_ok(rc, r, i, m))
             continue;
         if (++pr->matched <= r->match.skip)
             continue;

@@ -71,6 +71,10 @@ struct fdir {
     bool recompress;
     struct wsrr_pmd_stream *deflater;
     uint64_t nth; /* units seen in this direction */
+    /* a message that comes over several reads, held for rules that search
+     * payloads: searched part by part while in the cache (scan_progress) */
+    struct wsrr_scan *scan;
+    size_t scanned; /* payload bytes of the unit searched so far */
 
     /* output */
     struct qitem *qhead, **qtail;
@@ -167,6 +171,11 @@ static struct wsrr_rules_conn *conn_rules(struct conn *c)
     c->rc = wsrr_rules_conn_new(p->rules, &ci);
     c->rules_gen = p->rules_gen;
     if (c->f) {
+        for (int i = 0; i < 2; i++) { /* a scan so far was for the old rules */
+            c->f->d[i].scanned = 0;
+            if (c->f->d[i].scan)
+                wsrr_scan_reset(c->f->d[i].scan);
+        }
         c->f->need_payload = reads_payload(p->rules);
         c->f->flat_payload = wsrr_rules_flat_payload(p->rules);
         c->f->need_time = reads_time(p->rules);
@@ -1165,6 +1174,9 @@ static void unit_reset(struct fdir *d)
     d->streaming = false;
     if (d->msg)
         evbuffer_drain(d->msg, evbuffer_get_length(d->msg));
+    d->scanned = 0;
+    if (d->scan)
+        wsrr_scan_reset(d->scan);
 }
 
 /* n payload bytes of frame f starting at payload offset `offset`, unmasked
@@ -1178,26 +1190,34 @@ static void copy_payload(uint8_t *dst, const void *src, size_t n, const struct w
         memcpy(dst, src, n);
 }
 
-/* Calls fn for each stretch of the payload of the complete unit
- * [unit_start, ...) of dir, in order: its data frames' when it has any,
- * else its control frame's; a stretch lies in `flat` when given, else in a
- * chain of `in`. `at` is the stretch's offset in its frame's payload.
- * Returns false when fn does or the buffer is not as the frames say. */
+/* Calls fn for each stretch of the payload of the unit [unit_start, ...)
+ * of dir, in order, from payload offset lo to hi (or the end of what is
+ * in): its data frames' when it has any, else its control frame's; a
+ * stretch lies in `flat` when given (a complete unit), else in a chain of
+ * `in`. `at` is the stretch's offset in its frame's payload. Returns false
+ * when fn does or the buffer is not as the frames say. */
 typedef bool (*stretch_fn)(void *arg, const struct wsrr_frame *f, const uint8_t *src, size_t n,
                            uint64_t at);
-static bool unit_walk(struct fdir *d, struct evbuffer *in, const uint8_t *flat, stretch_fn fn,
-                      void *arg)
+static bool unit_walk_range(struct fdir *d, struct evbuffer *in, const uint8_t *flat, size_t lo,
+                            size_t hi, stretch_fn fn, void *arg)
 {
     bool data = false;
+    size_t inlen = flat ? SIZE_MAX : evbuffer_get_length(in), cum = 0;
     for (size_t i = 0; i < d->nfr; i++)
         data = data || d->fr[i].f.opcode < 8;
-    for (size_t i = 0; i < d->nfr; i++) {
+    for (size_t i = 0; i < d->nfr && cum < hi; i++) {
         const struct unit_frame *u = &d->fr[i];
-        size_t from = d->unit_start + u->off + u->f.hdr_len, n = (size_t)u->f.len;
-        if ((u->f.opcode < 8) != data || !n)
+        size_t start = d->unit_start + u->off + u->f.hdr_len, len = (size_t)u->f.len;
+        if ((u->f.opcode < 8) != data || !len)
             continue;
+        size_t here = inlen > start ? (inlen - start < len ? inlen - start : len) : 0;
+        size_t s = lo > cum ? lo - cum : 0, e = hi - cum < here ? hi - cum : here;
+        cum += len;
+        if (s >= e)
+            continue;
+        size_t from = start + s, n = e - s;
         if (flat) {
-            if (!fn(arg, &u->f, flat + from, n, 0))
+            if (!fn(arg, &u->f, flat + from, n, s))
                 return false;
             continue;
         }
@@ -1213,7 +1233,7 @@ static bool unit_walk(struct fdir *d, struct evbuffer *in, const uint8_t *flat, 
             size_t got = 0;
             for (int j = 0; j < k && j < 8 && done + got < n; j++) {
                 size_t m = v[j].iov_len < n - done - got ? v[j].iov_len : n - done - got;
-                if (!fn(arg, &u->f, v[j].iov_base, m, done + got))
+                if (!fn(arg, &u->f, v[j].iov_base, m, s + done + got))
                     return false;
                 got += m;
             }
@@ -1223,6 +1243,12 @@ static bool unit_walk(struct fdir *d, struct evbuffer *in, const uint8_t *flat, 
         }
     }
     return true;
+}
+
+static bool unit_walk(struct fdir *d, struct evbuffer *in, const uint8_t *flat, stretch_fn fn,
+                      void *arg)
+{
+    return unit_walk_range(d, in, flat, 0, SIZE_MAX, fn, arg);
 }
 
 static size_t unit_payload_len(const struct fdir *d)
@@ -1293,14 +1319,15 @@ static bool piece_stretch(void *arg, const struct wsrr_frame *f, const uint8_t *
     return true;
 }
 
-/* The same payload as pieces where it lies, masked or not: for rules that
- * only search it, no copy and no unmasking pass (p->pcs, *npc of them). */
+/* The same payload from offset lo on as pieces where it lies, masked or
+ * not: for rules that only search it, no copy and no unmasking pass
+ * (p->pcs, *npc of them). */
 static const struct wsrr_piece *unit_pieces(struct conn *c, struct fdir *d, struct evbuffer *in,
-                                            const uint8_t *flat, size_t *npc)
+                                            const uint8_t *flat, size_t lo, size_t *npc)
 {
     struct wsrr_proxy *p = c->p;
     p->npcs = 0;
-    if (!unit_walk(d, in, flat, piece_stretch, p))
+    if (!unit_walk_range(d, in, flat, lo, SIZE_MAX, piece_stretch, p))
         return NULL;
     *npc = p->npcs;
     return p->pcs;
@@ -1341,7 +1368,7 @@ static int decide(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const 
     size_t plen = 0, npcs = 0;
     if (f->need_payload && !f->flat_payload && !compressed) {
         plen = unit_payload_len(d);
-        pcs = unit_pieces(c, d, in, flat, &npcs);
+        pcs = unit_pieces(c, d, in, flat, d->scanned, &npcs); /* what scan_progress did not */
     } else if (f->need_payload || compressed) {
         pl = unit_payload(c, d, in, flat, &plen);
     }
@@ -1371,6 +1398,7 @@ static int decide(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const 
         .len = plen,
         .pieces = pcs,
         .npieces = npcs,
+        .scan = pcs && d->scanned ? d->scan : NULL,
         .since_open_ms = f->need_time ? (wsrr_now_ns() - c->t_start) / 1000000 : 0,
     };
     return wsrr_rules_on_message(c->p->rules, rc, &mi);
@@ -1581,6 +1609,43 @@ bool faults_fast(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const u
     return true;
 }
 
+/* A message still coming in, held for rules that search payloads: what
+ * came of it since the last look is searched now, while it is in the
+ * cache (a message of a megabyte searched once complete is read back from
+ * memory); decide() then searches only the rest. */
+#define SCAN_STEP (16 * 1024) /* new payload bytes worth a look */
+static void scan_progress(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
+{
+    struct faults *f = c->f;
+    struct fdir *d = &f->d[dir];
+    if (!f->need_payload || f->flat_payload || !d->in_msg || d->streaming || d->broken)
+        return;
+    const struct wsrr_frame *first = NULL;
+    size_t have = 0, inlen = evbuffer_get_length(in);
+    for (size_t i = 0; i < d->nfr; i++) {
+        const struct unit_frame *u = &d->fr[i];
+        if (u->f.opcode >= 8)
+            continue;
+        first = first ? first : &u->f;
+        size_t start = d->unit_start + u->off + u->f.hdr_len, len = (size_t)u->f.len;
+        have += inlen > start ? (inlen - start < len ? inlen - start : len) : 0;
+    }
+    struct wsrr_rules_conn *rc = first ? conn_rules(c) : NULL;
+    if (!rc || (first->msg_compressed && f->deflate) || have < d->scanned + SCAN_STEP)
+        return;
+    if (!d->scan && !(d->scan = calloc(1, sizeof(*d->scan))))
+        return;
+    struct wsrr_proxy *p = c->p;
+    p->npcs = 0;
+    if (!unit_walk_range(d, in, NULL, d->scanned, have, piece_stretch, p) ||
+        wsrr_rules_scan_part(p->rules, rc, d->scan, dir, first->opcode, p->pcs, p->npcs) < 0) {
+        d->scanned = 0; /* the whole message is searched at its end */
+        wsrr_scan_reset(d->scan);
+        return;
+    }
+    d->scanned = have;
+}
+
 void faults_relay(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
 {
     struct faults *f = c->f;
@@ -1634,6 +1699,7 @@ void faults_relay(struct conn *c, enum wsrr_dir dir, struct evbuffer *in)
         }
     }
     forward(c, dir, in, fwd);
+    scan_progress(c, dir, in);
     flush_pending(c, dir);
 }
 
@@ -1710,6 +1776,9 @@ void faults_free(struct conn *c)
         wsrr_pmd_free(d->inflater);
         wsrr_pmd_free(d->deflater);
         free(d->fr);
+        if (d->scan)
+            wsrr_scan_free(d->scan);
+        free(d->scan);
     }
     if (f->close_timer)
         event_free(f->close_timer);

@@ -197,7 +197,21 @@ struct wsrr_msg_info {
      * bytes (wsrr_rules_flat_payload() false); len is still the total */
     const struct wsrr_piece *pieces;
     size_t npieces;
+    /* with pieces: the message's first part was already looked at as it
+     * came (wsrr_rules_scan_part()); pieces hold only the rest */
+    const struct wsrr_scan *scan;
     uint64_t since_open_ms;
+};
+
+/* `contains` conditions over a message that comes in parts: each part is
+ * searched as it arrives, while it is in the cache, instead of the whole
+ * message once it is complete. Which rules' needles were found so far, and
+ * the end of what was seen (a needle may start there). */
+struct wsrr_scan {
+    uint64_t *found; /* bit per rule */
+    size_t words;
+    uint8_t tail[WSRR_PIECES_NEEDLE_MAX - 1];
+    size_t ntail;
 };
 
 /* Per connection: which rules its open-time conditions let through, and
@@ -207,6 +221,17 @@ struct wsrr_rules_conn;
 struct wsrr_rules_conn *wsrr_rules_conn_new(const struct wsrr_rules *rs,
                                             const struct wsrr_conn_info *ci);
 void wsrr_rules_conn_free(struct wsrr_rules_conn *rc);
+
+/* Search the next part of a message of direction dir whose first frame has
+ * opcode for every `contains` that could apply to it (enabled, its
+ * connection conditions hold, its direction and opcode match). 0, or -1
+ * when out of memory (the caller then searches the whole message at its
+ * end: reset the scan). */
+int wsrr_rules_scan_part(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc,
+                         struct wsrr_scan *st, int dir, uint8_t opcode, const struct wsrr_piece *pc,
+                         size_t npc);
+void wsrr_scan_reset(struct wsrr_scan *st);
+void wsrr_scan_free(struct wsrr_scan *st);
 
 /* Could any enabled message or connection rule fire on this connection (its
  * open-time conditions hold)? When not, its messages need no looking at. */

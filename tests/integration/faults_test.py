@@ -1968,28 +1968,36 @@ async def test_memory_bounded():
 
 async def test_match_large_pieces():
     """contains on large masked client messages that arrive in many TCP
-    pieces (the payload is gathered across reads and unmasked): the one
-    with the needle near its end is dropped, the one without arrives
-    whole."""
+    pieces (searched part by part as they come, the rest at the end): the
+    ones with the needle in the middle, near the end, or cut in two by a
+    pause that makes the proxy search up to the cut, are dropped; those
+    without it (one with a near miss across the cut) arrive whole."""
     up = Upstream()
     proxy = Proxy(up.url, {"rules": [
         {"name": "needle", "match": {"direction": "client", "contains": "NEEDLE-42"},
          "action": {"drop": {}}}]})
     rnd = random.Random(7)
     plain = "".join(rnd.choice("abcdefgh \"{}:,") for _ in range(300000))
-    hit = plain[:299000] + "NEEDLE-42" + plain[299009:]
+    at = lambda pos, s: plain[:pos] + s + plain[pos + len(s):]  # noqa: E731
+    hit_mid, hit_end = at(150000, "NEEDLE-42"), at(299000, "NEEDLE-42")
+    hit_cut, miss_cut = at(200000, "NEEDLE-42"), at(200000, "NEEDLE-4X")
     c = RawClient(proxy.port, "/large")
-    for m in (hit, plain, "end"):
-        send_in_pieces(c.sock, rnd, frame(0x81, m.encode(), mask=os.urandom(4)))
+    for m in (hit_mid, hit_end, plain, hit_cut, miss_cut, "end"):
+        data = frame(0x81, m.encode(), mask=os.urandom(4))
+        if m in (hit_cut, miss_cut):  # header 14 bytes: cut after "NEEDLE-4"
+            send_in_pieces(c.sock, rnd, data[:14 + 200008])
+            time.sleep(0.1)
+            data = data[14 + 200008:]
+        send_in_pieces(c.sock, rnd, data)
     fs = c.frames(until=lambda fs: any(f["data"] == b"end" for f in fs), timeout=5)
     c.close()
     proxy.stop()
     up.close()
     got = [f["data"].decode() for f in fs]
-    check(got == [plain, "end"], "only the message without the needle came back: %s" %
-          [len(g) for g in got])
-    expect_faults(records(proxy.capture), "needle", [dict(action="drop", conn=1, dir="client",
-                                                          nth=1)])
+    check(got == [plain, miss_cut, "end"], "only the messages without the needle came back: %s"
+          % [len(g) for g in got])
+    expect_faults(records(proxy.capture), "needle", [
+        dict(action="drop", conn=1, dir="client", nth=n) for n in (1, 2, 4)])
 
 
 async def test_beyond_parser_cap():

@@ -1,6 +1,7 @@
 /* test_rules.c — rules files: what parses into what, and what is refused
  * with which message (rule, JSON path, what was expected). */
 #include "check.h"
+#include "wsrr/frame.h"
 #include "wsrr/handshake.h"
 #include "wsrr/rules.h"
 
@@ -619,6 +620,85 @@ static void test_masked_alignment(void)
     CHECK(sweep_masked() == 0); /* and the portable scan */
 }
 
+/* A message searched part by part as it comes (wsrr_rules_scan_part), then
+ * decided with only the rest: the same rule fires as when the whole
+ * message is searched at once, needles across every cut, masked or not,
+ * and a rule for the other direction is not searched. */
+static void test_scan_parts(void)
+{
+    struct wsrr_rules *rs = parse(
+        "{\"rules\": ["
+        "{\"name\": \"srv\", \"match\": {\"direction\": \"server\", \"contains\": \"zq\"},"
+        " \"action\": {\"drop\": {}}},"
+        "{\"name\": \"a\", \"match\": {\"contains\": \"needle-a\"}, \"action\": {\"drop\": {}}},"
+        "{\"name\": \"b\", \"match\": {\"contains\": \"bb\"}, \"action\": {\"drop\": {}}}]}");
+    REQUIRE(rs);
+    struct wsrr_conn_info ci = {1, "/", "127.0.0.1:1", NULL};
+    static uint8_t plain[4096], raw[4096];
+    for (int round = 0; round < 3000; round++) {
+        size_t len = 1 + rnd() % (round < 2000 ? 64 : sizeof(plain));
+        for (size_t i = 0; i < len; i++)
+            plain[i] = (uint8_t)('c' + rnd() % 20);
+        int which = rnd() % 4; /* none, a, b, both */
+        if ((which & 1) && len >= 8)
+            memcpy(plain + rnd() % (len - 7), "needle-a", 8);
+        if ((which & 2) && len >= 2)
+            memcpy(plain + rnd() % (len - 1), "bb", 2);
+        if (rnd() % 3 == 0 && len >= 2)
+            memcpy(plain + rnd() % (len - 1), "zq", 2); /* only rule srv wants it */
+        bool masked = rnd() & 1;
+        uint8_t mask[4] = {0x11, 0x80, 0x7f, 0x33};
+        for (size_t i = 0; i < len; i++)
+            raw[i] = plain[i] ^ (masked ? mask[i & 3] : 0);
+        /* the whole message at once */
+        struct wsrr_rules_conn *rc1 = wsrr_rules_conn_new(rs, &ci),
+                               *rc2 = wsrr_rules_conn_new(rs, &ci);
+        REQUIRE(rc1 && rc2);
+        struct wsrr_piece whole = {.p = raw, .len = len, .masked = masked};
+        memcpy(whole.mask, mask, 4);
+        struct wsrr_msg_info m = {.dir = WSRR_DIR_C2S,
+                                  .opcode = WSRR_OP_TEXT,
+                                  .nth = 1,
+                                  .len = len,
+                                  .pieces = &whole,
+                                  .npieces = 1};
+        int want = wsrr_rules_on_message(rs, rc1, &m);
+        /* in parts: cuts anywhere, each part searched, the last one left */
+        struct wsrr_scan st = {0};
+        struct wsrr_piece pc[16];
+        size_t at = 0, npc = 0;
+        while (at < len && npc < 15) {
+            size_t k = 1 + rnd() % (len - at);
+            pc[npc] = (struct wsrr_piece){
+                .p = raw + at, .len = k, .masked = masked, .phase = (uint8_t)(at & 3)};
+            memcpy(pc[npc].mask, mask, 4);
+            npc++;
+            at += k;
+        }
+        size_t rest = npc > 1 ? 1 + rnd() % (npc - 1) : 0; /* parts searched before the end */
+        if (at < len) {                                    /* the last piece takes what is left */
+            pc[npc - 1].len += len - at;
+        }
+        for (size_t i = 0; i < rest; i++)
+            REQUIRE(wsrr_rules_scan_part(rs, rc2, &st, WSRR_DIR_C2S, WSRR_OP_TEXT, &pc[i], 1) == 0);
+        m.pieces = pc + rest;
+        m.npieces = npc - rest;
+        m.scan = rest ? &st : NULL;
+        int got = wsrr_rules_on_message(rs, rc2, &m);
+        CHECK_MSG(got == want,
+                  "round %d: len %zu, %zu parts, %zu searched first: rule %d, whole %d", round, len,
+                  npc, rest, got, want);
+        if (rest)
+            CHECK(!(st.found[0] & 1)); /* the server's rule was not searched */
+        wsrr_scan_free(&st);
+        wsrr_rules_conn_free(rc1);
+        wsrr_rules_conn_free(rc2);
+        if (got != want)
+            break;
+    }
+    wsrr_rules_free(rs);
+}
+
 int main(void)
 {
     test_example();
@@ -633,5 +713,6 @@ int main(void)
     test_contains_search();
     test_contains_pieces();
     test_masked_alignment();
+    test_scan_parts();
     return check_finish("test_rules");
 }
