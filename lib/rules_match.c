@@ -371,6 +371,28 @@ static void tail_push(struct wsrr_scan *st, const struct wsrr_piece *pc, size_t 
     st->ntail = w;
 }
 
+/* Could rule i's `contains` decide for a message of dir whose first frame
+ * has opcode (the conditions wsrr_rules_on_message() tries first that a
+ * message's start already settles)? */
+static bool scan_rule(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc, size_t i,
+                      int dir, uint8_t opcode)
+{
+    const struct wsrr_rule *r = &rs->rules[i];
+    const struct wsrr_match *c = &r->match;
+    return c->contains && c->contains_len <= WSRR_PIECES_NEEDLE_MAX && r->enabled &&
+           i < rc->count && rc->r[i].conn_ok && (c->direction < 0 || c->direction == dir) &&
+           (!c->opcodes || (c->opcodes & (1u << (opcode & 15))));
+}
+
+bool wsrr_rules_scan_wanted(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc, int dir,
+                            uint8_t opcode)
+{
+    for (size_t i = 0; i < rs->count; i++)
+        if (scan_rule(rs, rc, i, dir, opcode))
+            return true;
+    return false;
+}
+
 int wsrr_rules_scan_part(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc,
                          struct wsrr_scan *st, int dir, uint8_t opcode, const struct wsrr_piece *pc,
                          size_t npc)
@@ -384,14 +406,9 @@ int wsrr_rules_scan_part(const struct wsrr_rules *rs, const struct wsrr_rules_co
         st->found = f;
         st->words = words;
     }
-    for (size_t i = 0; i < rs->count && i < rc->count; i++) {
-        const struct wsrr_rule *r = &rs->rules[i];
-        const struct wsrr_match *c = &r->match;
-        if (!c->contains || c->contains_len > WSRR_PIECES_NEEDLE_MAX || !r->enabled ||
-            !rc->r[i].conn_ok || (st->found[i / 64] >> (i % 64) & 1))
-            continue;
-        if ((c->direction >= 0 && c->direction != dir) ||
-            (c->opcodes && !(c->opcodes & (1u << (opcode & 15)))))
+    for (size_t i = 0; i < rs->count; i++) {
+        const struct wsrr_match *c = &rs->rules[i].match;
+        if ((st->found[i / 64] >> (i % 64) & 1) || !scan_rule(rs, rc, i, dir, opcode))
             continue;
         if (contains_after(st->tail, st->ntail, pc, npc, c->contains, c->contains_len,
                            c->contains_rare))

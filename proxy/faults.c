@@ -1363,6 +1363,8 @@ static int decide(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const 
     if (d->streaming)
         return -1;
     bool compressed = first && first->opcode < 8 && first->msg_compressed && f->deflate;
+    /* first: new rules reset what scan_progress found (d->scanned) */
+    struct wsrr_rules_conn *rc = conn_rules(c);
     const uint8_t *pl = NULL;
     const struct wsrr_piece *pcs = NULL;
     size_t plen = 0, npcs = 0;
@@ -1383,7 +1385,6 @@ static int decide(struct conn *c, enum wsrr_dir dir, struct evbuffer *in, const 
         plen = d->msg ? evbuffer_get_length(d->msg) : 0;
         pl = plen ? evbuffer_pullup(d->msg, -1) : NULL;
     }
-    struct wsrr_rules_conn *rc = conn_rules(c);
     if (!rc)
         return -1;
     if (!f->need_payload || (!pl && !pcs))
@@ -1631,7 +1632,8 @@ static void scan_progress(struct conn *c, enum wsrr_dir dir, struct evbuffer *in
         have += inlen > start ? (inlen - start < len ? inlen - start : len) : 0;
     }
     struct wsrr_rules_conn *rc = first ? conn_rules(c) : NULL;
-    if (!rc || (first->msg_compressed && f->deflate) || have < d->scanned + SCAN_STEP)
+    if (!rc || (first->msg_compressed && f->deflate) || have < d->scanned + SCAN_STEP ||
+        !wsrr_rules_scan_wanted(c->p->rules, rc, dir, first->opcode))
         return;
     if (!d->scan && !(d->scan = calloc(1, sizeof(*d->scan))))
         return;

@@ -230,6 +230,9 @@ void wsrr_rules_conn_free(struct wsrr_rules_conn *rc);
 int wsrr_rules_scan_part(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc,
                          struct wsrr_scan *st, int dir, uint8_t opcode, const struct wsrr_piece *pc,
                          size_t npc);
+/* Would wsrr_rules_scan_part() search anything for such a message? */
+bool wsrr_rules_scan_wanted(const struct wsrr_rules *rs, const struct wsrr_rules_conn *rc, int dir,
+                            uint8_t opcode);
 void wsrr_scan_reset(struct wsrr_scan *st);
 void wsrr_scan_free(struct wsrr_scan *st);
 

@@ -679,8 +679,11 @@ static void test_scan_parts(void)
         if (at < len) {                                    /* the last piece takes what is left */
             pc[npc - 1].len += len - at;
         }
-        for (size_t i = 0; i < rest; i++)
-            REQUIRE(wsrr_rules_scan_part(rs, rc2, &st, WSRR_DIR_C2S, WSRR_OP_TEXT, &pc[i], 1) == 0);
+        for (size_t i = 0; i < rest;) { /* a part is a run of pieces, as in the proxy */
+            size_t k = 1 + rnd() % (rest - i);
+            REQUIRE(wsrr_rules_scan_part(rs, rc2, &st, WSRR_DIR_C2S, WSRR_OP_TEXT, &pc[i], k) == 0);
+            i += k;
+        }
         m.pieces = pc + rest;
         m.npieces = npc - rest;
         m.scan = rest ? &st : NULL;
@@ -696,6 +699,47 @@ static void test_scan_parts(void)
         if (got != want)
             break;
     }
+    wsrr_rules_free(rs);
+
+    /* the longest needle a part-wise search takes, cut after each of its
+     * bytes: the tail kept between parts must hold all but one of them */
+    char needle[WSRR_PIECES_NEEDLE_MAX + 1], json[WSRR_PIECES_NEEDLE_MAX + 128];
+    for (size_t i = 0; i < WSRR_PIECES_NEEDLE_MAX; i++)
+        needle[i] = (char)('k' + i % 7);
+    needle[WSRR_PIECES_NEEDLE_MAX] = '\0';
+    snprintf(json, sizeof(json),
+             "{\"rules\": [{\"name\": \"long\", \"match\": {\"contains\": \"%s\"},"
+             " \"action\": {\"drop\": {}}}]}",
+             needle);
+    rs = parse(json);
+    REQUIRE(rs);
+    int bad = 0;
+    for (size_t cut = 1; cut < WSRR_PIECES_NEEDLE_MAX; cut++) {
+        size_t len = 600, pos = 300 - cut; /* the needle straddles byte 300 */
+        memset(plain, 'a', len);
+        memcpy(plain + pos, needle, WSRR_PIECES_NEEDLE_MAX);
+        struct wsrr_rules_conn *rc = wsrr_rules_conn_new(rs, &ci);
+        REQUIRE(rc);
+        struct wsrr_scan st = {0};
+        /* the first part in two pieces, the first shorter than what the
+         * tail drops of the part */
+        struct wsrr_piece a[2] = {{.p = plain, .len = 20}, {.p = plain + 20, .len = 280}},
+                          b = {.p = plain + 300, .len = len - 300};
+        REQUIRE(wsrr_rules_scan_part(rs, rc, &st, WSRR_DIR_S2C, WSRR_OP_TEXT, a, 2) == 0);
+        struct wsrr_msg_info m = {.dir = WSRR_DIR_S2C,
+                                  .opcode = WSRR_OP_TEXT,
+                                  .nth = 1,
+                                  .len = len,
+                                  .pieces = &b,
+                                  .npieces = 1,
+                                  .scan = &st};
+        if (wsrr_rules_on_message(rs, rc, &m) != 0 && bad++ < 3)
+            CHECK_MSG(false, "a %d-byte needle cut after %zu bytes was missed",
+                      WSRR_PIECES_NEEDLE_MAX, cut);
+        wsrr_scan_free(&st);
+        wsrr_rules_conn_free(rc);
+    }
+    CHECK_INT(bad, 0);
     wsrr_rules_free(rs);
 }
 
