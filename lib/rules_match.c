@@ -267,6 +267,11 @@ static void unmask_piece(uint8_t *dst, const struct wsrr_piece *pc, size_t from,
  * chunks and wsrr_contains(). */
 static bool masked_contains(const struct wsrr_piece *pc, const char *needle, size_t n, size_t rare)
 {
+    if (pc->len <= 512) { /* small: unmasking it is cheaper than comparing byte by byte */
+        uint8_t plain[512];
+        unmask_piece(plain, pc, 0, pc->len);
+        return wsrr_contains(plain, pc->len, needle, n, rare);
+    }
     const uint8_t *hay = pc->p;
     size_t len = pc->len, first = rare, last = len - (n - rare); /* key positions */
     uint8_t pat[4];
@@ -325,12 +330,15 @@ static bool contains_after(const uint8_t *pre, size_t npre, const struct wsrr_pi
     for (size_t i = 0; i < npc; i++) {
         const struct wsrr_piece *c = &pc[i];
         size_t head = c->len < keep ? c->len : keep;
-        unmask_piece(edge + carry, c, 0, head);
+        if (carry || c->len < keep) /* else nothing before it, and its head is not kept */
+            unmask_piece(edge + carry, c, 0, head);
         if (carry && head && wsrr_contains(edge, carry + head, needle, n, rare))
             return true;
         if (c->len >= n && (c->masked ? masked_contains(c, needle, n, rare)
                                       : wsrr_contains(c->p, c->len, needle, n, rare)))
             return true;
+        if (i + 1 == npc) /* the last: no edge after it */
+            break;
         if (c->len >= keep) {
             unmask_piece(edge, c, c->len - keep, keep);
             carry = keep;

@@ -582,8 +582,9 @@ static void test_contains_pieces(void)
  * Then a decoy (the key alone) at every position must not match. */
 static int sweep_masked(void)
 {
-    static _Alignas(64) uint8_t buf[64 + 512];
-    static const size_t lens[] = {4, 63, 64, 65, 100, 127, 128, 129, 191, 200, 257, 300};
+    static _Alignas(64) uint8_t buf[64 + 1024];
+    /* up to 512 bytes a piece is unmasked and searched plainly; above, scanned */
+    static const size_t lens[] = {4, 100, 300, 513, 575, 576, 577, 600, 641, 700};
     size_t rare = wsrr_rare_byte("wqzy", 4);
     int bad = 0;
     for (size_t mis = 0; mis < 64; mis++) {
@@ -591,7 +592,7 @@ static int sweep_masked(void)
             size_t len = lens[li];
             for (size_t pos = 0; pos + 4 <= len; pos++) {
                 for (int decoy = 0; decoy < 2; decoy++) {
-                    uint8_t plain[512];
+                    uint8_t plain[1024];
                     memset(plain, 'x', len);
                     if (decoy) /* the key where the needle would be, alone */
                         plain[pos + rare] = (uint8_t) "wqzy"[rare];
