@@ -68,22 +68,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "ab.sh: nothing listens on port $1" >&2
-    exit 1
+. "$HERE/lib.sh" # free_port, wait_port
+listening() {
+    wait_port "$1" || { echo "ab.sh: nothing listens on port $1" >&2; exit 1; }
 }
 
 EPORT=$(free_port)
 "${LDRUN[@]}" "$BUILD/bench/wsecho" --listen "127.0.0.1:$EPORT" --max-time 1200 >/dev/null &
 PIDS+=($!)
-wait_port "$EPORT"
+listening "$EPORT"
 PORTS=() PXPIDS=()
 for c in "${CONFIGS[@]}"; do
     port=$(free_port)
@@ -94,7 +87,7 @@ for c in "${CONFIGS[@]}"; do
     PIDS+=($!)
     PXPIDS+=($!)
     PORTS+=("$port")
-    wait_port "$port"
+    listening "$port"
 done
 
 echo "ab.sh: ${SIZE} B echo over $CONNS connections, $ROUNDS rounds of $DUR s, pin: $PIN"

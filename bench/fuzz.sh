@@ -47,16 +47,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() { # wait_port PORT: until something accepts there (5 s at most)
-    for _ in $(seq 50); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "fuzz.sh: nothing listens on 127.0.0.1:$1" >&2
-    exit 2
+. "$HERE/lib.sh" # free_port, wait_port
+listening() {
+    wait_port "$1" || { echo "fuzz.sh: nothing listens on 127.0.0.1:$1" >&2; exit 2; }
 }
 
 # the capture
@@ -67,8 +60,8 @@ PIDS+=($!)
     -q >/dev/null 2>&1 &
 PROXY=$!
 PIDS+=($PROXY)
-wait_port "$EP"
-wait_port "$PP"
+listening "$EP"
+listening "$PP"
 "$PY" - "$PP" <<'EOF'
 import asyncio, json, sys
 import websockets

@@ -114,22 +114,7 @@ trap 'echo "run.sh: interrupted" >&2; exit 1' INT TERM
 ) &
 WATCHDOG=$!
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# wait_port PORT PID: until something accepts on PORT (10 s), while PID lives
-wait_port() {
-    local i
-    for i in $(seq 100); do
-        kill -0 "$2" 2>/dev/null || return 1
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    return 1
-}
+. "$HERE/lib.sh" # free_port, wait_port
 
 # stop PID: SIGTERM, up to 15 s to finish (wsrr finalises its capture), then KILL
 stop() {

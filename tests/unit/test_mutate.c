@@ -47,6 +47,17 @@ static void add_conn(struct rp_session *s, uint32_t id, bool with_response)
     s->nconns++;
 }
 
+/* an empty session of n connections (ids 1..n, with responses) */
+static struct rp_session *new_session(uint32_t n)
+{
+    struct rp_session *s = calloc(1, sizeof(*s));
+    REQUIRE(s);
+    s->path = xstrdup("memory.wsrr");
+    for (uint32_t i = 1; i <= n; i++)
+        add_conn(s, i, true);
+    return s;
+}
+
 /* a step with a unique seq (its position + 1), the data copied */
 static struct rp_step *add_step(struct rp_session *s, enum rp_kind kind, uint32_t conn,
                                 uint8_t opcode, const void *p, size_t n)
@@ -94,11 +105,7 @@ static void message_text(struct rp_session *s, uint32_t c, const char *t)
  * connection left open. */
 static struct rp_session *base_session(void)
 {
-    struct rp_session *s = calloc(1, sizeof(*s));
-    REQUIRE(s);
-    s->path = xstrdup("memory.wsrr");
-    add_conn(s, 1, true);
-    add_conn(s, 2, true);
+    struct rp_session *s = new_session(2);
     add_conn(s, 3, false);
     s->conns[0].rec = (struct rp_outcome){.end = RP_END_CLOSED, .by_server = true, .code = 1000};
     s->conns[1].rec = (struct rp_outcome){.end = RP_END_RESET};
@@ -759,10 +766,7 @@ static void check_early_end(const struct rp_session *base, const char *op)
  * must still change places (and nothing leak). */
 static void check_swap_long_key(void)
 {
-    struct rp_session *s = calloc(1, sizeof(*s));
-    REQUIRE(s);
-    s->path = xstrdup("memory.wsrr");
-    add_conn(s, 1, true);
+    struct rp_session *s = new_session(1);
     char key[201];
     memset(key, 'k', 200);
     key[200] = '\0';
@@ -797,10 +801,7 @@ static void check_swap_long_key(void)
 static void check_empty_message(void)
 {
     /* the only text message is empty: frame.bad-utf8 must take it */
-    struct rp_session *s = calloc(1, sizeof(*s));
-    REQUIRE(s);
-    s->path = xstrdup("memory.wsrr");
-    add_conn(s, 1, true);
+    struct rp_session *s = new_session(1);
     step_open(s, 0);
     add_step(s, RP_SEND, 0, WSRR_OP_TEXT, NULL, 0);
     message_text(s, 0, "{\"type\":\"error\",\"message\":\"empty\"}");
@@ -851,10 +852,7 @@ static void test_isolate(void)
              "Cookie: session=s3cr3t\r\n"
              "\r\n",
              longkey);
-    struct rp_session *s = calloc(1, sizeof(*s));
-    REQUIRE(s);
-    add_conn(s, 1, true);
-    add_conn(s, 2, true); /* the plain head: no query */
+    struct rp_session *s = new_session(2); /* the second: the plain head, no query */
     free(s->conns[0].head);
     s->conns[0].head = xstrdup(qhead);
     s->conns[0].head_len = strlen(qhead);
@@ -885,10 +883,7 @@ static void test_isolate(void)
  * all of them; copying up to the NUL read past the copy). */
 static void test_conn_copy_bytes(void)
 {
-    struct rp_session *s = calloc(1, sizeof(*s));
-    REQUIRE(s);
-    s->path = xstrdup("in-memory");
-    add_conn(s, 1, false);
+    struct rp_session *s = new_session(1);
     size_t n = strlen(head) + 5;
     char *h = malloc(n + 1);
     REQUIRE(h);
